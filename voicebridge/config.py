@@ -1,0 +1,358 @@
+"""Configuration: read once from the environment (and an optional `.env`), validated, frozen.
+
+Every setting has one environment variable. Units are in the attribute names (`_s`, `_ms`,
+`_bp` = basis points, `_usd`). A bad value raises `ConfigError` whose message names the
+variable, so the daemon stops with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+import attrs
+
+T = TypeVar("T")
+
+DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@attrs.frozen
+class Prices:
+    """USD per 1M tokens for the Realtime model, and per minute for Twilio."""
+
+    text_in_usd: Decimal = Decimal("4.00")
+    text_cached_usd: Decimal = Decimal("0.40")
+    text_out_usd: Decimal = Decimal("16.00")
+    audio_in_usd: Decimal = Decimal("32.00")
+    audio_cached_usd: Decimal = Decimal("0.40")
+    audio_out_usd: Decimal = Decimal("64.00")
+    twilio_per_min_usd: Decimal = Decimal("0.0125")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    # OpenAI Realtime
+    openai_api_key: str | None = None
+    realtime_url: str = DEFAULT_REALTIME_URL
+    realtime_model: str = "gpt-realtime"
+    voice: str = "marin"
+    audio_format: str = "pcmu"  # "pcmu" passthrough, or "pcm16" (PCM16 24 kHz toward the model)
+    # Twilio
+    twilio_auth_token: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
+    twilio_from_number: str | None = None
+    public_url: str | None = None
+    transfer_number: str | None = None
+    allow_unsigned: bool = False
+    # daemon
+    host: str = "127.0.0.1"
+    port: int = 8080
+    db_path: Path = Path("voicebridge.sqlite3")
+    record_dir: Path | None = None
+    log_level: str = "INFO"
+    log_format: str = "json"  # "json" or "text"
+    workers: int = 1
+    # ordering
+    menu_path: Path | None = None
+    tax_rate_bp: int = 800  # 8.00 %
+    order_webhook_url: str | None = None
+    order_webhook_secret: str | None = None
+    webhook_max_attempts: int = 8
+    webhook_timeout_s: float = 10.0
+    # timing
+    silence_timeout_s: float = 12.0
+    max_call_s: float = 900.0
+    realtime_connect_timeout_s: float = 10.0
+    response_stall_timeout_s: float = 8.0
+    reconnect_budget_s: float = 15.0
+    session_rotate_s: float = 55 * 60.0
+    drain_timeout_s: float = 30.0
+    prewarm_ttl_s: float = 20.0
+    stream_token_ttl_s: float = 120.0
+    prices: Prices = Prices()
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = None
+    ) -> "Config":
+        """Build from `environ` (default `os.environ`) over the values of a `.env` file.
+
+        The environment wins over the file. `env_file` defaults to `$VOICEBRIDGE_ENV_FILE`,
+        else `./.env` when it exists.
+        """
+        env = dict(os.environ if environ is None else environ)
+        path = env_file if env_file is not None else env.get("VOICEBRIDGE_ENV_FILE")
+        if path is None and Path(".env").is_file():
+            path = ".env"
+        if path is not None:
+            env = {**_read_env_file(Path(path)), **env}
+        return cls._from_mapping(env)
+
+    @classmethod
+    def _from_mapping(cls, env: Mapping[str, str]) -> "Config":
+        g = _Getter(env)
+        prices = Prices(
+            text_in_usd=g.get("VOICEBRIDGE_PRICE_TEXT_IN_USD", _decimal, Prices.text_in_usd),
+            text_cached_usd=g.get("VOICEBRIDGE_PRICE_TEXT_CACHED_USD", _decimal, Prices.text_cached_usd),
+            text_out_usd=g.get("VOICEBRIDGE_PRICE_TEXT_OUT_USD", _decimal, Prices.text_out_usd),
+            audio_in_usd=g.get("VOICEBRIDGE_PRICE_AUDIO_IN_USD", _decimal, Prices.audio_in_usd),
+            audio_cached_usd=g.get("VOICEBRIDGE_PRICE_AUDIO_CACHED_USD", _decimal, Prices.audio_cached_usd),
+            audio_out_usd=g.get("VOICEBRIDGE_PRICE_AUDIO_OUT_USD", _decimal, Prices.audio_out_usd),
+            twilio_per_min_usd=g.get("VOICEBRIDGE_PRICE_TWILIO_PER_MIN_USD", _decimal, Prices.twilio_per_min_usd),
+        )
+        return cls(
+            openai_api_key=g.get("OPENAI_API_KEY", _nonempty, None),
+            realtime_url=g.get("OPENAI_REALTIME_URL", _ws_url, DEFAULT_REALTIME_URL),
+            realtime_model=g.get("OPENAI_REALTIME_MODEL", _nonempty, "gpt-realtime"),
+            voice=g.get("OPENAI_VOICE", _choice(VOICES), "marin"),
+            audio_format=g.get("VOICEBRIDGE_AUDIO_FORMAT", _choice(("pcmu", "pcm16")), "pcmu"),
+            twilio_auth_token=g.get("TWILIO_AUTH_TOKEN", _nonempty, None),
+            twilio_account_sid=g.get("TWILIO_ACCOUNT_SID", _account_sid, None),
+            twilio_api_base_url=g.get("TWILIO_API_BASE_URL", _http_url, DEFAULT_TWILIO_API_BASE_URL),
+            twilio_from_number=g.get("TWILIO_FROM_NUMBER", _phone, None),
+            public_url=g.get("PUBLIC_URL", _origin, None),
+            transfer_number=g.get("TRANSFER_NUMBER", _phone, None),
+            allow_unsigned=g.get("VOICEBRIDGE_ALLOW_UNSIGNED", _bool, False),
+            host=g.get("VOICEBRIDGE_HOST", _nonempty, "127.0.0.1"),
+            port=g.get("VOICEBRIDGE_PORT", _port, 8080),
+            db_path=g.get("VOICEBRIDGE_DB", _path, Path("voicebridge.sqlite3")),
+            record_dir=g.get("VOICEBRIDGE_RECORD_DIR", _path, None),
+            log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
+            log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text")), "json"),
+            workers=g.get("VOICEBRIDGE_WORKERS", _int_range(1, 64), 1),
+            menu_path=g.get("VOICEBRIDGE_MENU", _path, None),
+            tax_rate_bp=g.get("VOICEBRIDGE_TAX_RATE", _rate_bp, 800),
+            order_webhook_url=g.get("ORDER_WEBHOOK_URL", _http_url, None),
+            order_webhook_secret=g.get("ORDER_WEBHOOK_SECRET", _nonempty, None),
+            webhook_max_attempts=g.get("VOICEBRIDGE_WEBHOOK_MAX_ATTEMPTS", _int_range(1, 100), 8),
+            webhook_timeout_s=g.get("VOICEBRIDGE_WEBHOOK_TIMEOUT_S", _seconds, 10.0),
+            silence_timeout_s=g.get("VOICEBRIDGE_SILENCE_TIMEOUT_S", _seconds, 12.0),
+            max_call_s=g.get("VOICEBRIDGE_MAX_CALL_S", _seconds, 900.0),
+            realtime_connect_timeout_s=g.get("VOICEBRIDGE_REALTIME_CONNECT_TIMEOUT_S", _seconds, 10.0),
+            response_stall_timeout_s=g.get("VOICEBRIDGE_RESPONSE_STALL_TIMEOUT_S", _seconds, 8.0),
+            reconnect_budget_s=g.get("VOICEBRIDGE_RECONNECT_BUDGET_S", _seconds, 15.0),
+            session_rotate_s=g.get("VOICEBRIDGE_SESSION_ROTATE_S", _seconds, 55 * 60.0),
+            drain_timeout_s=g.get("VOICEBRIDGE_DRAIN_TIMEOUT_S", _seconds, 30.0),
+            prewarm_ttl_s=g.get("VOICEBRIDGE_PREWARM_TTL_S", _seconds, 20.0),
+            stream_token_ttl_s=g.get("VOICEBRIDGE_STREAM_TOKEN_TTL_S", _seconds, 120.0),
+            prices=prices,
+        )
+
+    # -- what each command needs -------------------------------------------------------
+
+    def check_serve(self) -> None:
+        """Raise ConfigError for what `serve` cannot run without."""
+        if not self.openai_api_key:
+            raise ConfigError("OPENAI_API_KEY: not set (the key the bridge uses for the Realtime API)")
+        if not self.public_url:
+            raise ConfigError("PUBLIC_URL: not set (the https origin Twilio reaches this daemon at)")
+        if not self.twilio_auth_token and not self.allow_unsigned:
+            raise ConfigError(
+                "TWILIO_AUTH_TOKEN: not set; Twilio signatures cannot be checked "
+                "(set VOICEBRIDGE_ALLOW_UNSIGNED=1 only for local development)"
+            )
+        if self.order_webhook_url and not self.order_webhook_secret:
+            raise ConfigError("ORDER_WEBHOOK_SECRET: not set, but ORDER_WEBHOOK_URL is (deliveries are signed)")
+
+    def check_outbound(self) -> None:
+        """Raise ConfigError for what `call` (placing an outbound call) cannot run without."""
+        for name, value in (
+            ("TWILIO_ACCOUNT_SID", self.twilio_account_sid),
+            ("TWILIO_AUTH_TOKEN", self.twilio_auth_token),
+            ("TWILIO_FROM_NUMBER", self.twilio_from_number),
+            ("PUBLIC_URL", self.public_url),
+        ):
+            if not value:
+                raise ConfigError(f"{name}: not set (needed to place a call)")
+
+    @property
+    def stream_url(self) -> str:
+        """The `wss://` URL of /media-stream as Twilio sees it (and signs it)."""
+        assert self.public_url is not None
+        scheme = "wss" if self.public_url.startswith("https://") else "ws"
+        return scheme + self.public_url[self.public_url.index(":") :] + "/media-stream"
+
+    def public(self, route: str) -> str:
+        """An absolute public https URL of one of our routes, as Twilio sees it."""
+        assert self.public_url is not None
+        return self.public_url + route
+
+    def redacted(self) -> dict[str, object]:
+        """The settings for a log line: secrets shown only as set/unset."""
+        out: dict[str, object] = {}
+        for f in attrs.fields(Config):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS:
+                value = "<set>" if value else None
+            elif isinstance(value, (Path, Decimal)):
+                value = str(value)
+            elif isinstance(value, Prices):
+                continue
+            out[f.name] = value
+        return out
+
+
+SECRET_FIELDS = frozenset({"openai_api_key", "twilio_auth_token", "order_webhook_secret"})
+
+
+# -- parsing helpers --------------------------------------------------------------------
+
+
+class _Getter:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            # Never echo a secret's value back.
+            shown = "" if name in _SECRET_VARS else f", got {raw.strip()!r}"
+            raise ConfigError(f"{name}: {exc}{shown}") from None
+
+
+_SECRET_VARS = frozenset({"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "ORDER_WEBHOOK_SECRET"})
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    if not path.is_file():
+        raise ConfigError(f"VOICEBRIDGE_ENV_FILE: no such file: {path}")
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _nonempty(raw: str) -> str:
+    return raw
+
+
+def _bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _port(raw: str) -> int:
+    return _int_range(0, 65535)(raw)
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"expected a whole number from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not 0 < value < 10**7:
+        raise ValueError("expected a positive number of seconds")
+    return value
+
+
+def _decimal(raw: str) -> Decimal:
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError("expected a decimal number such as 4.00") from None
+    if not value.is_finite() or value < 0:
+        raise ValueError("expected a non-negative decimal number")
+    return value
+
+
+def _rate_bp(raw: str) -> int:
+    """A tax rate as a fraction ("0.08") or a percentage ("8%"), kept in basis points."""
+    text = raw.rstrip("%")
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError("expected a rate such as 0.08 or 8%") from None
+    if raw.endswith("%"):
+        value = value / 100
+    if not value.is_finite() or not 0 <= value < 1:
+        raise ValueError("expected a rate from 0 to below 1 (or 0% to below 100%)")
+    bp = value * 10000
+    if bp != bp.to_integral_value():
+        raise ValueError("expected a rate in whole basis points (at most two decimals of a percent)")
+    return int(bp)
+
+
+def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.upper() if upper else raw
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _url(raw: str, schemes: tuple[str, ...]) -> urllib.parse.SplitResult:
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"expected a {' or '.join(s + '://' for s in schemes)} URL")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("the URL's port is not a number from 0 to 65535") from None
+    return parts
+
+
+def _ws_url(raw: str) -> str:
+    _url(raw, ("wss", "ws"))
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    _url(raw, ("https", "http"))
+    return raw.rstrip("/") if urllib.parse.urlsplit(raw).path in ("", "/") else raw
+
+
+def _origin(raw: str) -> str:
+    parts = _url(raw, ("https", "http"))
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("expected an origin only, like https://voice.example.com (no path or query)")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def _phone(raw: str) -> str:
+    digits = raw[1:] if raw.startswith("+") else ""
+    if not (digits.isdigit() and 8 <= len(digits) <= 15):
+        raise ValueError("expected an E.164 number such as +15551234567")
+    return raw
+
+
+def _account_sid(raw: str) -> str:
+    if not (raw.startswith("AC") and len(raw) == 34):
+        raise ValueError("expected an account SID: AC followed by 32 characters")
+    return raw
