@@ -1,0 +1,132 @@
+"""What the caller has been sent and has really heard: per-item audio accounting from named marks.
+
+Pure bookkeeping, no I/O and no clock of its own: every method that needs the time takes `now`
+(seconds, the caller's clock). Audio toward Twilio is µ-law 8 kHz, so 8 bytes = 1 ms.
+
+Positions are bytes in one running coordinate of everything sent to Twilio. Each assistant item
+owns a range of it. After each media frame the bridge sends a mark named
+`"{item_id}@{end}#{seq}"`; Twilio echoes it once the audio before it has played, so an echo
+says "at time t the caller had heard up to `end`". Between echoes, playback advances in real
+time from the last echo (Twilio plays at 8000 bytes/s), never past the next unechoed mark nor past
+what was sent. A `clear` makes Twilio echo every pending mark at once: those echoes prove
+nothing, so `clear()` forgets them first and later echoes of unknown names are ignored.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import attrs
+
+BYTES_PER_S = 8000
+BYTES_PER_MS = 8
+
+
+@attrs.define
+class ItemAudio:
+    item_id: str
+    response_id: str
+    start: int  # position of its first byte
+    sent: int = 0  # µ-law bytes sent to the caller
+    generated_ms: float = 0.0  # audio the model generated for it, in ms (its own format)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.sent
+
+
+@attrs.frozen
+class Truncation:
+    item_id: str
+    audio_end_ms: int
+
+
+class Playout:
+    def __init__(self) -> None:
+        self.sent = 0  # running position: bytes sent to Twilio (including later-cleared ones)
+        self.items: OrderedDict[str, ItemAudio] = OrderedDict()  # items not yet fully heard
+        self.pending: OrderedDict[str, int] = OrderedDict()  # mark name -> end position
+        self.muted: set[str] = set()  # items cut by a barge-in: their late deltas are dropped
+        self._anchor_pos = 0  # at _anchor_t, playback was at _anchor_pos ...
+        self._anchor_t = 0.0  # ... and advances in real time while audio is queued
+        self._confirmed = 0  # highest position proven played by a mark echo
+        self._seq = 0
+
+    # -- sending -------------------------------------------------------------------------
+
+    def is_muted(self, item_id: str) -> bool:
+        return item_id in self.muted
+
+    def on_send(self, item_id: str, response_id: str, n_bytes: int, generated_ms: float, now: float) -> str:
+        """Account a chunk about to be sent for `item_id`; returns the mark to send after it."""
+        if self.played(now) >= self.sent:  # Twilio's buffer is empty: this chunk starts playing now
+            self._anchor_pos, self._anchor_t = self.sent, now
+        item = self.items.get(item_id)
+        if item is None:
+            item = self.items[item_id] = ItemAudio(item_id, response_id, self.sent)
+        item.sent += n_bytes
+        item.generated_ms += generated_ms
+        self.sent += n_bytes
+        self._seq += 1
+        name = f"{item_id}@{item.sent}#{self._seq}"
+        self.pending[name] = self.sent
+        return name
+
+    # -- hearing -------------------------------------------------------------------------
+
+    def on_mark(self, name: str, now: float) -> bool:
+        """A mark echo. Returns True if it was a live mark (False: flushed by a clear, or unknown)."""
+        pos = self.pending.pop(name, None)
+        if pos is None:
+            return False
+        # Marks echo in order: any earlier pending mark has played too.
+        for older in [n for n, p in self.pending.items() if p <= pos]:
+            del self.pending[older]
+        self._confirmed = max(self._confirmed, pos)
+        self._anchor_pos, self._anchor_t = pos, now
+        while self.items and next(iter(self.items.values())).end <= pos:
+            self.items.popitem(last=False)
+        return True
+
+    def played(self, now: float) -> int:
+        """Best estimate of the position the caller has heard up to at `now`."""
+        limit = self.sent
+        if self.pending:
+            limit = min(limit, next(iter(self.pending.values())))
+        estimate = self._anchor_pos + int((now - self._anchor_t) * BYTES_PER_S)
+        return max(self._confirmed, min(limit, estimate))
+
+    def is_playing(self) -> bool:
+        """Audio has been sent that Twilio has not confirmed played (a mark is outstanding)."""
+        return bool(self.pending)
+
+    def heard_ms(self, item_id: str, now: float) -> int:
+        item = self.items.get(item_id)
+        if item is None:
+            return 0
+        return max(0, min(item.sent, self.played(now) - item.start)) // BYTES_PER_MS
+
+    # -- barge-in ------------------------------------------------------------------------
+
+    def clear(self, now: float) -> list[Truncation]:
+        """The caller interrupted: Twilio's buffer is dropped. Returns what to truncate.
+
+        Every item the caller had not finished hearing is truncated at what was really played,
+        clamped to what the model generated, and muted so its late deltas are dropped.
+        """
+        played = self.played(now)
+        cuts = []
+        for item in self.items.values():
+            if item.end > played:
+                heard_ms = max(0, min(item.sent, played - item.start)) // BYTES_PER_MS
+                cuts.append(Truncation(item.item_id, int(min(heard_ms, item.generated_ms))))
+            self.muted.add(item.item_id)
+        self.items.clear()
+        self.pending.clear()
+        self._confirmed = self.sent  # nothing before this position will ever play again
+        self._anchor_pos, self._anchor_t = self.sent, now
+        return cuts
+
+    def mute(self, item_id: str) -> None:
+        """Drop any further audio of `item_id` (its response was cancelled before it was heard)."""
+        self.muted.add(item_id)

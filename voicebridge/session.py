@@ -1,0 +1,548 @@
+"""run_call(): one Trio nursery per call.
+
+Tasks of a call (all in the call's nursery; none outlives it):
+- twilio_reader: Twilio frames -> caller audio to the model channel, marks/DTMF/stop to the flow;
+- twilio_writer: the Twilio channel -> the Twilio socket (model audio, marks, clear);
+- model_link: opens, configures, reads and (on a drop) reopens the Realtime session;
+- model_writer: the model channel -> the current Realtime socket (caller audio, control events);
+- timers: named deadlines the flow arms, fired back into the flow.
+The flow (`voicebridge.flow.CallFlow`) decides; tasks only move data and perform its effects.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+import attrs
+import trio
+
+from . import audio
+from .effects import ArmTimer, DisarmTimer, Effect, Hangup, Notice, Rotate, SaveOrder, SendCaller, SendModel, Transcript
+from .flow import CallFlow, FlowSettings
+from .protocol import realtime as rt
+from .protocol import twilio_media as tw
+from .protocol._codec import b64_decode, b64_encode
+from .protocol.errors import ProtocolError
+from .recording import CallRecorder
+from .transport import MessageStream, StreamClosed
+
+log = logging.getLogger("voicebridge.call")
+
+# Realtime connector: opens a socket whose background tasks live in the given nursery.
+Connector = Callable[[trio.Nursery], Awaitable[MessageStream]]
+
+MODEL_CHANNEL = 256  # ~5 s of 20 ms frames before caller audio is dropped (late audio is worse than lost)
+TWILIO_CHANNEL = 512
+START_TIMEOUT_S = 10.0
+RECONNECT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+class SetupError(Exception):
+    """The Realtime session could not be opened or configured."""
+
+
+class StreamRefused(Exception):
+    """The `start` message failed the stream-token check; the reason is safe to log."""
+
+
+@attrs.define
+class CallHooks:
+    """What a call reports to the rest of the daemon. Every hook is optional."""
+
+    on_event: Callable[[str, str, dict[str, Any]], None] | None = None  # (call_sid, kind, fields): notices, transcripts
+    on_started: Callable[[tw.Start], Awaitable[None]] | None = None
+    on_transcript: Callable[[str, str, str, str | None], Awaitable[None]] | None = None  # sid, role, text, item
+    save_order: Callable[[str, Any], Awaitable[tuple[int, dict[str, Any]]]] | None = None  # sid, order -> id, summary
+    on_ended: Callable[["CallResult"], Awaitable[None]] | None = None
+
+
+@attrs.define
+class CallResult:
+    call_sid: str | None
+    stream_sid: str | None
+    outcome: str
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_s: float = 0.0
+    first_audio_s: float | None = None
+    order_id: int | None = None
+    counts: dict[str, int] = attrs.field(factory=dict)
+    usage: list[dict[str, Any]] = attrs.field(factory=list)
+    custom_parameters: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class CallSetup:
+    """Everything a call needs that is the same for every call."""
+
+    connect: Connector
+    session: rt.SessionSettings
+    flow: FlowSettings
+    new_order: Callable[[str | None], Any]  # caller number -> empty Order
+    run_tool: Callable[[Any, str, str], Any]  # (order, name, arguments) -> ToolResult
+    order_state: Callable[[Any], dict[str, Any]]
+    connect_timeout_s: float = 10.0
+    check_start: Callable[[tw.Start], None] | None = None  # raises StreamRefused
+    record_dir: Any = None  # Path | None
+
+
+async def open_session(stream: MessageStream, settings: rt.SessionSettings, timeout_s: float) -> None:
+    """Wait for session.created, send session.update, wait for session.updated (one deadline)."""
+    try:
+        with trio.fail_after(timeout_s):
+            created = False
+            while not created:
+                ev = rt.parse_server(await stream.receive())
+                if isinstance(ev, rt.RealtimeError):
+                    raise SetupError(f"Realtime refused the session: {ev.code or ev.type}: {ev.message[:200]}")
+                created = isinstance(ev, rt.SessionCreated)
+            await stream.send(rt.session_update(settings))
+            while True:
+                ev = rt.parse_server(await stream.receive())
+                if isinstance(ev, rt.SessionUpdated):
+                    return
+                if isinstance(ev, rt.RealtimeError):
+                    raise SetupError(f"Realtime rejected the session settings: {ev.code}: {ev.message[:200]}")
+    except trio.TooSlowError:
+        raise SetupError(f"Realtime session not ready within {timeout_s:g} s") from None
+    except StreamClosed as exc:
+        raise SetupError(f"Realtime closed the socket during setup ({exc.code})") from None
+    except ProtocolError as exc:
+        raise SetupError(f"Realtime sent a malformed event during setup: {exc}") from None
+
+
+async def connect_session(setup: CallSetup, nursery: trio.Nursery) -> MessageStream:
+    """Open and configure one Realtime session, within the connect deadline."""
+    with trio.move_on_after(setup.connect_timeout_s) as scope:
+        try:
+            stream = await setup.connect(nursery)
+        except (OSError, StreamClosed) as exc:
+            raise SetupError(f"cannot reach the Realtime service: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # trio-websocket raises its own handshake errors
+            raise SetupError(f"cannot open the Realtime socket: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if scope.cancelled_caught:
+        raise SetupError(f"Realtime connect took longer than {setup.connect_timeout_s:g} s")
+    try:
+        await open_session(stream, setup.session, setup.connect_timeout_s)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
+    return stream
+
+
+class Call:
+    """One live call: the flow, its channels, its sockets. Created and run by `run_call`."""
+
+    def __init__(self, setup: CallSetup, twilio: MessageStream, start: tw.Start, hooks: CallHooks,
+                 recorder: CallRecorder | None) -> None:
+        self.setup = setup
+        self.twilio = twilio
+        self.start = start
+        self.hooks = hooks
+        self.recorder = recorder
+        self.sid = start.call_sid
+        caller_number = start.custom_parameters.get("From") or start.custom_parameters.get("from")
+        self.order = setup.new_order(caller_number)
+        self.flow = CallFlow(
+            call_sid=start.call_sid, stream_sid=start.stream_sid, settings=setup.flow, order=self.order,
+            run_tool=lambda name, args: setup.run_tool(self.order, name, args),
+            order_state=lambda: setup.order_state(self.order),
+        )
+        self.pcm16 = setup.session.audio_format == "pcm16"
+        self._up = audio.Resampler(8000, 24000) if self.pcm16 else None
+        self._down = audio.Resampler(24000, 8000) if self.pcm16 else None
+        self.model_send, self.model_recv = trio.open_memory_channel[str](MODEL_CHANNEL)
+        self.twilio_send, self.twilio_recv = trio.open_memory_channel[str](TWILIO_CHANNEL)
+        self.model: MessageStream | None = None
+        self.swap_to: MessageStream | None = None
+        self.conn_no = 0
+        self.deadlines: dict[str, float] = {}
+        self.timers_changed = trio.Event()
+        self.nursery: trio.Nursery | None = None
+        self.outcome: str | None = None
+        self.usage: list[dict[str, Any]] = []
+        self.frames_dropped = 0
+        self.protocol_errors = 0
+        self.started_wall = datetime.now(timezone.utc)
+        self.started_at = trio.current_time()
+
+    # -- effects ---------------------------------------------------------------------------
+
+    async def perform(self) -> None:
+        for effect in self.flow.take_effects():
+            await self._perform(effect)
+
+    async def _perform(self, e: Effect) -> None:
+        if isinstance(e, SendModel):
+            await self.model_send.send(e.text)
+        elif isinstance(e, SendCaller):
+            if self.outcome is None:
+                await self.twilio_send.send(e.text)
+        elif isinstance(e, ArmTimer):
+            self.deadlines[e.name] = trio.current_time() + e.seconds
+            self.timers_changed.set()
+        elif isinstance(e, DisarmTimer):
+            if self.deadlines.pop(e.name, None) is not None:
+                self.timers_changed.set()
+        elif isinstance(e, Hangup):
+            await self._hangup(e.outcome)
+        elif isinstance(e, SaveOrder):
+            assert self.nursery is not None
+            self.nursery.start_soon(self._save_order, e.call_id)
+        elif isinstance(e, Rotate):
+            assert self.nursery is not None
+            self.nursery.start_soon(self._rotate)
+        elif isinstance(e, Transcript):
+            self._event("transcript", {"role": e.role, "text": e.text})
+            if self.hooks.on_transcript is not None:
+                assert self.nursery is not None
+                self.nursery.start_soon(self.hooks.on_transcript, self.sid, e.role, e.text, e.item_id)
+        elif isinstance(e, Notice):
+            if e.kind == "usage":
+                self.usage.append(e.fields["usage"])
+            else:
+                log.info("call %s", e.kind, extra={"event": e.kind, **_loggable(e.fields)})
+            self._event(e.kind, e.fields)
+
+    def _event(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.hooks.on_event is not None:
+            self.hooks.on_event(self.sid, kind, fields)
+
+    async def _hangup(self, outcome: str) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+        # Whatever is queued for the caller goes out first (normally nothing: we waited for the last mark).
+        self.twilio_send.close()
+        assert self.nursery is not None
+        self.nursery.start_soon(self._close_twilio_after_flush)
+
+    async def _close_twilio_after_flush(self) -> None:
+        with trio.move_on_after(2.0):
+            while self.twilio_recv.statistics().current_buffer_used:
+                await trio.sleep(0.01)
+        await self.twilio.aclose(1000, "call ended")
+        assert self.nursery is not None
+        self.nursery.cancel_scope.cancel()
+
+    async def _save_order(self, call_id: str | None) -> None:
+        if self.hooks.save_order is None:
+            self.flow.order_save_failed(call_id, "no order store configured")
+        else:
+            try:
+                order_id, summary = await self.hooks.save_order(self.sid, self.order)
+            except Exception as exc:  # the caller must not hear "confirmed" for an order we lost
+                log.error("order save failed: %s", type(exc).__name__, extra={"error": str(exc)[:300]})
+                self.flow.order_save_failed(call_id, f"{type(exc).__name__}")
+            else:
+                self.flow.order_saved(call_id, order_id, summary)
+        await self.perform()
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def twilio_reader(self) -> None:
+        flow = self.flow
+        while True:
+            try:
+                text = await self.twilio.receive()
+            except StreamClosed:
+                break
+            try:
+                ev = tw.parse_twilio(text)
+            except ProtocolError as exc:
+                self.protocol_errors += 1
+                log.warning("bad Twilio frame: %s", exc, extra={"event": "protocol_error", "source": "twilio"})
+                self._event("protocol_error", {"source": "twilio", "error": str(exc)})
+                continue
+            if isinstance(ev, tw.Media):
+                if flow.link_up:
+                    self._forward_caller_audio(ev.payload_b64)
+                continue
+            if isinstance(ev, tw.MarkEcho):
+                flow.mark(ev.name, trio.current_time())
+            elif isinstance(ev, tw.Dtmf):
+                flow.dtmf(ev.digit)
+            elif isinstance(ev, tw.Stop):
+                break
+            else:
+                continue
+            await self.perform()
+        if self.outcome is None:
+            flow.caller_hung_up()
+            await self.perform()
+
+    def _forward_caller_audio(self, payload_b64: str) -> None:
+        if self.pcm16:
+            assert self._up is not None
+            pcm = self._up.process(audio.ulaw_to_pcm16(b64_decode("twilio", "payload", payload_b64)))
+            payload_b64 = b64_encode(pcm)
+        try:
+            self.model_send.send_nowait(rt.append_audio(payload_b64))
+        except trio.WouldBlock:
+            self.frames_dropped += 1
+
+    async def twilio_writer(self) -> None:
+        async for text in self.twilio_recv:
+            try:
+                await self.twilio.send(text)
+            except StreamClosed:
+                return
+
+    async def model_writer(self) -> None:
+        async for text in self.model_recv:
+            stream = self.model
+            if stream is None:
+                continue  # the link is down: the flow re-sends what matters when it comes back
+            try:
+                await stream.send(text)
+            except StreamClosed:
+                pass  # model_link sees the close and reconnects
+
+    async def model_link(self, first: MessageStream, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.model = self._wrap(first)
+        task_status.started()
+        while True:
+            assert self.model is not None
+            await self._read_model(self.model)
+            if self.swap_to is not None:  # a planned rotation: carry on with the new session
+                self.model, self.swap_to = self.swap_to, None
+                self.flow.link_ready(rotated=True)
+                await self.perform()
+                continue
+            lost, self.model = self.model, None
+            with trio.CancelScope(shield=True):
+                await lost.aclose()
+            if self.outcome is not None or self.flow.state in ("ended", "failed"):
+                return
+            self.flow.link_lost()
+            await self.perform()
+            self.model = await self._reconnect()
+            self.flow.link_ready()
+            await self.perform()
+
+    async def _reconnect(self) -> MessageStream:
+        """Keep trying, with bounded backoff; the flow's reconnect budget timer ends the call."""
+        attempt = 0
+        assert self.nursery is not None
+        while True:
+            try:
+                raw = await connect_session(self.setup, self.nursery)
+            except SetupError as exc:
+                delay = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
+                log.warning("realtime reconnect failed: %s", exc, extra={"event": "reconnect_failed", "attempt": attempt})
+                attempt += 1
+                await trio.sleep(delay)
+                continue
+            return self._wrap(raw)
+
+    def _wrap(self, stream: MessageStream) -> MessageStream:
+        self.conn_no += 1
+        if self.recorder is not None:
+            return self.recorder.wrap(stream, "realtime", self.conn_no)
+        return stream
+
+    async def _rotate(self) -> None:
+        assert self.nursery is not None
+        try:
+            fresh = await connect_session(self.setup, self.nursery)
+        except SetupError as exc:
+            log.warning("session rotation failed, keeping the old session: %s", exc)
+            self.flow.link_up = self.model is not None
+            return
+        self.swap_to = self._wrap(fresh)
+        old = self.model
+        if old is not None:
+            await old.aclose(1000, "rotated")
+
+    async def _read_model(self, stream: MessageStream) -> None:
+        flow = self.flow
+        while True:
+            try:
+                text = await stream.receive()
+            except StreamClosed:
+                return
+            try:
+                ev = rt.parse_server(text)
+            except ProtocolError as exc:
+                self.protocol_errors += 1
+                log.warning("bad Realtime event: %s", exc, extra={"event": "protocol_error", "source": "realtime"})
+                self._event("protocol_error", {"source": "realtime", "error": str(exc)})
+                continue
+            now = trio.current_time()
+            if isinstance(ev, rt.AudioDelta):
+                await self._forward_model_audio(ev, now)
+                continue
+            if isinstance(ev, rt.SpeechStarted):
+                flow.speech_started(now)
+            elif isinstance(ev, rt.SpeechStopped):
+                flow.speech_stopped()
+            elif isinstance(ev, rt.ResponseCreated):
+                flow.response_created(ev.response_id)
+            elif isinstance(ev, rt.ResponseDone):
+                flow.response_done(ev.response_id, ev.status, ev.usage, now)
+            elif isinstance(ev, rt.FunctionCall):
+                flow.function_call(ev.response_id, ev.call_id, ev.name, ev.arguments)
+            elif isinstance(ev, rt.TranscriptDone):
+                flow.transcript("assistant", ev.transcript, ev.item_id)
+            elif isinstance(ev, rt.InputTranscript):
+                flow.transcript("caller", ev.transcript, ev.item_id)
+            elif isinstance(ev, rt.RealtimeError):
+                flow.model_error(ev)
+            else:
+                continue
+            await self.perform()
+
+    async def _forward_model_audio(self, ev: rt.AudioDelta, now: float) -> None:
+        if self.outcome is not None:
+            return
+        payload, n_bytes, generated_ms = ev.delta_b64, ev.n_bytes, ev.n_bytes / 8
+        if self.pcm16:  # PCM16 24 kHz from the model -> µ-law 8 kHz for the caller
+            assert self._down is not None
+            ulaw = audio.pcm16_to_ulaw(self._down.process(b64_decode("realtime", "delta", payload)))
+            payload, n_bytes, generated_ms = b64_encode(ulaw), len(ulaw), ev.n_bytes / 48
+        name = self.flow.audio_delta(ev.response_id, ev.item_id, n_bytes, generated_ms, now)
+        if name is None:
+            return
+        if self.flow.first_audio_at == now:
+            self._event("first_audio", {"ms": round((now - self.started_at) * 1000, 1)})
+        await self.twilio_send.send(tw.media(self.start.stream_sid, payload))
+        await self.twilio_send.send(tw.mark(self.start.stream_sid, name))
+
+    async def timers(self) -> None:
+        while True:
+            self.timers_changed = trio.Event()
+            if self.deadlines:
+                name, deadline = min(self.deadlines.items(), key=lambda kv: kv[1])
+            else:
+                name, deadline = "", math.inf
+            with trio.move_on_at(deadline):
+                await self.timers_changed.wait()
+                continue
+            if self.deadlines.get(name) == deadline:
+                del self.deadlines[name]
+                self.flow.timer(name)
+                await self.perform()
+
+
+async def run_call(twilio: MessageStream, setup: CallSetup, hooks: CallHooks | None = None, *,
+                   prewarmed: Callable[[str], MessageStream | None] | None = None) -> CallResult:
+    """Run one call on an accepted Twilio media stream until it ends; never raises for call errors."""
+    hooks = hooks or CallHooks()
+    recorder: CallRecorder | None = None
+    start: tw.Start | None = None
+    try:
+        with trio.move_on_after(START_TIMEOUT_S):
+            while start is None:
+                text = await twilio.receive()
+                try:
+                    ev = tw.parse_twilio(text)
+                except ProtocolError as exc:
+                    log.warning("bad Twilio frame before start: %s", exc)
+                    continue
+                if isinstance(ev, tw.Start):
+                    start = ev
+                elif isinstance(ev, tw.Stop):
+                    break
+    except StreamClosed:
+        pass
+    if start is None:
+        return CallResult(None, None, "no_stream")
+    if setup.record_dir is not None:
+        from pathlib import Path
+
+        recorder = CallRecorder(Path(setup.record_dir) / f"{start.call_sid}-{int(time.time())}.jsonl")
+        recorder.add("twilio", "in", text)
+        recorder.started(trio.current_time())
+        twilio = recorder.wrap(twilio, "twilio")
+    try:
+        return await _run_started_call(twilio, start, setup, hooks, recorder, prewarmed)
+    finally:
+        if recorder is not None:
+            recorder.close()
+
+
+async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallSetup, hooks: CallHooks,
+                            recorder: CallRecorder | None,
+                            prewarmed: Callable[[str], MessageStream | None] | None) -> CallResult:
+    result = CallResult(start.call_sid, start.stream_sid, "error", custom_parameters=dict(start.custom_parameters))
+    result.started_at = datetime.now(timezone.utc)
+    t0 = trio.current_time()
+    if setup.check_start is not None:
+        try:
+            setup.check_start(start)
+        except StreamRefused as exc:
+            log.warning("stream refused: %s", exc, extra={"event": "stream_refused", "reason": str(exc)})
+            await twilio.aclose(1008, "stream refused")
+            result.outcome = "refused"
+            result.ended_at = datetime.now(timezone.utc)
+            return result
+    if hooks.on_started is not None:
+        await hooks.on_started(start)
+    call: Call | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                model = prewarmed(start.call_sid) if prewarmed is not None else None
+                if model is None:
+                    model = await connect_session(setup, nursery)
+            except SetupError as exc:
+                log.error("call failed: %s", exc, extra={"event": "call_failed"})
+                result.outcome = "ai_failed"
+                await twilio.aclose(1011, "AI unavailable")
+                nursery.cancel_scope.cancel()
+            else:
+                call = Call(setup, twilio, start, hooks, recorder)
+                call.nursery = nursery
+                call.started_at = t0
+                await nursery.start(call.model_link, model)
+                nursery.start_soon(call.twilio_reader)
+                nursery.start_soon(call.twilio_writer)
+                nursery.start_soon(call.model_writer)
+                nursery.start_soon(call.timers)
+                call.flow.start()
+                await call.perform()
+    except* Exception as group:  # one call's bug never reaches another call: end this one cleanly
+        log.error("call crashed", exc_info=group, extra={"event": "call_crashed"})
+        if call is not None and call.outcome is None:
+            call.outcome = "error"
+        result.outcome = "error"
+        with trio.CancelScope(shield=True):
+            await twilio.aclose(1011, "internal error")
+    finally:
+        if call is not None:
+            with trio.CancelScope(shield=True):
+                for stream in (call.model, call.swap_to):
+                    if stream is not None:
+                        await stream.aclose()
+    if call is not None:
+        result.outcome = call.outcome or call.flow.outcome or result.outcome
+        result.order_id = call.flow.order_id
+        result.counts = {**call.flow.counts, "frames_dropped": call.frames_dropped,
+                         "protocol_errors": call.protocol_errors}
+        result.usage = call.usage
+        if call.flow.first_audio_at is not None:
+            result.first_audio_s = call.flow.first_audio_at - t0
+    result.ended_at = datetime.now(timezone.utc)
+    result.duration_s = trio.current_time() - t0
+    log.info("call ended: %s", result.outcome, extra={"event": "call_ended", "outcome": result.outcome,
+                                                      "duration_s": round(result.duration_s, 3)})
+    if hooks.on_ended is not None:
+        with trio.CancelScope(shield=True):
+            try:
+                await hooks.on_ended(result)
+            except Exception:
+                log.exception("recording the end of a call failed")
+    return result
+
+
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def _loggable(fields: dict[str, Any]) -> dict[str, Any]:
+    """Notice fields as log `extra`: no transcript text or audio; no clash with LogRecord attributes."""
+    return {(f"f_{k}" if k in _RESERVED else k): v for k, v in fields.items()
+            if k not in ("usage", "text", "payload", "audio", "delta")}
