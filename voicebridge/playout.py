@@ -93,7 +93,7 @@ class Playout:
         limit = self.sent
         if self.pending:
             limit = min(limit, next(iter(self.pending.values())))
-        estimate = self._anchor_pos + int((now - self._anchor_t) * BYTES_PER_S)
+        estimate = self._anchor_pos + round((now - self._anchor_t) * BYTES_PER_S)
         return max(self._confirmed, min(limit, estimate))
 
     def is_playing(self) -> bool:

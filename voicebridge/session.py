@@ -58,6 +58,7 @@ class CallHooks:
     on_transcript: Callable[[str, str, str, str | None], Awaitable[None]] | None = None  # sid, role, text, item
     save_order: Callable[[str, Any], Awaitable[tuple[int, dict[str, Any]]]] | None = None  # sid, order -> id, summary
     on_ended: Callable[["CallResult"], Awaitable[None]] | None = None
+    on_live: Callable[["Call"], None] | None = None  # the call is running (the daemon keeps it for shutdown)
 
 
 @attrs.define
@@ -228,6 +229,13 @@ class Call:
         await self.twilio.aclose(1000, "call ended")
         assert self.nursery is not None
         self.nursery.cancel_scope.cancel()
+
+    def end_now(self, outcome: str) -> None:
+        """End the call at once (daemon shutdown past its drain deadline); the outcome is recorded."""
+        if self.outcome is None:
+            self.outcome = outcome
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
 
     async def _save_order(self, call_id: str | None) -> None:
         if self.hooks.save_order is None:
@@ -498,6 +506,8 @@ async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallS
                 call = Call(setup, twilio, start, hooks, recorder)
                 call.nursery = nursery
                 call.started_at = t0
+                if hooks.on_live is not None:
+                    hooks.on_live(call)
                 await nursery.start(call.model_link, model)
                 nursery.start_soon(call.twilio_reader)
                 nursery.start_soon(call.twilio_writer)
@@ -510,15 +520,22 @@ async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallS
         if call is not None and call.outcome is None:
             call.outcome = "error"
         result.outcome = "error"
-        with trio.CancelScope(shield=True):
-            await twilio.aclose(1011, "internal error")
     finally:
-        if call is not None:
-            with trio.CancelScope(shield=True):
-                for stream in (call.model, call.swap_to):
-                    if stream is not None:
-                        await stream.aclose()
+        # Also runs when the web layer cancels us (the caller's socket vanished, or shutdown):
+        # the outcome is recorded and every socket closed whatever happened.
+        with trio.CancelScope(shield=True):
+            await _finish_call(call, result, twilio, t0, hooks)
+    return result
+
+
+async def _finish_call(call: Call | None, result: CallResult, twilio: MessageStream, t0: float,
+                       hooks: CallHooks) -> None:
     if call is not None:
+        for stream in (call.model, call.swap_to):
+            if stream is not None:
+                await stream.aclose()
+        if call.outcome is None and call.flow.outcome is None:
+            call.outcome = "caller_hung_up"  # cancelled from outside: the caller's socket is gone
         result.outcome = call.outcome or call.flow.outcome or result.outcome
         result.order_id = call.flow.order_id
         result.counts = {**call.flow.counts, "frames_dropped": call.frames_dropped,
@@ -526,20 +543,16 @@ async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallS
         result.usage = call.usage
         if call.flow.first_audio_at is not None:
             result.first_audio_s = call.flow.first_audio_at - t0
+    await twilio.aclose(1000 if result.outcome not in ("error", "ai_failed") else 1011, "call ended")
     result.ended_at = datetime.now(timezone.utc)
     result.duration_s = trio.current_time() - t0
     log.info("call ended: %s", result.outcome, extra={"event": "call_ended", "outcome": result.outcome,
                                                       "duration_s": round(result.duration_s, 3)})
     if hooks.on_ended is not None:
-        with trio.CancelScope(shield=True):
-            try:
-                await hooks.on_ended(result)
-            except Exception:
-                log.exception("recording the end of a call failed")
-    return result
-
-
-_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+        try:
+            await hooks.on_ended(result)
+        except Exception:
+            log.exception("recording the end of a call failed")
 
 
 def _loggable(fields: dict[str, Any]) -> dict[str, Any]:

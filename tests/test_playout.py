@@ -1,0 +1,77 @@
+"""Playout accounting: what the caller has heard, from named marks and the playout clock."""
+
+from __future__ import annotations
+
+from voicebridge.playout import Playout, Truncation
+
+
+def send(p: Playout, item: str, ms: int, now: float, response: str = "resp_1") -> str:
+    return p.on_send(item, response, ms * 8, float(ms), now)
+
+
+def test_mark_echo_proves_audio_played() -> None:
+    """An echoed mark moves the heard position to the end of the audio before it."""
+    p = Playout()
+    m1 = send(p, "item_a", 100, now=0.0)
+    send(p, "item_a", 100, now=0.0)
+    assert p.on_mark(m1, now=0.1)
+    assert p.heard_ms("item_a", now=0.1) == 100
+    assert p.is_playing()
+
+
+def test_heard_position_advances_in_real_time_between_echoes() -> None:
+    """Between echoes playback advances at 8 bytes/ms, never past the next unechoed mark."""
+    p = Playout()
+    m1 = send(p, "item_a", 200, now=0.0)
+    send(p, "item_a", 200, now=0.0)
+    assert p.heard_ms("item_a", now=0.05) == 50
+    p.on_mark(m1, now=0.2)
+    assert p.heard_ms("item_a", now=0.3) == 300
+    assert p.heard_ms("item_a", now=5.0) == 400  # clamped to what was sent
+
+
+def test_marks_echoed_by_clear_are_ignored() -> None:
+    """After a clear, the flushed marks' echoes prove nothing and are not counted."""
+    p = Playout()
+    m1 = send(p, "item_a", 500, now=0.0)
+    m2 = send(p, "item_a", 500, now=0.0)
+    cuts = p.clear(now=0.3)
+    assert cuts == [Truncation("item_a", 300)]
+    assert not p.on_mark(m1, now=0.31)
+    assert not p.on_mark(m2, now=0.31)
+    assert not p.is_playing()
+    assert p.is_muted("item_a")
+
+
+def test_truncation_is_clamped_to_generated_audio() -> None:
+    """audio_end_ms never exceeds what the model generated for the item."""
+    p = Playout()
+    p.on_send("item_a", "r", 800, 50.0, 0.0)  # 100 ms sent for 50 ms generated (resampler rounding)
+    assert p.clear(now=0.075) == [Truncation("item_a", 50)]
+
+
+def test_items_fully_heard_are_not_truncated() -> None:
+    """A clear truncates only the items the caller had not finished hearing."""
+    p = Playout()
+    m1 = send(p, "item_a", 100, now=0.0)
+    send(p, "item_b", 300, now=0.0)
+    p.on_mark(m1, now=0.1)
+    assert p.clear(now=0.15) == [Truncation("item_b", 50)]
+
+
+def test_audio_after_a_clear_starts_playing_when_sent() -> None:
+    """Twilio's buffer is empty after a clear, so new audio plays from the moment it is sent."""
+    p = Playout()
+    send(p, "item_a", 1000, now=0.0)
+    p.clear(now=0.2)
+    send(p, "item_b", 400, now=5.0)
+    assert p.heard_ms("item_b", now=5.1) == 100
+
+
+def test_an_idle_gap_does_not_count_as_playback() -> None:
+    """Audio sent after the buffer ran dry starts at its send time, not at the last echo."""
+    p = Playout()
+    m1 = send(p, "item_a", 100, now=0.0)
+    p.on_mark(m1, now=0.1)
+    send(p, "item_b", 100, now=3.0)
+    assert p.heard_ms("item_b", now=3.05) == 50

@@ -1,0 +1,149 @@
+"""The `voicebridge` command: serve | demo | replay | orders | resend | call.
+
+Configuration comes from the environment and an optional `.env` file (see README); a bad value
+stops the command with one line naming the variable, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .config import Config, ConfigError
+
+log = logging.getLogger("voicebridge")
+
+ENV_HELP = """\
+environment (also read from ./.env or $VOICEBRIDGE_ENV_FILE):
+  OPENAI_API_KEY            key for the Realtime API (required by serve)
+  OPENAI_REALTIME_URL       default wss://api.openai.com/v1/realtime (ws:// works for local peers)
+  OPENAI_REALTIME_MODEL     default gpt-realtime
+  TWILIO_AUTH_TOKEN         checks X-Twilio-Signature (required by serve unless
+                            VOICEBRIDGE_ALLOW_UNSIGNED=1, a development switch that logs loudly)
+  PUBLIC_URL                the https origin Twilio reaches this daemon at (required by serve)
+  VOICEBRIDGE_HOST/PORT     listen address, default 127.0.0.1:8080
+  VOICEBRIDGE_DB            SQLite file, default ./voicebridge.sqlite3
+  VOICEBRIDGE_MENU          menu TOML file, default: the packaged pizza-shop menu
+  ORDER_WEBHOOK_URL/SECRET  where confirmed orders are POSTed, and the HMAC key that signs them
+  TRANSFER_NUMBER           the shop's number for "talk to a person" and failures
+  VOICEBRIDGE_RECORD_DIR    record every call as JSONL (for `voicebridge replay`)
+  more (timeouts, prices, logging): see systemd/voicebridge.env.example
+"""
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    return Config.from_env(env_file=getattr(args, "env_file", None))
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    import trio
+
+    from .daemon import Daemon, serve_daemon
+    from .domain.menu import load_menu
+    from .logs import setup_logging
+    from .store import Store
+
+    config.check_serve()
+    setup_logging(config.log_level, config.log_format,
+                  secrets=[config.openai_api_key, config.twilio_auth_token, config.order_webhook_secret])
+    menu = load_menu(config.menu_path)
+    if config.allow_unsigned:
+        from .security import UNSIGNED_WARNING
+
+        log.warning(UNSIGNED_WARNING, extra={"event": "unsigned_mode"})
+    log.info("starting voicebridge %s", __version__, extra={"event": "starting", "config": config.redacted()})
+
+    async def main() -> None:
+        store = await Store.open(config.db_path)
+        try:
+            await serve_daemon(Daemon(config, menu=menu, store=store))
+        finally:
+            await store.aclose()
+
+    trio.run(main)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from .demo import run_demo
+
+    return run_demo(config, scenario=args.scenario, quiet=args.quiet)
+
+
+def cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    from .replay import run_replay_command
+
+    return run_replay_command(config, [Path(p) for p in args.files], json_out=args.json, tolerance_s=args.tolerance)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voicebridge",
+        description="A phone agent: Twilio Media Streams bridged to the OpenAI Realtime API.",
+        epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"voicebridge {__version__}")
+    parser.add_argument("--env-file", metavar="PATH", help="read settings from this file instead of ./.env")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("serve", help="run the daemon (Twilio webhooks + media streams)",
+                       description="Run the daemon: Twilio's voice webhook, the media-stream WebSocket, "
+                                   "health and metrics. Stops on SIGTERM after draining live calls.")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="a whole call offline: the daemon plus local Twilio and Realtime peers",
+                       description="Run the daemon on loopback with a local Realtime server and a local caller, "
+                                   "and print the call live: transcript, barge-ins, tool calls, the saved order "
+                                   "and its webhook delivery. No keys, no network. Uses VOICEBRIDGE_DB, the menu "
+                                   "and ORDER_WEBHOOK_URL/SECRET when set; otherwise a local SQLite file and a "
+                                   "local webhook receiver that prints what it got.")
+    p.add_argument("--scenario", default="demo", help="a packaged scenario name or a scenario TOML path "
+                                                       "(default: demo, a full order with a barge-in)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("replay", help="replay recorded calls against the daemon and report differences",
+                       description="Replay the peers' side of recorded calls (JSONL, see docs/architecture.md) "
+                                   "against an in-process daemon on loopback, and report, message by message, "
+                                   "where the bridge's messages now differ from the recording. Exit 1 on any "
+                                   "difference.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="recording(s): .jsonl or .jsonl.gz")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--tolerance", type=float, default=0.25, metavar="S",
+                   help="timing difference (seconds) still counted as the same behaviour (default 0.25)")
+    p.set_defaults(func=cmd_replay)
+
+    for module in ("orders", "call"):
+        register: Callable[[argparse._SubParsersAction], None] = getattr(
+            __import__(f"voicebridge.commands.{module}", fromlist=["register"]), "register")
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = _load_config(args)
+        return int(args.func(args, config) or 0)
+    except ConfigError as exc:
+        print(f"voicebridge: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from .domain.menu import MenuError
+        from .peers.scenario import ScenarioError
+        from .store import StoreError
+
+        if isinstance(exc, (MenuError, ScenarioError, StoreError)):
+            print(f"voicebridge: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

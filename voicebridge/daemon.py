@@ -1,0 +1,331 @@
+"""The daemon: shared services around the calls, and `serve_daemon()` which runs it all.
+
+One Trio nursery holds Hypercorn (serving the Quart-Trio app), the webhook outbox worker, the
+systemd watchdog and the pre-warmed Realtime sessions waiting for their stream. Each call runs
+in its own nursery inside its WebSocket handler (`voicebridge.session.run_call`).
+SIGTERM (or `shutdown`) stops new calls, lets live calls finish up to the drain deadline, then
+ends the rest with the outcome `shutdown` recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import urllib.parse
+from collections import OrderedDict
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Callable
+
+import trio
+
+from .config import Config
+from .cost import CallCost
+from .domain.menu import Menu
+from .domain.order import Order
+from .domain.tools import execute_tool, tool_definitions
+from .flow import FlowSettings
+from .metrics import Metrics
+from .notify import Notifier, watchdog_task
+from .outbox import OutboxWorker
+from .prompts import session_instructions
+from .protocol import realtime as rt
+from .protocol import twilio_media as tw
+from .security import StreamTokenError, StreamTokens, TwilioSignatures
+from .session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call
+from .store import Store
+from .transport import MessageStream, TrioWebSocketStream
+
+log = logging.getLogger("voicebridge.daemon")
+
+Observer = Callable[[str, str, dict[str, Any]], None]  # (call_sid, kind, fields)
+MAX_REMEMBERED_OUTCOMES = 10_000
+
+
+def realtime_connector(config: Config) -> Connector:
+    """Open a Realtime WebSocket: `OPENAI_REALTIME_URL` with `?model=`, bearer key only (GA)."""
+    from trio_websocket import connect_websocket_url
+
+    url = config.realtime_url
+    if "model=" not in urllib.parse.urlsplit(url).query:
+        url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"model": config.realtime_model})
+    headers = [(b"authorization", f"Bearer {config.openai_api_key or ''}".encode())]
+
+    async def connect(nursery: trio.Nursery) -> MessageStream:
+        ws = await connect_websocket_url(
+            nursery, url, extra_headers=headers, message_queue_size=64, max_message_size=4 * 1024 * 1024,
+            connect_timeout=config.realtime_connect_timeout_s, disconnect_timeout=2.0,
+        )
+        return TrioWebSocketStream(ws)
+
+    return connect
+
+
+def order_state(order: Order, menu: Menu, tax_rate_bp: int) -> dict[str, Any]:
+    """The order as the model is told it after a reconnect (the bridge's record)."""
+    lines = [{"line": n, "item": p.line.item, "size": p.line.size, "quantity": p.line.quantity,
+              "toppings": list(p.line.toppings)} for n, p in enumerate(order.priced_lines(menu), 1)]
+    totals = order.totals(menu, tax_rate_bp)
+    return {"lines": lines, "customer": order.customer_name, "fulfillment": order.fulfillment,
+            "subtotal_cents": totals.subtotal_cents, "total_cents": totals.total_cents}
+
+
+def make_call_setup(config: Config, menu: Menu, connector: Connector, *,
+                    check_start: Callable[[tw.Start], None] | None = None) -> CallSetup:
+    """How every call is set up: Realtime session settings, tools, timers, order handling."""
+    return CallSetup(
+        connect=connector,
+        session=rt.SessionSettings(
+            instructions=session_instructions(menu.shop_name, menu.summary_text()),
+            tools=tuple(tool_definitions(menu)), voice=config.voice, audio_format=config.audio_format),
+        flow=FlowSettings(
+            silence_timeout_s=config.silence_timeout_s, max_call_s=config.max_call_s,
+            response_stall_timeout_s=config.response_stall_timeout_s,
+            reconnect_budget_s=config.reconnect_budget_s, session_rotate_s=config.session_rotate_s,
+            tax_rate_bp=config.tax_rate_bp),
+        new_order=lambda caller: Order.empty(caller_number=caller),
+        run_tool=lambda order, name, args: execute_tool(order, menu, name, args, tax_rate_bp=config.tax_rate_bp),
+        order_state=lambda order: order_state(order, menu, config.tax_rate_bp),
+        connect_timeout_s=config.realtime_connect_timeout_s,
+        check_start=check_start,
+        record_dir=config.record_dir,
+    )
+
+
+class Daemon:
+    def __init__(self, config: Config, *, menu: Menu, store: Store, metrics: Metrics | None = None,
+                 connector: Connector | None = None, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.menu = menu
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier()
+        self.signatures = TwilioSignatures(config.twilio_auth_token, config.public_url or "http://127.0.0.1",
+                                           allow_unsigned=config.allow_unsigned)
+        self.tokens = StreamTokens(ttl_s=config.stream_token_ttl_s)
+        self.observers: list[Observer] = []
+        self.draining = False
+        self.live: dict[str, Call] = {}
+        self.calls_done = trio.Event()
+        self.outcomes: OrderedDict[str, str] = OrderedDict()
+        self._prewarmed: dict[str, MessageStream] = {}
+        self._prewarming: dict[str, trio.Event] = {}
+        self.nursery: trio.Nursery | None = None
+        self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret,
+                                   max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
+        self.setup = make_call_setup(config, menu, connector or realtime_connector(config), check_start=self._check_start)
+
+    # -- pre-warm ----------------------------------------------------------------------------
+
+    def prewarm(self, call_sid: str) -> None:
+        """Open and configure the call's Realtime session while Twilio fetches TwiML and connects."""
+        if self.nursery is None or call_sid in self._prewarming:
+            return
+        self._prewarming[call_sid] = trio.Event()
+        self.nursery.start_soon(self._prewarm, call_sid)
+
+    async def _prewarm(self, call_sid: str) -> None:
+        assert self.nursery is not None
+        ready = self._prewarming[call_sid]
+        try:
+            stream = await connect_session(self.setup, self.nursery)
+        except SetupError as exc:
+            log.warning("pre-warm failed (the call will connect on its own): %s", exc,
+                        extra={"event": "prewarm_failed", "call_sid": call_sid})
+            self._prewarming.pop(call_sid, None)
+            ready.set()
+            return
+        self._prewarmed[call_sid] = stream
+        ready.set()
+        await trio.sleep(self.config.prewarm_ttl_s)
+        self._prewarming.pop(call_sid, None)
+        unused = self._prewarmed.pop(call_sid, None)
+        if unused is not None:  # the stream never came: do not leave a session open
+            log.info("discarded an unused pre-warmed session", extra={"event": "prewarm_discarded", "call_sid": call_sid})
+            with trio.CancelScope(shield=True):
+                await unused.aclose()
+
+    async def claim_prewarmed(self, call_sid: str) -> MessageStream | None:
+        ready = self._prewarming.get(call_sid)
+        if ready is not None:
+            with trio.move_on_after(self.config.realtime_connect_timeout_s):
+                await ready.wait()
+        return self._prewarmed.pop(call_sid, None)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _check_start(self, start: tw.Start) -> None:
+        try:
+            self.tokens.redeem(start.custom_parameters.get("token"), start.call_sid)
+        except StreamTokenError as exc:
+            raise StreamRefused(exc.reason) from None
+
+    async def handle_stream(self, twilio: MessageStream) -> CallResult:
+        hooks = CallHooks(on_event=self._on_event, on_started=self._on_started, on_transcript=self._on_transcript,
+                          save_order=self._save_order, on_ended=self._on_ended, on_live=self._on_live)
+        return await run_call(twilio, self.setup, hooks, prewarmed=self.claim_prewarmed)
+
+    def _on_live(self, call: Call) -> None:
+        self.live[call.sid] = call
+        self.metrics.live_calls.inc()
+        if self.signatures.unsigned:
+            log.warning("call running without Twilio signature checks (VOICEBRIDGE_ALLOW_UNSIGNED=1)",
+                        extra={"event": "unsigned_call", "call_sid": call.sid})
+
+    async def _on_started(self, start: tw.Start) -> None:
+        params = start.custom_parameters
+        try:
+            await self.store.call_started(start.call_sid, stream_sid=start.stream_sid, from_number=params.get("From"),
+                                          to_number=params.get("To"), direction=params.get("Direction") or "inbound",
+                                          started_at=datetime.now(timezone.utc))
+        except Exception as exc:
+            log.error("could not record the call start: %s", exc, extra={"event": "store_error"})
+
+    async def _on_transcript(self, call_sid: str, role: str, text: str, item_id: str | None) -> None:
+        try:
+            await self.store.add_transcript(call_sid, role=role, text=text, item_id=item_id,
+                                            at=datetime.now(timezone.utc))
+        except Exception as exc:
+            log.error("could not store a transcript line: %s", exc, extra={"event": "store_error"})
+
+    async def _save_order(self, call_sid: str, order: Order) -> tuple[int, dict[str, Any]]:
+        order_id = await self.store.save_confirmed_order(call_sid, order, self.menu, tax_rate_bp=self.config.tax_rate_bp,
+                                                         created_at=datetime.now(timezone.utc))
+        self.outbox.wake()
+        totals = order.totals(self.menu, self.config.tax_rate_bp)
+        return order_id, {"subtotal_cents": totals.subtotal_cents, "tax_cents": totals.tax_cents,
+                          "total_cents": totals.total_cents}
+
+    def _on_event(self, call_sid: str, kind: str, fields: dict[str, Any]) -> None:
+        m = self.metrics
+        if kind == "barge_in":
+            m.barge_ins_total.inc()
+        elif kind == "realtime_restored":
+            m.realtime_reconnects_total.inc()
+        elif kind == "model_error":
+            m.count_realtime_error(fields.get("code"))
+        elif kind == "protocol_error":
+            m.protocol_errors_total.labels(fields.get("source", "twilio")).inc()
+        elif kind == "first_audio":
+            m.time_to_first_audio_seconds.observe(fields["ms"] / 1000)
+        for observe in self.observers:
+            observe(call_sid, kind, fields)
+
+    async def _on_ended(self, result: CallResult) -> None:
+        sid = result.call_sid
+        if sid is None:
+            return
+        self.outcomes[sid] = result.outcome
+        while len(self.outcomes) > MAX_REMEMBERED_OUTCOMES:
+            self.outcomes.popitem(last=False)
+        if self.live.pop(sid, None) is not None:
+            self.metrics.live_calls.dec()
+        if not self.live:
+            self.calls_done.set()
+        self.metrics.calls_total.labels(result.outcome).inc()
+        cost = CallCost(self.config.prices)
+        for usage in result.usage:
+            cost.add_usage(usage)
+        total: Decimal = cost.total_usd(result.duration_s)
+        self.metrics.add_call_cost(total)
+        details = {**cost.details(), "counts": result.counts, "first_audio_s": result.first_audio_s}
+        for observe in self.observers:
+            observe(sid, "ended", {"outcome": result.outcome, "cost_usd": str(total), "order_id": result.order_id})
+        try:
+            await self.store.call_ended(sid, outcome=result.outcome, ended_at=result.ended_at or datetime.now(timezone.utc),
+                                        cost_usd=total, cost_details=details)
+        except Exception as exc:
+            log.error("could not record the call end: %s", exc, extra={"event": "store_error"})
+
+    async def outcome_of(self, call_sid: str) -> str | None:
+        outcome = self.outcomes.get(call_sid)
+        if outcome is None and call_sid:
+            try:
+                for row in await self.store.list_calls(limit=200):
+                    if row.call_sid == call_sid:
+                        return row.outcome
+            except Exception:
+                return None
+        return outcome
+
+    async def not_ready_reason(self) -> str | None:
+        if self.draining:
+            return "draining"
+        try:
+            await self.store.check_writable()
+        except Exception as exc:
+            return f"store not writable ({type(exc).__name__})"
+        return None
+
+    # -- life --------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stop new calls; let live ones finish up to the drain deadline; end the rest."""
+        self.draining = True
+        self.notifier.stopping()
+        log.info("draining", extra={"event": "draining", "live_calls": len(self.live)})
+        if self.live:
+            self.calls_done = trio.Event()
+            with trio.move_on_after(self.config.drain_timeout_s):
+                await self.calls_done.wait()
+        for call in list(self.live.values()):
+            call.end_now("shutdown")
+        with trio.move_on_after(5):
+            while self.live:
+                await trio.sleep(0.05)
+
+
+async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None,
+                       task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until SIGTERM/SIGINT (or `shutdown` is set), then drain and stop."""
+    from hypercorn.config import Config as HyperConfig
+    from hypercorn.trio import serve
+
+    from .web import create_app
+
+    cfg = daemon.config
+    app = create_app(daemon)
+    hyper = HyperConfig()
+    hyper.bind = [f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"]
+    hyper.accesslog = None
+    hyper.errorlog = logging.getLogger("hypercorn.error")
+    hyper.graceful_timeout = 2.0
+    hyper.websocket_ping_interval = None
+    stop_serving = trio.Event()
+    shutdown = shutdown or trio.Event()
+    async with trio.open_nursery() as nursery:
+        daemon.nursery = nursery
+        await nursery.start(daemon.outbox.run)
+        served = trio.Event()
+
+        async def run_hypercorn(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await serve(app, hyper, shutdown_trigger=stop_serving.wait, task_status=task_status)
+            finally:
+                served.set()
+
+        binds = await nursery.start(run_hypercorn)
+        nursery.start_soon(watchdog_task, daemon.notifier, lambda: not daemon.draining)
+        daemon.notifier.ready()
+        log.info("serving", extra={"event": "serving", "binds": binds, "public_url": cfg.public_url,
+                                   "realtime_url": cfg.realtime_url})
+        task_status.started(binds)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as waiter:
+                async def on_signal() -> None:
+                    async for _ in signals:
+                        shutdown.set()
+                        return
+                waiter.start_soon(on_signal)
+                await shutdown.wait()
+                waiter.cancel_scope.cancel()
+        await daemon.drain()
+        stop_serving.set()
+        with trio.move_on_after(hyper.graceful_timeout + 1):
+            await served.wait()
+        with trio.move_on_after(2):
+            while daemon._prewarmed:
+                _, stream = daemon._prewarmed.popitem()
+                await stream.aclose()
+        nursery.cancel_scope.cancel()
+    log.info("stopped", extra={"event": "stopped"})

@@ -1,0 +1,161 @@
+"""`voicebridge demo`: one whole call, offline, through the real daemon on loopback.
+
+The daemon is the one `serve` runs (same app, same call engine, same store and outbox); only its
+peers are local: the Realtime server (`peers.realtime_server`) and a caller that behaves like
+Twilio (`peers.twilio_caller`: it fetches TwiML from /incoming-call, opens /media-stream, streams
+real speech, plays the AI's audio out in real time, and posts /stream-ended). Settings come from
+the same configuration as `serve`; the demo fills in what a laptop lacks: a loopback public URL,
+no Twilio token (it sets the development switch, and says so), and a local webhook receiver
+when ORDER_WEBHOOK_URL is unset.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import sys
+from typing import Any, TextIO
+
+import attrs
+import trio
+
+from .config import Config
+from .domain.menu import format_money, load_menu
+from .peers.scenario import Scenario, load_scenario
+
+ROLE = {"caller": "caller", "assistant": "AI    "}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class LiveView:
+    """Prints what happens in a call as it happens (transcripts, barge-ins, tools, the order)."""
+
+    def __init__(self, out: TextIO, quiet: bool) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.t0: float | None = None
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, call_sid: str, kind: str, fields: dict[str, Any]) -> None:
+        self.events.append((kind, fields))
+        if self.t0 is None:
+            self.t0 = trio.current_time()
+        line = self.describe(kind, fields)
+        if line and not self.quiet:
+            print(f"  {trio.current_time() - self.t0:6.2f}s  {line}", file=self.out, flush=True)
+
+    @staticmethod
+    def describe(kind: str, f: dict[str, Any]) -> str | None:
+        if kind == "transcript":
+            return f"{ROLE.get(f['role'], f['role'])}: {f['text']}"
+        if kind == "barge_in":
+            cuts = ", ".join(f"{ms} ms of {item}" for item, ms in f.get("truncated", [])) or "nothing heard yet"
+            return f"** barge-in: the caller talked over the AI; audio cleared, answer cut after {cuts}"
+        if kind == "tool":
+            return f"-- tool {f['name']}: {'ok' if f['ok'] else 'rejected'}" + (f" ({f['intent']})" if f.get("intent") else "")
+        if kind == "state":
+            return f"-- state: {f['state']}"
+        if kind == "order_confirmed":
+            return (f"== order #{f['order_id']} saved: subtotal {format_money(f['subtotal_cents'])}, tax "
+                    f"{format_money(f['tax_cents'])}, total {format_money(f['total_cents'])}")
+        if kind == "first_audio":
+            return f"-- first greeting audio {f['ms']:.1f} ms after the stream started"
+        if kind in ("realtime_lost", "realtime_restored", "dtmf", "transfer", "silence", "response_stalled"):
+            return f"-- {kind.replace('_', ' ')} {f if f else ''}".rstrip()
+        if kind == "ended":
+            return f"== call ended: {f['outcome']}, estimated cost ${f['cost_usd']}"
+        return None
+
+
+@attrs.define
+class DemoResult:
+    outcome: str | None
+    order_id: int | None
+    delivery_state: str | None
+    twilio_outcome: str
+    events: list[tuple[str, dict[str, Any]]]
+
+
+async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sys.stdout, quiet: bool = False,
+                         realtime_speed: float = 4.0) -> DemoResult:
+    from .daemon import Daemon, serve_daemon
+    from .peers.realtime_server import RealtimePeer, serve_realtime_peer
+    from .peers.twilio_caller import place_call
+    from .peers.webhook_receiver import serve_webhook_receiver
+    from .store import Store
+
+    menu = load_menu(config.menu_path)
+    view = LiveView(out, quiet)
+    async with trio.open_nursery() as nursery:
+        receiver = None
+        if config.order_webhook_url is None:
+            secret = config.order_webhook_secret or secrets.token_hex(16)
+            receiver = await nursery.start(lambda task_status: serve_webhook_receiver(
+                secret=secret, announce=lambda line: print(f"  webhook: {line}", file=out, flush=True),
+                task_status=task_status))
+            config = attrs.evolve(config, order_webhook_url=receiver.url, order_webhook_secret=secret)
+        peer = RealtimePeer(scenario, speed=realtime_speed)
+        realtime_url = await nursery.start(lambda task_status: serve_realtime_peer(peer, task_status=task_status))
+        port = free_port()
+        config = attrs.evolve(config, host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}",
+                              realtime_url=realtime_url, openai_api_key=config.openai_api_key or "local-peer",
+                              allow_unsigned=config.twilio_auth_token is None)
+        store = await Store.open(config.db_path)
+        try:
+            daemon = Daemon(config, menu=menu, store=store)
+            daemon.observers.append(view)
+            stop = trio.Event()
+            await nursery.start(lambda task_status: serve_daemon(daemon, shutdown=stop, task_status=task_status))
+            print(f"voicebridge demo: scenario {scenario.name!r}: {scenario.description}", file=out)
+            print(f"  daemon on {config.public_url}, local Realtime server on {realtime_url}, "
+                  f"orders in {config.db_path}", file=out, flush=True)
+            with trio.fail_after(scenario.max_s + 30):
+                result = await place_call(config.public_url or "", scenario, public_url=config.public_url or "",
+                                          auth_token=config.twilio_auth_token)
+            print(f"  Twilio continues the call with: {result.outcome}", file=out, flush=True)
+            order_id = daemon_order_id(view)
+            state = None
+            if order_id is not None:
+                with trio.move_on_after(15):
+                    while True:
+                        row = await store.outbox_for_order(order_id)
+                        state = row.state if row is not None else None
+                        if state != "pending":
+                            break
+                        await trio.sleep(0.1)
+                detail = await store.get_order(order_id)
+                if detail is not None:
+                    print(f"  order #{order_id} in {config.db_path}: total "
+                          f"{format_money(detail.order.total_cents)}, webhook delivery: {state}", file=out)
+            outcome = next((f["outcome"] for k, f in reversed(view.events) if k == "ended"), None)
+            stop.set()
+        finally:
+            await store.aclose()
+        nursery.cancel_scope.cancel()
+    return DemoResult(outcome, order_id, state, result.outcome, view.events)
+
+
+def daemon_order_id(view: LiveView) -> int | None:
+    for kind, fields in view.events:
+        if kind == "order_confirmed":
+            return int(fields["order_id"])
+    return None
+
+
+def run_demo(config: Config, *, scenario: str = "demo", quiet: bool = False) -> int:
+    logging.basicConfig(level=logging.WARNING, format="  [%(levelname)s] %(name)s: %(message)s")
+    chosen = load_scenario(scenario)
+    if config.twilio_auth_token is None:
+        print("voicebridge demo: no TWILIO_AUTH_TOKEN, so the local caller's requests are unsigned "
+              "(VOICEBRIDGE_ALLOW_UNSIGNED=1 for this run only)", file=sys.stderr)
+    result = trio.run(lambda: run_demo_async(config, chosen, quiet=quiet))
+    print(f"voicebridge demo: call outcome {result.outcome}; order "
+          f"{'#' + str(result.order_id) if result.order_id is not None else 'none'}; webhook "
+          f"{result.delivery_state or 'n/a'}")
+    return 0 if result.outcome is not None else 1

@@ -1,0 +1,144 @@
+"""The Quart-Trio app: Twilio's webhooks, the Media Streams WebSocket, health and metrics.
+
+Routes:
+- `POST /incoming-call` (Twilio voice webhook): TwiML `<Connect action=/stream-ended><Stream>`
+  with the call's parameters and a single-use stream token; pre-warms the Realtime session.
+- `WS /media-stream`: one call, run by `voicebridge.session.run_call`.
+- `POST /stream-ended` (the `<Connect>` action): continues the call by its outcome: hang up,
+  dial the shop, or apologise and take a message. No other route changes a live call.
+- `GET /healthz`, `GET /readyz`, `GET /metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from quart import Response, request, websocket
+from quart_trio import QuartTrio
+from twilio.twiml.voice_response import VoiceResponse
+
+from .transport import QuartWebSocketStream
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("voicebridge.web")
+
+HANGUP_OUTCOMES = frozenset({"completed", "ended_no_order", "caller_hung_up", "silence_timeout", "max_duration",
+                             "refused", "shutdown"})
+SORRY = "We're sorry, our ordering assistant is having trouble right now."
+
+
+def _twiml(vr: VoiceResponse, status: int = 200) -> Response:
+    return Response(str(vr), status=status, content_type="text/xml")
+
+
+def _path_qs() -> str:
+    qs = request.query_string.decode("latin-1")
+    return request.path + ("?" + qs if qs else "")
+
+
+def create_app(daemon: "Daemon") -> QuartTrio:
+    cfg = daemon.config
+    app = QuartTrio("voicebridge")
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    async def signed_form() -> dict[str, str] | None:
+        form = (await request.form).to_dict()
+        if daemon.signatures.check_http(_path_qs(), form, request.headers.get("X-Twilio-Signature")):
+            return form
+        log.warning("rejected a webhook with a missing or wrong Twilio signature",
+                    extra={"event": "bad_signature", "route": request.path})
+        daemon.metrics.protocol_errors_total.labels("twilio").inc()
+        return None
+
+    @app.post("/incoming-call")
+    async def incoming_call() -> Response:
+        form = await signed_form()
+        if form is None:
+            return Response("forbidden\n", status=403, content_type="text/plain")
+        call_sid = form.get("CallSid", "")
+        if not call_sid or len(call_sid) > 64 or not call_sid.replace("_", "").isalnum():
+            return Response("CallSid missing or malformed\n", status=400, content_type="text/plain")
+        vr = VoiceResponse()
+        if daemon.draining:
+            vr.say("We're sorry, we can't take your call right now. Please call back in a minute.")
+            if cfg.transfer_number:
+                vr.dial(cfg.transfer_number)
+            else:
+                vr.hangup()
+            return _twiml(vr)
+        if daemon.signatures.unsigned:
+            log.warning("call accepted without a Twilio signature check (VOICEBRIDGE_ALLOW_UNSIGNED=1)",
+                        extra={"event": "unsigned_call"})
+        token = daemon.tokens.mint(call_sid)
+        daemon.prewarm(call_sid)
+        stream = vr.connect(action=cfg.public("/stream-ended")).stream(url=cfg.stream_url)
+        for name in ("CallSid", "From", "To", "Direction"):
+            if form.get(name):
+                stream.parameter(name=name, value=form[name][:450])
+        stream.parameter(name="token", value=token)
+        return _twiml(vr)
+
+    @app.websocket("/media-stream")
+    async def media_stream() -> Response | None:
+        if not daemon.signatures.check_websocket(websocket.path, websocket.headers.get("X-Twilio-Signature")):
+            log.warning("refused a media stream with a missing or wrong Twilio signature",
+                        extra={"event": "bad_signature", "route": "/media-stream"})
+            return Response("forbidden\n", status=403, content_type="text/plain")
+        if daemon.draining:
+            return Response("draining\n", status=503, content_type="text/plain")
+        await websocket.accept()
+        await daemon.handle_stream(QuartWebSocketStream(websocket))
+        return None
+
+    @app.post("/stream-ended")
+    async def stream_ended() -> Response:
+        form = await signed_form()
+        if form is None:
+            return Response("forbidden\n", status=403, content_type="text/plain")
+        call_sid = form.get("CallSid", "")
+        vr = VoiceResponse()
+        if form.get("RecordingUrl"):  # back from the voicemail <Record>
+            vr.say("Thank you. We'll call you back soon. Goodbye.")
+            vr.hangup()
+            return _twiml(vr)
+        outcome = await daemon.outcome_of(call_sid)
+        log.info("stream ended", extra={"event": "stream_ended", "outcome": outcome, "call_sid": call_sid})
+        if outcome in HANGUP_OUTCOMES:
+            vr.hangup()
+        elif outcome == "transferred":
+            if cfg.transfer_number:
+                vr.dial(cfg.transfer_number)
+            else:
+                vr.say("We're sorry, nobody at the shop can take your call right now. Please call back later.")
+                vr.hangup()
+        else:  # the AI side failed (or we never saw the stream): apologise, then a person or voicemail
+            vr.say(SORRY)
+            if cfg.transfer_number:
+                vr.say("Let me connect you with the shop.")
+                vr.dial(cfg.transfer_number)
+            else:
+                vr.say("Please leave your name, number and order after the tone, and we'll call you back.")
+                vr.record(max_length=120, play_beep=True, action=cfg.public("/stream-ended"))
+                vr.hangup()
+        return _twiml(vr)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response("ok\n", content_type="text/plain")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        problem = await daemon.not_ready_reason()
+        if problem:
+            return Response(f"not ready: {problem}\n", status=503, content_type="text/plain")
+        return Response("ready\n", content_type="text/plain")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = daemon.metrics.render()
+        return Response(body, content_type=content_type)
+
+    return app
