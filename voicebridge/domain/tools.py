@@ -1,0 +1,498 @@
+"""The function tools the Realtime model calls to build the order, and their execution.
+
+`tool_definitions(menu)` gives the GA tool list for `session.update`. `execute_tool` runs
+one call on the bridge's `Order`: every argument is checked against the menu and types;
+a bad one returns `ok=False` with an `error` the model can say back, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+
+import attrs
+
+from voicebridge.domain.menu import Item, Menu, format_money, join_words, normalize
+from voicebridge.domain.order import (
+    FULFILLMENTS,
+    MAX_LINES,
+    MAX_QUANTITY,
+    MAX_TOPPINGS,
+    Order,
+    OrderLine,
+    describe,
+    price_line,
+    read_back,
+)
+
+INTENTS = ("review", "confirm", "reject", "transfer", "end_call")
+MAX_NAME = 80
+MAX_ADDRESS = 200
+MAX_NOTES = 140
+MAX_REASON = 200
+
+_FULFILLMENT_WORDS = {
+    "pickup": "pickup",
+    "pick up": "pickup",
+    "pick-up": "pickup",
+    "collection": "pickup",
+    "carryout": "pickup",
+    "carry out": "pickup",
+    "takeout": "pickup",
+    "take out": "pickup",
+    "delivery": "delivery",
+    "deliver": "delivery",
+    "delivered": "delivery",
+}
+
+READ_EXACTLY = (
+    "Read read_back to the caller exactly as written, then wait. Call confirm_order only after a "
+    "clear yes (or the caller pressing 1); call reject_order if they want a change."
+)
+
+
+@attrs.frozen
+class ToolResult:
+    """The outcome of one tool call."""
+
+    output: dict[str, Any]  # JSON-able; sent as the function_call_output's `output` (a JSON string)
+    ok: bool  # False when arguments were invalid; output then has "error": text the model can say back
+    intent: str | None  # None | "review" | "confirm" | "reject" | "transfer" | "end_call"
+    changed: bool  # True when the order was modified
+
+    def output_json(self) -> str:
+        """`output` as the JSON string the Realtime API expects."""
+        return json.dumps(self.output, ensure_ascii=False)
+
+
+class _BadArgument(Exception):
+    """A tool argument is invalid; the message is said back to the caller by the model."""
+
+
+# -- definitions ------------------------------------------------------------------------
+
+
+def tool_definitions(menu: Menu) -> list[dict[str, Any]]:
+    """The flat GA tool definitions (`type`, `name`, `description`, `parameters`) for `menu`."""
+    item_names = join_words([i.name for i in menu.items], "or")
+    topping_names = join_words([t.name for t in menu.toppings], "or") or "none on this menu"
+    size: dict[str, Any] = {"type": "string", "description": "Size, for items sold in sizes."}
+    if menu.size_keys:
+        size["enum"] = list(menu.size_keys)
+    line = {"type": "integer", "minimum": 1, "description": "Item number as read back, starting at 1."}
+    toppings = {
+        "type": "array",
+        "items": {"type": "string"},
+        "maxItems": MAX_TOPPINGS,
+        "description": f"Extra toppings (pizzas only): {topping_names}.",
+    }
+    reason = {"type": "string", "description": "Short reason, for the shop's records."}
+    quantity = {"type": "integer", "minimum": 1, "maximum": MAX_QUANTITY}
+
+    def tool(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": properties,
+                "required": required,
+                "additionalProperties": False,
+            },
+        }
+
+    return [
+        tool(
+            "add_item",
+            "Add an item to the order as a new line. Ask for the size first if it has sizes.",
+            {
+                "item": {"type": "string", "description": f"Menu item: {item_names}."},
+                "size": size,
+                "quantity": {**quantity, "description": "How many; default 1."},
+                "toppings": toppings,
+                "notes": {"type": "string", "description": "Short request, such as 'well done'."},
+            },
+            ["item"],
+        ),
+        tool(
+            "update_item",
+            "Change a line already in the order (the caller changed their mind). Toppings replace the old list.",
+            {
+                "line": line,
+                "size": size,
+                "quantity": quantity,
+                "toppings": toppings,
+                "notes": {"type": "string", "description": "Replaces the line's request; empty clears it."},
+            },
+            ["line"],
+        ),
+        tool("remove_item", "Take a line off the order.", {"line": line}, ["line"]),
+        tool(
+            "set_customer",
+            "Record the caller's name, pickup or delivery, the delivery address, or a different phone number.",
+            {
+                "name": {"type": "string", "description": "The name for the order."},
+                "fulfillment": {"type": "string", "enum": list(FULFILLMENTS)},
+                "address": {"type": "string", "description": "Delivery address, as the caller said it."},
+                "phone": {"type": "string", "description": "Only if different from the number they call from."},
+            },
+            [],
+        ),
+        tool("get_menu", "The menu: items, prices, toppings, specials and opening hours.", {}, []),
+        tool(
+            "review_order",
+            "When the order is complete, get the exact read-back with the total to read to the caller.",
+            {},
+            [],
+        ),
+        tool(
+            "confirm_order",
+            "The caller said yes to the read-back: place the order. Only after review_order.",
+            {},
+            [],
+        ),
+        tool("reject_order", "The caller said no to the read-back and wants a change.", {"reason": reason}, []),
+        tool("transfer_to_human", "The caller asks for a person, or you cannot help.", {"reason": reason}, []),
+        tool("end_call", "Hang up, after saying goodbye.", {"reason": reason}, []),
+    ]
+
+
+# -- execution --------------------------------------------------------------------------
+
+
+def execute_tool(order: Order, menu: Menu, name: str, arguments: str, *, tax_rate_bp: int) -> ToolResult:
+    """Run tool `name` with the model's raw JSON `arguments` on `order` (changed in place)."""
+    handler = _HANDLERS.get(name)
+    if handler is None:
+        return _error(f"There is no tool named {name!r}.")
+    try:
+        raw = json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        return _error("The tool arguments were not valid JSON; call the tool again with a JSON object.")
+    if not isinstance(raw, dict):
+        return _error("The tool arguments must be a JSON object.")
+    try:
+        return handler(order, menu, _Args(name, raw), tax_rate_bp)
+    except _BadArgument as exc:
+        return _error(str(exc))
+
+
+def _error(message: str) -> ToolResult:
+    return ToolResult(output={"ok": False, "error": message}, ok=False, intent=None, changed=False)
+
+
+def _done(output: dict[str, Any], *, intent: str | None = None, changed: bool = False) -> ToolResult:
+    return ToolResult(output={"ok": True, **output}, ok=True, intent=intent, changed=changed)
+
+
+class _Args:
+    """Typed access to one call's arguments; JSON null means "not given"."""
+
+    def __init__(self, tool: str, raw: dict[str, Any]) -> None:
+        self.tool = tool
+        self.raw = raw
+
+    def only(self, *names: str) -> None:
+        for key in self.raw:
+            if key not in names:
+                allowed = ", ".join(names) if names else "no arguments"
+                raise _BadArgument(f"{self.tool} has no argument {key!r} (it takes {allowed}).")
+
+    def given(self, name: str) -> bool:
+        return self.raw.get(name) is not None
+
+    def text(self, name: str, *, max_len: int, required: bool = False) -> str | None:
+        value = self.raw.get(name)
+        if value is None:
+            if required:
+                raise _BadArgument(f"{self.tool} needs {name}.")
+            return None
+        if not isinstance(value, str):
+            raise _BadArgument(f"{name} must be text.")
+        value = " ".join(value.split())
+        if not value:
+            if required:
+                raise _BadArgument(f"{self.tool} needs {name}.")
+            return None
+        if len(value) > max_len:
+            raise _BadArgument(f"{name} is too long; keep it under {max_len} characters.")
+        return value
+
+    def integer(self, name: str) -> int | None:
+        value = self.raw.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise _BadArgument(f"{name} must be a whole number.")
+        return int(value)
+
+    def text_list(self, name: str) -> list[str] | None:
+        value = self.raw.get(name)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _BadArgument(f"{name} must be a list of names.")
+        return [v for v in (" ".join(v.split()) for v in value) if v]
+
+
+def _quantity(args: _Args) -> int | None:
+    quantity = args.integer("quantity")
+    if quantity is None:
+        return None
+    if quantity < 1:
+        raise _BadArgument("The quantity must be at least 1; to take something off, remove its line.")
+    if quantity > MAX_QUANTITY:
+        raise _BadArgument(
+            f"We can take at most {MAX_QUANTITY} of one item on a line; how many would you like?"
+        )
+    return quantity
+
+
+def _item(menu: Menu, text: str) -> tuple[Item, str | None]:
+    """The item `text` names, and a size said inside it ("large pepperoni"), if any."""
+    item = menu.find_item(text)
+    if item is not None:
+        return item, None
+    words = text.split()
+    for n in (1, 2):
+        size = menu.find_size(" ".join(words[:n])) if len(words) > n else None
+        if size is not None:
+            item = menu.find_item(" ".join(words[n:]))
+            if item is not None:
+                return item, size
+    category = [i for i in menu.items if i.category and normalize(i.category) == normalize(text)]
+    if category:
+        names = join_words([i.name for i in category], "or")
+        raise _BadArgument(f"Which {text} would you like: {names}?")
+    guess = menu.suggest_item(text)
+    did = f" Did you mean the {guess.name}?" if guess else ""
+    names = join_words([i.name for i in menu.items])
+    raise _BadArgument(f"We don't have {text}.{did} The menu has {names}.")
+
+
+def _size(menu: Menu, item: Item, text: str | None) -> str | None:
+    if not item.sizes:
+        if text is not None and menu.find_size(text) is None:
+            raise _BadArgument(f"We don't have a {text} size; the {item.name} comes in one size.")
+        if text is not None:
+            raise _BadArgument(f"The {item.name} comes in one size; add it without a size.")
+        return None
+    phrase = menu.sizes_phrase(item.sizes)
+    if text is None:
+        raise _BadArgument(f"What size would you like the {item.name}: {phrase}?")
+    size = menu.find_size(text)
+    if size is None or size not in item.sizes:
+        raise _BadArgument(f"We don't have a {text} size; {phrase}?")
+    return size
+
+
+def _toppings(menu: Menu, item: Item, size: str | None, texts: list[str]) -> tuple[str, ...]:
+    if not texts:
+        return ()
+    if not item.takes_toppings:
+        raise _BadArgument(f"We can't add toppings to the {item.name}.")
+    if len(texts) > MAX_TOPPINGS:
+        raise _BadArgument(f"We can put at most {MAX_TOPPINGS} extra toppings on one item.")
+    keys: list[str] = []
+    for text in texts:
+        topping = menu.find_topping(text)
+        if topping is None:
+            names = join_words([t.name for t in menu.toppings])
+            raise _BadArgument(f"We don't have {text} as a topping. The toppings are {names}.")
+        if topping.key in keys:
+            raise _BadArgument(f"{topping.name.capitalize()} is listed twice; each topping can be added once.")
+        try:
+            topping.price(size)
+        except KeyError:
+            raise _BadArgument(f"We can't put {topping.name} on the {item.name} in that size.") from None
+        keys.append(topping.key)
+    return tuple(keys)
+
+
+def _line_number(order: Order, args: _Args) -> int:
+    number = args.integer("line")
+    if number is None:
+        raise _BadArgument(f"{args.tool} needs the item number (line), starting at 1.")
+    if not order.lines:
+        raise _BadArgument("The order is empty; there is no item to change.")
+    if not 1 <= number <= len(order.lines):
+        count = len(order.lines)
+        items = "item" if count == 1 else "items"
+        raise _BadArgument(f"There is no item {number}; the order has {count} {items}.")
+    return number
+
+
+def _summary(order: Order, menu: Menu) -> dict[str, Any]:
+    priced = order.priced_lines(menu)
+    return {
+        "order": [f"{n}. {describe(p)}, {format_money(p.total_cents)}" for n, p in enumerate(priced, 1)],
+        "subtotal": format_money(sum(p.total_cents for p in priced)),
+    }
+
+
+def _add_item(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
+    args.only("item", "size", "quantity", "toppings", "notes")
+    text = args.text("item", max_len=100, required=True)
+    assert text is not None
+    item, said_size = _item(menu, text)
+    size_text = args.text("size", max_len=40)
+    size = _size(menu, item, size_text if size_text is not None else said_size)
+    quantity = _quantity(args) or 1
+    toppings = _toppings(menu, item, size, args.text_list("toppings") or [])
+    notes = args.text("notes", max_len=MAX_NOTES)
+    if len(order.lines) >= MAX_LINES:
+        raise _BadArgument(f"The order has reached {MAX_LINES} lines; review it before adding more.")
+    line = OrderLine(item.key, size, quantity, toppings, notes)
+    order.lines.append(line)
+    n = len(order.lines)
+    p = price_line(line, menu, n)
+    message = f"Added item {n}: {describe(p)}, {format_money(p.total_cents)}."
+    return _done({"message": message, **_summary(order, menu)}, changed=True)
+
+
+def _update_item(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
+    args.only("line", "size", "quantity", "toppings", "notes")
+    n = _line_number(order, args)
+    old = order.lines[n - 1]
+    if not any(args.given(k) for k in ("size", "quantity", "toppings", "notes")):
+        raise _BadArgument(f"Say what to change on item {n}: size, quantity, toppings or notes.")
+    item = menu.item(old.item)
+    size_text = args.text("size", max_len=40)
+    size = _size(menu, item, size_text) if size_text is not None else old.size
+    quantity = _quantity(args) or old.quantity
+    topping_texts = args.text_list("toppings")
+    if topping_texts is None:
+        toppings = _toppings(menu, item, size, [menu.topping(k).name for k in old.toppings])
+    else:
+        toppings = _toppings(menu, item, size, topping_texts)
+    notes = args.text("notes", max_len=MAX_NOTES) if "notes" in args.raw else old.notes
+    new = OrderLine(item.key, size, quantity, toppings, notes)
+    order.lines[n - 1] = new
+    p = price_line(new, menu, n)
+    changed = new != old
+    message = f"Item {n} is now {describe(p)}, {format_money(p.total_cents)}."
+    return _done({"message": message, **_summary(order, menu)}, changed=changed)
+
+
+def _remove_item(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
+    args.only("line")
+    n = _line_number(order, args)
+    removed = price_line(order.lines[n - 1], menu, n)
+    del order.lines[n - 1]
+    message = f"Removed {describe(removed)}."
+    if order.lines:
+        message += " The remaining items are renumbered."
+    return _done({"message": message, **_summary(order, menu)}, changed=True)
+
+
+_PHONE_CHARS = re.compile(r"[\s().\-]")
+
+
+def _phone(text: str) -> str:
+    compact = _PHONE_CHARS.sub("", text)
+    digits = compact[1:] if compact.startswith("+") else compact
+    if not digits.isdigit() or not 7 <= len(digits) <= 15:
+        raise _BadArgument("That phone number doesn't look right; please ask for it again with the area code.")
+    return compact
+
+
+def _set_customer(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
+    args.only("name", "fulfillment", "address", "phone")
+    name = args.text("name", max_len=MAX_NAME)
+    address = args.text("address", max_len=MAX_ADDRESS)
+    fulfillment_text = args.text("fulfillment", max_len=40)
+    phone_text = args.text("phone", max_len=40)
+    if name is None and address is None and fulfillment_text is None and phone_text is None:
+        raise _BadArgument("Give at least one of name, fulfillment, address or phone.")
+    fulfillment = order.fulfillment
+    if fulfillment_text is not None:
+        fulfillment = _FULFILLMENT_WORDS.get(fulfillment_text.lower())
+        if fulfillment is None:
+            raise _BadArgument("Is that for pickup or delivery?")
+    phone = _phone(phone_text) if phone_text is not None else order.phone
+    if fulfillment == "delivery" and not (address or order.address):
+        raise _BadArgument("For delivery we need the address: what is the delivery address?")
+    before = (order.customer_name, order.fulfillment, order.address, order.phone)
+    if name is not None:
+        order.customer_name = name
+    if address is not None:
+        order.address = address
+    order.fulfillment = fulfillment
+    order.phone = phone
+    after = (order.customer_name, order.fulfillment, order.address, order.phone)
+    missing = [m for m in order.missing() if m != "items"]
+    out: dict[str, Any] = {
+        "name": order.customer_name,
+        "fulfillment": order.fulfillment,
+        "address": order.address if order.fulfillment == "delivery" else None,
+        "phone": order.phone,
+    }
+    if missing:
+        out["still_needed"] = missing
+    return _done(out, changed=before != after)
+
+
+def _get_menu(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
+    args.only()
+    return _done({"menu": menu.summary_text()})
+
+
+def _missing_error(order: Order) -> str:
+    missing = order.missing()
+    if "items" in missing:
+        return "The order is empty; ask what they would like first."
+    return "Before the read-back we still need: " + join_words(
+        ["the delivery address" if m == "address" else f"the {m}" if m == "name" else m for m in missing]
+    ) + "."
+
+
+def _review_order(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
+    args.only()
+    if order.missing():
+        raise _BadArgument(_missing_error(order))
+    totals = order.totals(menu, tax_rate_bp)
+    return _done(
+        {
+            "read_back": read_back(order, menu, tax_rate_bp),
+            "instruction": READ_EXACTLY,
+            "total": format_money(totals.total_cents),
+        },
+        intent="review",
+    )
+
+
+def _confirm_order(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
+    args.only()
+    if order.missing():
+        raise _BadArgument(_missing_error(order))
+    return _done({"message": "Confirmation requested; wait for the order number before telling the caller."}, intent="confirm")
+
+
+def _reason_tool(intent: str, message: str) -> Callable[[Order, Menu, _Args, int], ToolResult]:
+    def run(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
+        args.only("reason")
+        reason = args.text("reason", max_len=MAX_REASON)
+        out: dict[str, Any] = {"message": message}
+        if reason is not None:
+            out["reason"] = reason
+        return _done(out, intent=intent)
+
+    return run
+
+
+_HANDLERS: dict[str, Callable[[Order, Menu, _Args, int], ToolResult]] = {
+    "add_item": _add_item,
+    "update_item": _update_item,
+    "remove_item": _remove_item,
+    "set_customer": _set_customer,
+    "get_menu": _get_menu,
+    "review_order": _review_order,
+    "confirm_order": _confirm_order,
+    "reject_order": _reason_tool("reject", "Ask the caller what they would like to change."),
+    "transfer_to_human": _reason_tool("transfer", "Tell the caller you are connecting them to a person now."),
+    "end_call": _reason_tool("end_call", "Say a short goodbye; the call will end."),
+}

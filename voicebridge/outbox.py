@@ -1,0 +1,208 @@
+"""Webhook delivery of confirmed orders from the outbox table.
+
+`OutboxWorker.run` lives in the app's nursery. It POSTs each pending row's stored JSON
+body to ORDER_WEBHOOK_URL, signed:
+
+    Idempotency-Key: <row key>
+    X-Voicebridge-Timestamp: <unix seconds>
+    X-Voicebridge-Signature: sha256=<hex HMAC-SHA256(secret, f"{timestamp}.{body}")>
+
+A 2xx marks the row delivered. Anything else (refused, timeout, 4xx/5xx) is retried with
+exponential backoff and full jitter (base 2 s, cap 5 min); after `max_attempts` failures
+the row is dead, and stays in the table for `voicebridge resend`. Rows live in SQLite, so
+pending ones (also one in flight when the process died) resume when a worker starts
+again: delivery is at-least-once, and the receiver dedupes by Idempotency-Key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import random
+import urllib.parse
+from datetime import datetime, timedelta, timezone
+from importlib import metadata
+from typing import Callable
+
+import httpx
+import trio
+
+from voicebridge.store import OutboxRow, Store, StoreError
+
+log = logging.getLogger("voicebridge.outbox")
+
+BACKOFF_BASE_S = 2.0
+BACKOFF_CAP_S = 300.0
+POLL_S = 30.0  # also pick up rows another process (voicebridge resend) made due
+BATCH = 100  # rows tried per pass before sleeping again
+
+
+def _version() -> str:
+    try:
+        return metadata.version("voicebridge")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+USER_AGENT = f"voicebridge/{_version()}"
+
+
+def utc_now() -> datetime:
+    """The wall clock, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def backoff_delay_s(
+    failures: int,
+    *,
+    base_s: float = BACKOFF_BASE_S,
+    cap_s: float = BACKOFF_CAP_S,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Full jitter: rand() x min(cap, base x 2^(failures-1)), rand() in [0, 1)."""
+    if failures < 1:
+        raise ValueError(f"failures must be at least 1, got {failures}")
+    ceiling = min(cap_s, base_s * 2.0 ** min(failures - 1, 60))
+    return rand() * ceiling
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The X-Voicebridge-Signature value: "sha256=" + hex HMAC-SHA256 of b"{timestamp}." + body."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def redact_url(url: str) -> str:
+    """scheme://host[:port] only: paths and queries may carry tokens."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+class OutboxWorker:
+    """Delivers outbox rows to the shop's webhook until cancelled."""
+
+    def __init__(
+        self,
+        store: Store,
+        url: str | None,
+        secret: str | None,
+        *,
+        max_attempts: int = 8,
+        timeout_s: float = 10.0,
+        backoff_base_s: float = BACKOFF_BASE_S,
+        backoff_cap_s: float = BACKOFF_CAP_S,
+        poll_s: float = POLL_S,
+        now: Callable[[], datetime] = utc_now,
+        rand: Callable[[], float] = random.random,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if url and not secret:
+            raise ValueError("ORDER_WEBHOOK_SECRET is required when ORDER_WEBHOOK_URL is set")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        if timeout_s <= 0 or backoff_base_s <= 0 or backoff_cap_s <= 0 or poll_s <= 0:
+            raise ValueError("timeout_s, backoff_base_s, backoff_cap_s and poll_s must be positive")
+        self.store = store
+        self.url = url
+        self._secret = secret or ""
+        self.max_attempts = max_attempts
+        self.timeout_s = timeout_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.poll_s = poll_s
+        self._now = now
+        self._rand = rand
+        self._transport = transport
+        self._wakeup = trio.Event()
+
+    def wake(self) -> None:
+        """A row was committed or revived: look for due rows now."""
+        self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver due rows, sleep until the next is due (or `wake`), forever.
+
+        Without a URL it logs that once and returns: rows stay pending.
+        """
+        if not self.url:
+            log.warning("ORDER_WEBHOOK_URL is not set: confirmed orders stay pending in the outbox")
+            task_status.started()
+            return
+        async with httpx.AsyncClient(transport=self._transport, timeout=self.timeout_s, follow_redirects=False) as client:
+            log.info("webhook delivery to %s started", redact_url(self.url))
+            task_status.started()
+            while True:
+                self._wakeup = trio.Event()
+                try:
+                    await self.deliver_due(client)
+                    delay = await self._sleep_for()
+                except StoreError as exc:
+                    log.error("webhook delivery paused: %s", exc)
+                    delay = min(self.poll_s, max(self.backoff_base_s, 1.0))
+                with trio.move_on_after(delay):
+                    await self._wakeup.wait()
+
+    async def _sleep_for(self) -> float:
+        due = await self.store.next_due_time()
+        if due is None:
+            return self.poll_s
+        return min(self.poll_s, max(0.0, (due - self._now()).total_seconds()))
+
+    async def deliver_due(self, client: httpx.AsyncClient) -> int:
+        """Attempt every row due now (at most BATCH); returns how many were attempted."""
+        for count in range(BATCH):
+            row = await self.store.next_due(self._now())
+            if row is None:
+                return count
+            await self._attempt(client, row)
+        return BATCH
+
+    async def _attempt(self, client: httpx.AsyncClient, row: OutboxRow) -> None:
+        attempt = row.attempts + 1
+        error = await self._post(client, row)
+        if error is None:
+            await self.store.mark_delivered(row.id, delivered_at=self._now())
+            log.info("order #%d delivered to the webhook (attempt %d)", row.order_id, attempt)
+        elif attempt >= self.max_attempts:
+            await self.store.mark_dead(row.id, error=error)
+            log.error(
+                "order #%d webhook delivery failed %d times, giving up (%s); `voicebridge resend %d` retries it",
+                row.order_id,
+                attempt,
+                error,
+                row.order_id,
+            )
+        else:
+            delay = backoff_delay_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s, rand=self._rand)
+            await self.store.mark_retry(row.id, next_attempt_at=self._now() + timedelta(seconds=delay), error=error)
+            log.warning(
+                "order #%d webhook attempt %d failed (%s); retrying in %.1f s", row.order_id, attempt, error, delay
+            )
+
+    async def _post(self, client: httpx.AsyncClient, row: OutboxRow) -> str | None:
+        """POST one row; None on 2xx, else a short error for the table and the log."""
+        assert self.url is not None
+        body = row.payload.encode()
+        timestamp = int(self._now().timestamp())
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": row.idempotency_key,
+            "X-Voicebridge-Timestamp": str(timestamp),
+            "X-Voicebridge-Signature": sign(self._secret, timestamp, body),
+            "User-Agent": USER_AGENT,
+        }
+        try:
+            with trio.fail_after(self.timeout_s):  # one deadline for the whole exchange
+                response = await client.post(self.url, content=body, headers=headers)
+        except trio.TooSlowError:
+            return f"timed out after {self.timeout_s:g} s"
+        except httpx.TimeoutException:
+            return f"timed out after {self.timeout_s:g} s"
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            detail = str(exc).strip() or type(exc).__name__
+            return f"{type(exc).__name__}: {detail}"[:300]
+        if 200 <= response.status_code < 300:
+            return None
+        return f"HTTP {response.status_code}"
