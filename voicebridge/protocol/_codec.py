@@ -102,7 +102,9 @@ class Fields:
     def int_str(self, parent: dict[str, Any], key: str, path: str = "") -> int:
         """Twilio sends counters as decimal strings ("40")."""
         value = self._get(parent, key, path)
-        if isinstance(value, str) and value.isdigit():
+        # isdigit() alone also accepts "²" and other Unicode digits that int() rejects, and int()
+        # refuses strings over 4300 digits: both must end as a ProtocolError, not a ValueError.
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
             return int(value)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value

@@ -286,7 +286,8 @@ def _response_done(f: Fields, m: dict[str, Any]) -> ResponseDone:
     r = f.obj(m, "response")
     details = r.get("status_details") if isinstance(r.get("status_details"), dict) else {}
     usage = r.get("usage") if isinstance(r.get("usage"), dict) else None
-    return ResponseDone(f.str(r, "id", "response."), f.str(r, "status", "response."), details.get("reason"), usage)
+    reason = f.opt_str(details, "reason", "response.status_details.")
+    return ResponseDone(f.str(r, "id", "response."), f.str(r, "status", "response."), reason, usage)
 
 
 def _output_item(f: Fields, m: dict[str, Any], cls: type) -> Any:
@@ -442,8 +443,11 @@ def parse_client(text: str | bytes) -> ClientEvent:
     try:
         msg = loads("realtime-client", text, MAX_CLIENT_FRAME_CHARS)
     except ProtocolError as exc:
-        raise ClientEventError(str(exc), code="invalid_json") from None
+        raise ClientEventError(str(exc).removeprefix(f"{exc.source}: "), code="invalid_json") from None
     event_id = msg.get("event_id") if isinstance(msg.get("event_id"), str) else None
+    if msg.get("event_id") is not None and event_id is None:
+        raise ClientEventError("Invalid type for 'event_id': expected a string.", code="invalid_type",
+                               param="event_id")
     kind = msg.get("type")
     if not isinstance(kind, str):
         raise ClientEventError("Missing required parameter: 'type'.", code="missing_required_parameter",
@@ -468,7 +472,8 @@ def parse_client(text: str | bytes) -> ClientEvent:
         _check_session(session, event_id)
         return SessionUpdate(session, event_id)
     if kind == "response.create":
-        response = msg.get("response") or {}
+        response = msg.get("response")
+        response = {} if response is None else response
         if not isinstance(response, dict):
             raise ClientEventError("Invalid type for 'response': expected an object.", param="response",
                                    code="invalid_type", event_id=event_id)
@@ -479,13 +484,16 @@ def parse_client(text: str | bytes) -> ClientEvent:
     if kind == "conversation.item.truncate":
         end = f.int(msg, "audio_end_ms")
         index = f.int(msg, "content_index")
-        if end < 0 or index < 0:
-            raise ClientEventError("Invalid 'audio_end_ms': expected a value >= 0.", param="audio_end_ms",
-                                   event_id=event_id)
+        for name, value in (("audio_end_ms", end), ("content_index", index)):
+            if value < 0:
+                raise ClientEventError(f"Invalid '{name}': expected a value >= 0.", param=name, event_id=event_id)
         return ItemTruncate(f.str(msg, "item_id"), index, end, event_id)
     if kind == "conversation.item.create":
         item = f.obj(msg, "item")
-        if item.get("type") not in _ITEM_TYPES:
+        if not isinstance(item.get("type"), str):
+            raise ClientEventError("Invalid type for 'item.type': expected a string.", code="invalid_type",
+                                   param="item.type", event_id=event_id)
+        if item["type"] not in _ITEM_TYPES:
             raise ClientEventError("Invalid value for 'item.type'.", param="item.type", event_id=event_id)
         if item["type"] == "function_call_output":
             _no_unknown(item, frozenset({"type", "id", "call_id", "output"}), "item.", event_id)
@@ -539,27 +547,37 @@ def _no_unknown(obj: dict[str, Any], allowed: Iterable[str], path: str, event_id
                                    param=f"{path}{key}", event_id=event_id)
 
 
+def _opt_obj(parent: dict[str, Any], key: str, path: str, event_id: str | None) -> dict[str, Any]:
+    """An optional nested object: absent or null reads as empty, anything but an object is rejected."""
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ClientEventError(f"Invalid type for '{path}{key}': expected an object, but got {type(value).__name__}.",
+                               code="invalid_type", param=f"{path}{key}", event_id=event_id)
+    return value
+
+
 def _check_session(session: dict[str, Any], event_id: str | None) -> None:
-    if session.get("type") not in ("realtime", "transcription"):
+    if session.get("type") is None:
         raise ClientEventError("Missing required parameter: 'session.type'.", code="missing_required_parameter",
                                param="session.type", event_id=event_id)
+    if session["type"] not in ("realtime", "transcription"):
+        raise ClientEventError("Invalid value for 'session.type': supported values are 'realtime' and "
+                               "'transcription'.", param="session.type", event_id=event_id)
     _no_unknown(session, _SESSION_KEYS, "session.", event_id)
-    audio = session.get("audio") or {}
-    if not isinstance(audio, dict):
-        raise ClientEventError("Invalid type for 'session.audio'.", code="invalid_type", param="session.audio",
-                               event_id=event_id)
+    audio = _opt_obj(session, "audio", "session.", event_id)
     _no_unknown(audio, {"input", "output"}, "session.audio.", event_id)
-    audio_in = audio.get("input") or {}
-    audio_out = audio.get("output") or {}
+    audio_in = _opt_obj(audio, "input", "session.audio.", event_id)
+    audio_out = _opt_obj(audio, "output", "session.audio.", event_id)
     _no_unknown(audio_in, _AUDIO_IN_KEYS, "session.audio.input.", event_id)
     _no_unknown(audio_out, _AUDIO_OUT_KEYS, "session.audio.output.", event_id)
     for where, fmt in (("input", audio_in.get("format")), ("output", audio_out.get("format"))):
         if fmt is not None and fmt not in AUDIO_FORMATS.values() and fmt != {"type": "audio/pcma"}:
             raise ClientEventError(f"Invalid value for 'session.audio.{where}.format'.",
                                    param=f"session.audio.{where}.format", event_id=event_id)
-    vad = audio_in.get("turn_detection")
-    if isinstance(vad, dict):
-        _no_unknown(vad, _VAD_KEYS, "session.audio.input.turn_detection.", event_id)
+    vad = _opt_obj(audio_in, "turn_detection", "session.audio.input.", event_id)
+    _no_unknown(vad, _VAD_KEYS, "session.audio.input.turn_detection.", event_id)
     modalities = session.get("output_modalities")
     if modalities is not None and modalities not in (["audio"], ["text"]):
         raise ClientEventError("Invalid value for 'session.output_modalities'.",

@@ -131,7 +131,7 @@ def parse_twilio(text: str | bytes) -> TwilioEvent:
             custom_parameters=dict(params),
             tracks=tuple(tracks),
             encoding=str(fmt.get("encoding", "audio/x-mulaw")),
-            sample_rate=int(fmt.get("sampleRate", 8000)) if str(fmt.get("sampleRate", 8000)).isdigit() else 8000,
+            sample_rate=_sample_rate(fmt.get("sampleRate", 8000)),
             sequence=f.int_str(msg, "sequenceNumber") if "sequenceNumber" in msg else 1,
         )
     if kind == "connected":
@@ -145,6 +145,15 @@ def parse_twilio(text: str | bytes) -> TwilioEvent:
         stop = msg.get("stop") if isinstance(msg.get("stop"), dict) else {}
         return Stop(f.str(msg, "streamSid"), f.opt_str(stop, "callSid", "stop."))
     return UnknownTwilioEvent(kind)
+
+
+def _sample_rate(value: Any) -> int:
+    """`mediaFormat.sampleRate` (always 8000 in practice); anything unusable reads as 8000."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1_000_000:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 6:
+        return int(value)
+    return 8000
 
 
 # -- bridge -> Twilio ------------------------------------------------------------------------

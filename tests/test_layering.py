@@ -1,0 +1,177 @@
+"""Imports point down: the pure layers reach no I/O, event loop or clock, directly or through the package."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent / "voicebridge"
+FORBIDDEN = frozenset({"trio", "quart", "quart_trio", "hypercorn", "trio_websocket", "sqlite3", "httpx", "time",
+                       "socket"})
+PURE_FOLDERS = ("protocol", "domain")
+PURE_FILES = ("playout.py", "flow.py", "effects.py")
+DYNAMIC_IMPORTERS = frozenset({"import_module", "__import__"})
+
+
+def module_name(path: Path, package_dir: Path) -> str:
+    """`voicebridge/protocol/realtime.py` -> `voicebridge.protocol.realtime` (packages drop `__init__`)."""
+    parts = list(path.relative_to(package_dir.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_names(source: str, module: str, is_package: bool) -> set[str]:
+    """Absolute names of every module `source` may import: statements anywhere, plus constant dynamic imports."""
+    package = module if is_package else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called in DYNAMIC_IMPORTERS and isinstance(node.args[0].value, str):
+                names.add(node.args[0].value)
+    return names
+
+
+def internal_file(name: str, package_dir: Path) -> Path | None:
+    """The file a `voicebridge.x.y` name executes, or None (an attribute, or outside the package)."""
+    parts = name.split(".")
+    if parts[0] != package_dir.name:
+        return None
+    target = package_dir.joinpath(*parts[1:])
+    for candidate in (target.with_suffix(".py"), target / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def parents_of(path: Path, package_dir: Path) -> list[Path]:
+    """The `__init__.py` files Python runs before `path` (the package and every sub-package on the way)."""
+    inits, folder = [], path.parent
+    while folder == package_dir or package_dir in folder.parents:
+        init = folder / "__init__.py"
+        if init.is_file() and init != path:
+            inits.append(init)
+        folder = folder.parent
+    return inits
+
+
+def forbidden_chains(start: Path, package_dir: Path) -> list[str]:
+    """Every forbidden import reachable from `start`, as `file -> file -> module` chains."""
+    found: list[str] = []
+    seen: set[Path] = set()
+    queue: list[tuple[Path, tuple[str, ...]]] = [(start, ())]
+    while queue:
+        path, via = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        chain = via + (str(path.relative_to(package_dir.parent)),)
+        name = module_name(path, package_dir)
+        names = imported_names(path.read_text(encoding="utf-8"), name, path.name == "__init__.py")
+        for imported in sorted(names):
+            if imported.split(".")[0] in FORBIDDEN:
+                found.append(" -> ".join(chain + (imported,)))
+            target = internal_file(imported, package_dir)
+            if target is not None:
+                queue.append((target, chain))
+                queue.extend((init, chain) for init in parents_of(target, package_dir))
+        queue.extend((init, chain) for init in parents_of(path, package_dir))
+    return found
+
+
+def pure_modules(package_dir: Path) -> list[Path]:
+    """The pure layer as it stands: every file under protocol/ and domain/, and the named pure modules."""
+    found = [p for folder in PURE_FOLDERS for p in sorted((package_dir / folder).rglob("*.py"))]
+    return found + [package_dir / name for name in PURE_FILES]
+
+
+@pytest.mark.parametrize("path", pure_modules(PACKAGE_DIR), ids=lambda p: str(p.relative_to(PACKAGE_DIR)))
+def test_pure_module_imports_no_io_loop_or_clock(path: Path) -> None:
+    """The module, and everything it pulls in from the package, imports no trio, web, sqlite, httpx, time or socket."""
+    if not path.is_file():
+        pytest.skip(f"{path.name} does not exist yet")
+    assert forbidden_chains(path, PACKAGE_DIR) == []
+
+
+def test_the_protocol_layer_is_actually_scanned() -> None:
+    """The globbing finds the protocol modules, so an empty scan cannot pass silently."""
+    names = {p.name for p in pure_modules(PACKAGE_DIR) if p.is_file()}
+    assert {"twilio_media.py", "realtime.py", "_codec.py", "errors.py"} <= names
+
+
+def _write(root: Path, relative: str, source: str) -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source, encoding="utf-8")
+    return path
+
+
+def test_checker_catches_every_import_form(tmp_path: Path) -> None:
+    """Plain, dotted, aliased, from-, star-, nested and dynamic imports of forbidden modules are all caught."""
+    package = tmp_path / "voicebridge"
+    _write(package, "__init__.py", "")
+    _write(package, "protocol/__init__.py", "")
+    path = _write(package, "protocol/bad.py", "\n".join([
+        "import trio",
+        "import trio_websocket.impl as tw",
+        "from time import monotonic",
+        "from socket import *",
+        "import os, sqlite3",
+        "def later():",
+        "    import httpx",
+        "    from quart_trio import QuartTrio",
+        "    importlib.import_module('hypercorn.trio')",
+        "    __import__('quart')",
+    ]))
+    found = {chain.rsplit(" -> ", 1)[1].split(".")[0] for chain in forbidden_chains(path, package)}
+    assert found == FORBIDDEN
+
+
+def test_checker_allows_lookalike_names(tmp_path: Path) -> None:
+    """`timeit`, `datetime`, `trio_util`-style names and a local `time` attribute are not the forbidden modules."""
+    package = tmp_path / "voicebridge"
+    _write(package, "__init__.py", "")
+    path = _write(package, "flow.py", "\n".join([
+        "import timeit",
+        "from datetime import datetime, timezone",
+        "import sockets_helper",
+        "import trio_util",
+        "from .clock import time",
+        "x = datetime.now(timezone.utc).time()",
+    ]))
+    _write(package, "clock.py", "def time() -> float:\n    return 0.0\n")
+    assert forbidden_chains(path, package) == []
+
+
+def test_checker_follows_imports_through_the_package(tmp_path: Path) -> None:
+    """A pure module that imports a package module which imports trio is caught, with the chain named."""
+    package = tmp_path / "voicebridge"
+    _write(package, "__init__.py", "")
+    _write(package, "protocol/__init__.py", "")
+    _write(package, "session.py", "import trio\n")
+    path = _write(package, "protocol/uses_session.py", "from ..session import run_call\n")
+    assert forbidden_chains(path, package) == [
+        "voicebridge/protocol/uses_session.py -> voicebridge/session.py -> trio"]
+
+
+def test_checker_follows_package_init_files(tmp_path: Path) -> None:
+    """A forbidden import in a package `__init__` counts: importing a submodule runs it."""
+    package = tmp_path / "voicebridge"
+    _write(package, "__init__.py", "from . import web\n")
+    _write(package, "web.py", "import quart\n")
+    _write(package, "domain/__init__.py", "")
+    path = _write(package, "domain/menu.py", "import attrs\n")
+    chains = forbidden_chains(path, package)
+    assert chains and all(chain.endswith("-> quart") for chain in chains)
