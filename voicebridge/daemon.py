@@ -292,7 +292,8 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None,
     hyper.graceful_timeout = 2.0
     hyper.websocket_ping_interval = None
     stop_serving = trio.Event()
-    shutdown = shutdown or trio.Event()
+    if shutdown is None:
+        shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         daemon.nursery = nursery
         await nursery.start(daemon.outbox.run)

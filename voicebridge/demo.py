@@ -132,7 +132,7 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
                 detail = await store.get_order(order_id)
                 if detail is not None:
                     print(f"  order #{order_id} in {config.db_path}: total "
-                          f"{format_money(detail.order.total_cents)}, webhook delivery: {state}", file=out)
+                          f"{format_money(detail.total_cents)}, webhook delivery: {state}", file=out)
             outcome = next((f["outcome"] for k, f in reversed(view.events) if k == "ended"), None)
             stop.set()
         finally:

@@ -555,6 +555,9 @@ async def _finish_call(call: Call | None, result: CallResult, twilio: MessageStr
             log.exception("recording the end of a call failed")
 
 
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
 def _loggable(fields: dict[str, Any]) -> dict[str, Any]:
     """Notice fields as log `extra`: no transcript text or audio; no clash with LogRecord attributes."""
     return {(f"f_{k}" if k in _RESERVED else k): v for k, v in fields.items()
