@@ -102,14 +102,15 @@ class Config:
     @classmethod
     def _from_mapping(cls, env: Mapping[str, str]) -> "Config":
         g = _Getter(env)
+        d = Prices()
         prices = Prices(
-            text_in_usd=g.get("VOICEBRIDGE_PRICE_TEXT_IN_USD", _decimal, Prices.text_in_usd),
-            text_cached_usd=g.get("VOICEBRIDGE_PRICE_TEXT_CACHED_USD", _decimal, Prices.text_cached_usd),
-            text_out_usd=g.get("VOICEBRIDGE_PRICE_TEXT_OUT_USD", _decimal, Prices.text_out_usd),
-            audio_in_usd=g.get("VOICEBRIDGE_PRICE_AUDIO_IN_USD", _decimal, Prices.audio_in_usd),
-            audio_cached_usd=g.get("VOICEBRIDGE_PRICE_AUDIO_CACHED_USD", _decimal, Prices.audio_cached_usd),
-            audio_out_usd=g.get("VOICEBRIDGE_PRICE_AUDIO_OUT_USD", _decimal, Prices.audio_out_usd),
-            twilio_per_min_usd=g.get("VOICEBRIDGE_PRICE_TWILIO_PER_MIN_USD", _decimal, Prices.twilio_per_min_usd),
+            text_in_usd=g.get("VOICEBRIDGE_PRICE_TEXT_IN_USD", _decimal, d.text_in_usd),
+            text_cached_usd=g.get("VOICEBRIDGE_PRICE_TEXT_CACHED_USD", _decimal, d.text_cached_usd),
+            text_out_usd=g.get("VOICEBRIDGE_PRICE_TEXT_OUT_USD", _decimal, d.text_out_usd),
+            audio_in_usd=g.get("VOICEBRIDGE_PRICE_AUDIO_IN_USD", _decimal, d.audio_in_usd),
+            audio_cached_usd=g.get("VOICEBRIDGE_PRICE_AUDIO_CACHED_USD", _decimal, d.audio_cached_usd),
+            audio_out_usd=g.get("VOICEBRIDGE_PRICE_AUDIO_OUT_USD", _decimal, d.audio_out_usd),
+            twilio_per_min_usd=g.get("VOICEBRIDGE_PRICE_TWILIO_PER_MIN_USD", _decimal, d.twilio_per_min_usd),
         )
         return cls(
             openai_api_key=g.get("OPENAI_API_KEY", _nonempty, None),

@@ -10,6 +10,7 @@ ends the rest with the outcome `shutdown` recorded.
 from __future__ import annotations
 
 import logging
+from functools import partial
 import signal
 import urllib.parse
 from collections import OrderedDict
@@ -52,10 +53,9 @@ def realtime_connector(config: Config) -> Connector:
     headers = [(b"authorization", f"Bearer {config.openai_api_key or ''}".encode())]
 
     async def connect(nursery: trio.Nursery) -> MessageStream:
-        ws = await connect_websocket_url(
-            nursery, url, extra_headers=headers, message_queue_size=64, max_message_size=4 * 1024 * 1024,
-            connect_timeout=config.realtime_connect_timeout_s, disconnect_timeout=2.0,
-        )
+        # The connect deadline is the caller's (connect_session), covering handshake and setup.
+        ws = await connect_websocket_url(nursery, url, extra_headers=headers, message_queue_size=64,
+                                         max_message_size=4 * 1024 * 1024)
         return TrioWebSocketStream(ws)
 
     return connect
@@ -306,7 +306,7 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None,
                 served.set()
 
         binds = await nursery.start(run_hypercorn)
-        nursery.start_soon(watchdog_task, daemon.notifier, lambda: not daemon.draining)
+        nursery.start_soon(partial(watchdog_task, daemon.notifier, healthy=lambda: not daemon.draining))
         daemon.notifier.ready()
         log.info("serving", extra={"event": "serving", "binds": binds, "public_url": cfg.public_url,
                                    "realtime_url": cfg.realtime_url})

@@ -24,6 +24,7 @@ from .config import Config
 from .domain.menu import format_money, load_menu
 from .peers.scenario import Scenario, load_scenario
 
+DEMO_PUBLIC_URL = "https://voicebridge-demo.invalid"  # a reserved name: never resolves, never leaves the machine
 ROLE = {"caller": "caller", "assistant": "AI    "}
 
 
@@ -103,7 +104,9 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
         peer = RealtimePeer(scenario, speed=realtime_speed)
         realtime_url = await nursery.start(lambda task_status: serve_realtime_peer(peer, task_status=task_status))
         port = free_port()
-        config = attrs.evolve(config, host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}",
+        # Twilio only speaks to https/wss origins: the daemon believes it is DEMO_PUBLIC_URL (behind a
+        # TLS proxy), and the local caller maps that origin to the loopback port, as a proxy would.
+        config = attrs.evolve(config, host="127.0.0.1", port=port, public_url=DEMO_PUBLIC_URL,
                               realtime_url=realtime_url, openai_api_key=config.openai_api_key or "local-peer",
                               allow_unsigned=config.twilio_auth_token is None)
         store = await Store.open(config.db_path)
@@ -113,10 +116,10 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
             stop = trio.Event()
             await nursery.start(lambda task_status: serve_daemon(daemon, shutdown=stop, task_status=task_status))
             print(f"voicebridge demo: scenario {scenario.name!r}: {scenario.description}", file=out)
-            print(f"  daemon on {config.public_url}, local Realtime server on {realtime_url}, "
+            print(f"  daemon on 127.0.0.1:{port} (as {DEMO_PUBLIC_URL}), local Realtime server on {realtime_url}, "
                   f"orders in {config.db_path}", file=out, flush=True)
             with trio.fail_after(scenario.max_s + 30):
-                result = await place_call(config.public_url or "", scenario, public_url=config.public_url or "",
+                result = await place_call(f"http://127.0.0.1:{port}", scenario, public_url=DEMO_PUBLIC_URL,
                                           auth_token=config.twilio_auth_token)
             print(f"  Twilio continues the call with: {result.outcome}", file=out, flush=True)
             order_id = daemon_order_id(view)

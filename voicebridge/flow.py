@@ -93,12 +93,15 @@ class CallFlow:
         self.turns: deque[tuple[str, str]] = deque(maxlen=RECENT_TURNS)
         self.counts = {"barge_ins": 0, "model_errors": 0, "reconnects": 0, "stalls": 0, "dropped_deltas": 0}
         self.first_audio_at: float | None = None
+        self._last_state = "greeting"
         Machine(model=self, states=STATES, transitions=TRANSITIONS, initial="greeting",
                 auto_transitions=False, queued=True, ignore_invalid_triggers=True,
                 after_state_change="_state_changed")
 
     def _state_changed(self) -> None:
-        self._notice("state", state=self.state)
+        if self.state != self._last_state:  # internal transitions (dest None) change nothing
+            self._last_state = self.state
+            self._notice("state", state=self.state)
 
     # -- effects ---------------------------------------------------------------------------
 

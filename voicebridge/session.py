@@ -437,7 +437,7 @@ class Call:
 
 
 async def run_call(twilio: MessageStream, setup: CallSetup, hooks: CallHooks | None = None, *,
-                   prewarmed: Callable[[str], MessageStream | None] | None = None) -> CallResult:
+                   prewarmed: Callable[[str], Awaitable[MessageStream | None]] | None = None) -> CallResult:
     """Run one call on an accepted Twilio media stream until it ends; never raises for call errors."""
     hooks = hooks or CallHooks()
     recorder: CallRecorder | None = None
@@ -475,7 +475,7 @@ async def run_call(twilio: MessageStream, setup: CallSetup, hooks: CallHooks | N
 
 async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallSetup, hooks: CallHooks,
                             recorder: CallRecorder | None,
-                            prewarmed: Callable[[str], MessageStream | None] | None) -> CallResult:
+                            prewarmed: Callable[[str], Awaitable[MessageStream | None]] | None) -> CallResult:
     result = CallResult(start.call_sid, start.stream_sid, "error", custom_parameters=dict(start.custom_parameters))
     result.started_at = datetime.now(timezone.utc)
     t0 = trio.current_time()
@@ -494,7 +494,7 @@ async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallS
     try:
         async with trio.open_nursery() as nursery:
             try:
-                model = prewarmed(start.call_sid) if prewarmed is not None else None
+                model = await prewarmed(start.call_sid) if prewarmed is not None else None
                 if model is None:
                     model = await connect_session(setup, nursery)
             except SetupError as exc:
