@@ -12,6 +12,12 @@ numbers the Realtime connections of the call (a reconnect opens the next one). K
 appear (they travel in headers, which are not recorded); the single-use stream token in
 `start.customParameters.token` is replaced by "<redacted>". A file may be gzip-compressed
 (`.jsonl.gz`).
+
+The first line describes the recording: `{"t": 0, "peer": "meta", "dir": "info", "version": ...,
+"call_sid": ..., "settings": {...}}` with the call settings in effect (timeouts, audio format),
+so a replay runs the bridge as it was. The Realtime session handshake (`session.created`,
+`session.update`, `session.updated`) happens before a connection is handed to the call and is
+not recorded: a replayer answers it itself.
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ def redact(peer: str, direction: str, msg: Any) -> Any:
 class CallRecorder:
     """Collects a call's messages; times are fixed once the stream's `start` arrives."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any] | None = None) -> None:
         self.path = path
+        self.meta = meta or {}
         self._t0: float | None = None
         self._early: list[tuple[float, dict[str, Any]]] = []
         self._file: IO[str] | None = None
@@ -75,6 +82,8 @@ class CallRecorder:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "w", encoding="utf-8")
+            self._file.write(json.dumps({"t": 0, "peer": "meta", "dir": "info", **self.meta},
+                                        separators=(",", ":")) + "\n")
             early, self._early = self._early, []
             for t, l in early:
                 self._write(t, l)

@@ -462,7 +462,12 @@ async def run_call(twilio: MessageStream, setup: CallSetup, hooks: CallHooks | N
     if setup.record_dir is not None:
         from pathlib import Path
 
-        recorder = CallRecorder(Path(setup.record_dir) / f"{start.call_sid}-{int(time.time())}.jsonl")
+        from . import __version__
+
+        meta = {"version": __version__, "call_sid": start.call_sid,
+                "settings": {**attrs.asdict(setup.flow), "audio_format": setup.session.audio_format,
+                             "connect_timeout_s": setup.connect_timeout_s}}
+        recorder = CallRecorder(Path(setup.record_dir) / f"{start.call_sid}-{int(time.time())}.jsonl", meta)
         recorder.add("twilio", "in", text)
         recorder.started(trio.current_time())
         twilio = recorder.wrap(twilio, "twilio")
