@@ -35,7 +35,7 @@ from .protocol import twilio_media as tw
 from .security import StreamTokenError, StreamTokens, TwilioSignatures
 from .session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call
 from .store import Store
-from .transport import MessageStream, TrioWebSocketStream
+from .transport import MessageStream, TrioWebSocketStream, close_quietly
 
 log = logging.getLogger("voicebridge.daemon")
 
@@ -142,8 +142,7 @@ class Daemon:
         unused = self._prewarmed.pop(call_sid, None)
         if unused is not None:  # the stream never came: do not leave a session open
             log.info("discarded an unused pre-warmed session", extra={"event": "prewarm_discarded", "call_sid": call_sid})
-            with trio.CancelScope(shield=True):
-                await unused.aclose()
+            await close_quietly(unused)
 
     async def claim_prewarmed(self, call_sid: str) -> MessageStream | None:
         ready = self._prewarming.get(call_sid)
@@ -223,6 +222,8 @@ class Daemon:
         if not self.live:
             self.calls_done.set()
         self.metrics.calls_total.labels(result.outcome).inc()
+        if result.outcome == "refused":  # a stream that failed its token check: no call to record
+            return
         cost = CallCost(self.config.prices)
         for usage in result.usage:
             cost.add_usage(usage)
@@ -324,9 +325,8 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None,
         stop_serving.set()
         with trio.move_on_after(hyper.graceful_timeout + 1):
             await served.wait()
-        with trio.move_on_after(2):
-            while daemon._prewarmed:
-                _, stream = daemon._prewarmed.popitem()
-                await stream.aclose()
+        while daemon._prewarmed:
+            _, stream = daemon._prewarmed.popitem()
+            await close_quietly(stream)
         nursery.cancel_scope.cancel()
     log.info("stopped", extra={"event": "stopped"})

@@ -28,7 +28,7 @@ from .protocol import twilio_media as tw
 from .protocol._codec import b64_decode, b64_encode
 from .protocol.errors import ProtocolError
 from .recording import CallRecorder
-from .transport import MessageStream, StreamClosed
+from .transport import MessageStream, StreamClosed, close_quietly
 
 log = logging.getLogger("voicebridge.call")
 
@@ -38,6 +38,7 @@ Connector = Callable[[trio.Nursery], Awaitable[MessageStream]]
 MODEL_CHANNEL = 256  # ~5 s of 20 ms frames before caller audio is dropped (late audio is worse than lost)
 TWILIO_CHANNEL = 512
 START_TIMEOUT_S = 10.0
+FINISH_TIMEOUT_S = 10.0  # recording a call's end may not hang its handler (sockets, store)
 RECONNECT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -130,8 +131,7 @@ async def connect_session(setup: CallSetup, nursery: trio.Nursery) -> MessageStr
     try:
         await open_session(stream, setup.session, setup.connect_timeout_s)
     except BaseException:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
+        await close_quietly(stream)
         raise
     return stream
 
@@ -322,8 +322,7 @@ class Call:
                 await self.perform()
                 continue
             lost, self.model = self.model, None
-            with trio.CancelScope(shield=True):
-                await lost.aclose()
+            await close_quietly(lost)
             if self.outcome is not None or self.flow.state in ("ended", "failed"):
                 return
             self.flow.link_lost()
@@ -489,9 +488,10 @@ async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallS
             setup.check_start(start)
         except StreamRefused as exc:
             log.warning("stream refused: %s", exc, extra={"event": "stream_refused", "reason": str(exc)})
-            await twilio.aclose(1008, "stream refused")
             result.outcome = "refused"
-            result.ended_at = datetime.now(timezone.utc)
+            await close_quietly(twilio, 1008, "stream refused")
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + FINISH_TIMEOUT_S):
+                await _finish_call(None, result, twilio, t0, hooks)
             return result
     if hooks.on_started is not None:
         await hooks.on_started(start)
@@ -528,7 +528,7 @@ async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallS
     finally:
         # Also runs when the web layer cancels us (the caller's socket vanished, or shutdown):
         # the outcome is recorded and every socket closed whatever happened.
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + FINISH_TIMEOUT_S):
             await _finish_call(call, result, twilio, t0, hooks)
     return result
 
@@ -538,7 +538,7 @@ async def _finish_call(call: Call | None, result: CallResult, twilio: MessageStr
     if call is not None:
         for stream in (call.model, call.swap_to):
             if stream is not None:
-                await stream.aclose()
+                await close_quietly(stream)
         if call.outcome is None and call.flow.outcome is None:
             call.outcome = "caller_hung_up"  # cancelled from outside: the caller's socket is gone
         result.outcome = call.outcome or call.flow.outcome or result.outcome
@@ -548,7 +548,8 @@ async def _finish_call(call: Call | None, result: CallResult, twilio: MessageStr
         result.usage = call.usage
         if call.flow.first_audio_at is not None:
             result.first_audio_s = call.flow.first_audio_at - t0
-    await twilio.aclose(1000 if result.outcome not in ("error", "ai_failed") else 1011, "call ended")
+    code = {"error": 1011, "ai_failed": 1011, "refused": 1008}.get(result.outcome, 1000)
+    await close_quietly(twilio, code, "call ended")
     result.ended_at = datetime.now(timezone.utc)
     result.duration_s = trio.current_time() - t0
     log.info("call ended: %s", result.outcome, extra={"event": "call_ended", "outcome": result.outcome,

@@ -157,3 +157,20 @@ class QuartWebSocketStream:
                 await self.ws.close(code, reason)
             except Exception:  # already gone: closing is best effort
                 pass
+
+
+CLOSE_TIMEOUT_S = 2.0
+
+
+async def close_quietly(stream: MessageStream, code: int = 1000, reason: str = "") -> None:
+    """Close `stream` even while being cancelled, but never wait more than CLOSE_TIMEOUT_S.
+
+    A WebSocket close waits for the peer's answer; if the peer (or our own reader task) is
+    gone, that answer never comes, and an unbounded shielded wait would hang the caller.
+    """
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            try:
+                await stream.aclose(code, reason)
+            except Exception:  # already broken: nothing left to close cleanly
+                pass

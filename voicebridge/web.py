@@ -125,6 +125,19 @@ def create_app(daemon: "Daemon") -> QuartTrio:
                 vr.hangup()
         return _twiml(vr)
 
+    @app.post("/call-status")
+    async def call_status() -> Response:
+        """Twilio's status callback for calls placed with `voicebridge call` (unanswered ones end here)."""
+        form = await signed_form()
+        if form is None:
+            return Response("forbidden\n", status=403, content_type="text/plain")
+        status = form.get("CallStatus", "")
+        log.info("outbound call status", extra={"event": "call_status", "call_sid": form.get("CallSid"),
+                                                "status": status[:20]})
+        if status in ("busy", "no-answer", "failed", "canceled"):
+            daemon.metrics.calls_total.labels(f"outbound_{status.replace('-', '_')}").inc()
+        return Response("", status=204)
+
     @app.get("/healthz")
     async def healthz() -> Response:
         return Response("ok\n", content_type="text/plain")
