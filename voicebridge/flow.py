@@ -28,13 +28,12 @@ from .protocol import twilio_media as tw
 STATES = ["greeting", "ordering", "confirming", "done", "transfer", "failed", "ended"]
 LIVE = ["greeting", "ordering", "confirming", "done", "transfer"]
 
+# A trigger with no transition from the current state changes nothing (ignore_invalid_triggers).
 TRANSITIONS: list[dict[str, Any]] = [
     # the business path
     {"trigger": "conversation_started", "source": "greeting", "dest": "ordering"},
-    {"trigger": "conversation_started", "source": ["ordering", "confirming", "done", "transfer"], "dest": None},
     {"trigger": "review", "source": ["greeting", "ordering", "confirming"], "dest": "confirming"},
     {"trigger": "change", "source": "confirming", "dest": "ordering"},
-    {"trigger": "change", "source": ["greeting", "ordering", "done", "transfer"], "dest": None},
     {"trigger": "confirm", "source": "confirming", "dest": "done"},
     {"trigger": "save_failed", "source": "done", "dest": "confirming"},
     {"trigger": "ask_for_person", "source": ["greeting", "ordering", "confirming", "done"], "dest": "transfer"},
@@ -428,3 +427,18 @@ class CallFlow:
         elif name == HANGUP_GUARD:
             if self.ending is not None:
                 self._finish(self.ending)
+
+
+def state_diagram() -> str:
+    """The machine above as a Mermaid state diagram, drawn by transitions (docs/architecture.md)."""
+    from transitions.extensions import GraphMachine
+
+    class _Model:
+        pass
+
+    model = _Model()
+    GraphMachine(model=model, states=STATES, transitions=TRANSITIONS, initial="greeting",
+                 auto_transitions=False, graph_engine="mermaid", title="CallFlow")
+    lines = model.get_graph().draw(None).splitlines()  # type: ignore[attr-defined]
+    keep = [line for line in lines if not line.strip().startswith(("classDef", "Class "))]
+    return "\n".join(line for line in keep if line.strip()).strip() + "\n"
