@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timing difference (seconds) still counted as the same behaviour (default 0.25)")
     p.set_defaults(func=cmd_replay)
 
-    for module in ("orders", "call"):
+    for module in ("orders", "calls", "call"):
         register: Callable[[argparse._SubParsersAction], None] = getattr(
             __import__(f"voicebridge.commands.{module}", fromlist=["register"]), "register")
         register(sub)

@@ -26,6 +26,7 @@ from .domain.menu import Menu
 from .domain.order import Order
 from .domain.tools import execute_tool, tool_definitions
 from .flow import FlowSettings
+from .logs import call_sid_var
 from .metrics import Metrics
 from .notify import Notifier, watchdog_task
 from .outbox import OutboxWorker
@@ -172,6 +173,9 @@ class Daemon:
                         extra={"event": "unsigned_call", "call_sid": call.sid})
 
     async def _on_started(self, start: tw.Start) -> None:
+        # Set in the call's own task before its nursery opens: every task of the call inherits it,
+        # so each of the call's log lines carries its call_sid.
+        call_sid_var.set(start.call_sid)
         params = start.custom_parameters
         try:
             await self.store.call_started(start.call_sid, stream_sid=start.stream_sid, from_number=params.get("From"),
