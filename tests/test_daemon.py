@@ -247,3 +247,25 @@ async def test_unused_prewarmed_session_is_discarded(tmp_path: Path) -> None:
                 while not (r.peer.connections and r.peer.connections[0].closed_at is not None):
                     await trio.sleep(0.05)
             assert r.peer.connections[0].closed_by == "client"
+
+
+def _task_count(nursery: trio.Nursery) -> int:
+    return sum(1 + sum(_task_count(n) for n in t.child_nurseries) for t in nursery.child_tasks)
+
+
+async def test_calls_leave_no_tasks_or_sockets_behind(tmp_path: Path) -> None:
+    """After three calls (one hung up mid-answer), the daemon runs the same tasks as before, sockets closed."""
+    with trio.fail_after(60):
+        async with running(tmp_path, scenario="hangup_mid_answer", prewarm_ttl_s=1.0) as r:
+            assert r.daemon.nursery is not None
+            await trio.sleep(0.2)
+            before = _task_count(r.daemon.nursery)
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(partial(place_call, r.base, load_scenario("hangup_mid_answer"),
+                                               public_url=PUBLIC, auth_token=TOKEN))
+            await trio.sleep(1.5)  # past the pre-warm TTL: nothing may still be waiting
+            assert not r.daemon.live
+            assert _task_count(r.daemon.nursery) == before
+            assert len(r.peer.connections) == 3
+            assert all(c.closed_at is not None for c in r.peer.connections)
