@@ -33,6 +33,7 @@ import gzip
 import json
 import logging
 import math
+import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -159,6 +160,15 @@ class RecordingStream:
         self.recorder.add(self.peer, "out", text, conn=self.conn)
         await self.inner.send(text)
 
+    def try_send_nowait(self, *texts: str) -> bool:
+        """The inner stream's no-wait send, when it has one; what it sent is recorded (False: nothing sent)."""
+        fast = getattr(self.inner, "try_send_nowait", None)
+        if fast is None or not fast(*texts):
+            return False
+        for text in texts:
+            self.recorder.add(self.peer, "out", text, conn=self.conn)
+        return True
+
     async def receive(self) -> str:
         try:
             text = await self.inner.receive()
@@ -213,7 +223,7 @@ def read_recording_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     raise ValueError(f"{path}:{n}: {problem}")
                 seen = True
                 yield n, line
-    except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise ValueError(f"{path}:{n + 1}: cannot read: {exc}") from None
     if not seen:
         raise ValueError(f"{path}:1: empty recording (expected the meta line)")
