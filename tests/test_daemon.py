@@ -74,16 +74,22 @@ async def running(tmp_path: Path, scenario: str = "dtmf_transfer", notifier: Not
     await store.aclose()
 
 
+@pytest.fixture(params=[False, True], ids=["framework", "lean"])
+def lean(request: pytest.FixtureRequest) -> bool:
+    """Both ways of serving media streams: Quart-Trio/Hypercorn (default) and VOICEBRIDGE_LEAN_SOCKETS=1."""
+    return bool(request.param)
+
+
 def form(call_sid: str) -> dict[str, str]:
     return {"CallSid": call_sid, "AccountSid": new_sid("AC"), "From": "+15551230001", "To": "+15559870000",
             "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
 
 
 @pytest.mark.parametrize("route", ["/incoming-call", "/stream-ended", "/call-status"])
-async def test_webhooks_refuse_forged_and_missing_signatures(tmp_path: Path, route: str) -> None:
+async def test_webhooks_refuse_forged_and_missing_signatures(tmp_path: Path, lean: bool, route: str) -> None:
     """Every webhook: a forged or missing X-Twilio-Signature gets 403; a valid one is served."""
     with trio.fail_after(20):
-        async with running(tmp_path) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:
             params = form(new_sid("CA"))
             forged = r.sign(route, {**params, "To": "+15550000000"})
             assert (await http.post(route, data=params, headers={"X-Twilio-Signature": forged})).status_code == 403
@@ -92,10 +98,10 @@ async def test_webhooks_refuse_forged_and_missing_signatures(tmp_path: Path, rou
             assert good.status_code in (200, 204)
 
 
-async def test_incoming_call_answers_with_a_connect_stream_and_a_token(tmp_path: Path) -> None:
+async def test_incoming_call_answers_with_a_connect_stream_and_a_token(tmp_path: Path, lean: bool) -> None:
     """The voice webhook returns <Connect action><Stream wss://…> with the call's parameters and a token."""
     with trio.fail_after(20):
-        async with running(tmp_path) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:
             params = form(new_sid("CA"))
             resp = await http.post("/incoming-call", data=params,
                                    headers={"X-Twilio-Signature": r.sign("/incoming-call", params)})
@@ -108,10 +114,10 @@ async def test_incoming_call_answers_with_a_connect_stream_and_a_token(tmp_path:
             assert "<Say" not in body  # the AI speaks first
 
 
-async def test_websocket_upgrade_refuses_a_forged_signature(tmp_path: Path) -> None:
+async def test_websocket_upgrade_refuses_a_forged_signature(tmp_path: Path, lean: bool) -> None:
     """/media-stream refuses the upgrade (403) without a valid signature of the wss URL."""
     with trio.fail_after(20):
-        async with running(tmp_path) as r:
+        async with running(tmp_path, lean_sockets=lean) as r:
             url = r.base.replace("http", "ws") + "/media-stream"
             for headers in ([], [(b"x-twilio-signature", b"bm90IGEgc2lnbmF0dXJl")]):
                 with pytest.raises(trio_websocket.ConnectionRejected) as info:
@@ -125,10 +131,10 @@ async def test_websocket_upgrade_refuses_a_forged_signature(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("token", ["", "v1.garbage", "reuse", "other-call"])
 async def test_stream_start_with_a_bad_token_is_refused_before_any_realtime_session(
-        tmp_path: Path, token: str) -> None:
+        tmp_path: Path, lean: bool, token: str) -> None:
     """A start whose token is missing, malformed, reused or bound to another call gets 1008; no AI session."""
     with trio.fail_after(20):
-        async with running(tmp_path) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:
             call_sid = new_sid("CA")
             if token in ("reuse", "other-call"):
                 bound_to = call_sid if token == "reuse" else new_sid("CA")
@@ -148,10 +154,10 @@ async def test_stream_start_with_a_bad_token_is_refused_before_any_realtime_sess
             assert await r.daemon.outcome_of(call_sid) == "refused"
 
 
-async def test_keypad_0_call_ends_with_a_dial_to_the_shop(tmp_path: Path) -> None:
+async def test_keypad_0_call_ends_with_a_dial_to_the_shop(tmp_path: Path, lean: bool) -> None:
     """A signed call where the caller presses 0: the stream ends and /stream-ended dials the shop."""
     with trio.fail_after(40):
-        async with running(tmp_path) as r:
+        async with running(tmp_path, lean_sockets=lean) as r:
             result = await place_call(r.base, load_scenario("dtmf_transfer"), public_url=PUBLIC, auth_token=TOKEN)
             assert result.outcome == "dial"
             assert "+15550001111" in result.action.body
@@ -159,10 +165,10 @@ async def test_keypad_0_call_ends_with_a_dial_to_the_shop(tmp_path: Path) -> Non
             assert [c.outcome for c in calls] == ["transferred"]
 
 
-async def test_metrics_show_the_live_call_then_its_outcome(tmp_path: Path) -> None:
+async def test_metrics_show_the_live_call_then_its_outcome(tmp_path: Path, lean: bool) -> None:
     """/metrics scraped during a call shows it live; after, it is counted by outcome with its cost."""
     with trio.fail_after(40):
-        async with running(tmp_path) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:
             seen_live: list[str] = []
 
             async def scrape_until_live() -> None:
@@ -185,10 +191,10 @@ async def test_metrics_show_the_live_call_then_its_outcome(tmp_path: Path) -> No
             assert cost and float(cost[0].split()[1]) > 0
 
 
-async def test_health_and_readiness(tmp_path: Path) -> None:
+async def test_health_and_readiness(tmp_path: Path, lean: bool) -> None:
     """/healthz answers while up; /readyz is 200 while serving and 503 while draining."""
     with trio.fail_after(20):
-        async with running(tmp_path) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:
             assert (await http.get("/healthz")).status_code == 200
             assert (await http.get("/readyz")).status_code == 200
             r.daemon.draining = True
@@ -197,10 +203,10 @@ async def test_health_and_readiness(tmp_path: Path) -> None:
             r.daemon.draining = False
 
 
-async def test_shutdown_drains_then_ends_live_calls_with_their_outcome(tmp_path: Path) -> None:
+async def test_shutdown_drains_then_ends_live_calls_with_their_outcome(tmp_path: Path, lean: bool) -> None:
     """SIGTERM-like shutdown: no new calls, the live call gets the drain time, then ends as 'shutdown'."""
     with trio.fail_after(40):
-        async with running(tmp_path, scenario="silent_caller", drain_timeout_s=1.0) as r:
+        async with running(tmp_path, lean_sockets=lean, scenario="silent_caller", drain_timeout_s=1.0) as r:
             async with trio.open_nursery() as nursery:
                 results: list[Any] = []
 
@@ -218,7 +224,7 @@ async def test_shutdown_drains_then_ends_live_calls_with_their_outcome(tmp_path:
             assert results[0].report.ended_by == "bridge"
 
 
-async def test_systemd_is_told_ready_and_stopping(tmp_path: Path) -> None:
+async def test_systemd_is_told_ready_and_stopping(tmp_path: Path, lean: bool) -> None:
     """With NOTIFY_SOCKET set, the daemon sends READY=1 once serving and STOPPING=1 on shutdown."""
     path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -226,7 +232,7 @@ async def test_systemd_is_told_ready_and_stopping(tmp_path: Path) -> None:
     sock.setblocking(False)
     got: list[bytes] = []
     with trio.fail_after(20):
-        async with running(tmp_path, notifier=Notifier({"NOTIFY_SOCKET": str(path)})) as r:
+        async with running(tmp_path, lean_sockets=lean, notifier=Notifier({"NOTIFY_SOCKET": str(path)})) as r:
             await trio.lowlevel.wait_readable(sock)
             got.append(sock.recv(1024))
             r.stop.set()
@@ -236,10 +242,10 @@ async def test_systemd_is_told_ready_and_stopping(tmp_path: Path) -> None:
     assert got == [b"READY=1", b"STOPPING=1"]
 
 
-async def test_unused_prewarmed_session_is_discarded(tmp_path: Path) -> None:
+async def test_unused_prewarmed_session_is_discarded(tmp_path: Path, lean: bool) -> None:
     """A Realtime session pre-warmed for a call whose stream never comes is closed after its TTL."""
     with trio.fail_after(20):
-        async with running(tmp_path, prewarm_ttl_s=0.5) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, lean_sockets=lean, prewarm_ttl_s=0.5) as r, httpx.AsyncClient(base_url=r.base) as http:
             params = form(new_sid("CA"))
             await http.post("/incoming-call", data=params,
                             headers={"X-Twilio-Signature": r.sign("/incoming-call", params)})
@@ -253,10 +259,10 @@ def _task_count(nursery: trio.Nursery) -> int:
     return sum(1 + sum(_task_count(n) for n in t.child_nurseries) for t in nursery.child_tasks)
 
 
-async def test_calls_leave_no_tasks_or_sockets_behind(tmp_path: Path) -> None:
+async def test_calls_leave_no_tasks_or_sockets_behind(tmp_path: Path, lean: bool) -> None:
     """After three calls (one hung up mid-answer), the daemon runs the same tasks as before, sockets closed."""
     with trio.fail_after(60):
-        async with running(tmp_path, scenario="hangup_mid_answer", prewarm_ttl_s=1.0) as r:
+        async with running(tmp_path, lean_sockets=lean, scenario="hangup_mid_answer", prewarm_ttl_s=1.0) as r:
             assert r.daemon.nursery is not None
             await trio.sleep(0.2)
             before = _task_count(r.daemon.nursery)

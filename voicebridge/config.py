@@ -62,7 +62,7 @@ class Config:
     record_dir: Path | None = None
     log_level: str = "INFO"
     log_format: str = "json"  # "json" or "text"
-    workers: int = 1
+    lean_sockets: bool = False  # serve /media-stream and the Realtime client without Quart/trio-websocket layers
     # ordering
     menu_path: Path | None = None
     tax_rate_bp: int = 800  # 8.00 %
@@ -131,7 +131,7 @@ class Config:
             record_dir=g.get("VOICEBRIDGE_RECORD_DIR", _path, None),
             log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
             log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text")), "json"),
-            workers=g.get("VOICEBRIDGE_WORKERS", _int_range(1, 64), 1),
+            lean_sockets=g.get("VOICEBRIDGE_LEAN_SOCKETS", _bool, False),
             menu_path=g.get("VOICEBRIDGE_MENU", _path, None),
             tax_rate_bp=g.get("VOICEBRIDGE_TAX_RATE", _rate_bp, 800),
             order_webhook_url=g.get("ORDER_WEBHOOK_URL", _http_url, None),

@@ -10,8 +10,12 @@ ends the rest with the outcome `shutdown` recorded.
 from __future__ import annotations
 
 import logging
-from functools import partial
+import os
+import shutil
 import signal
+import socket
+import tempfile
+from functools import partial
 import urllib.parse
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -36,25 +40,34 @@ from .protocol import twilio_media as tw
 from .security import StreamTokenError, StreamTokens, TwilioSignatures
 from .session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call
 from .store import Store
-from .transport import MessageStream, TrioWebSocketStream, close_quietly
+from .transport import MessageStream, TrioWebSocketStream, close_quietly, ws_connect
 
 log = logging.getLogger("voicebridge.daemon")
 
 Observer = Callable[[str, str, dict[str, Any]], None]  # (call_sid, kind, fields)
 MAX_REMEMBERED_OUTCOMES = 10_000
+OUTCOME_WAIT_S = 5.0
 
 
 def realtime_connector(config: Config) -> Connector:
     """Open a Realtime WebSocket: `OPENAI_REALTIME_URL` with `?model=`, bearer key only (GA)."""
-    from trio_websocket import connect_websocket_url
-
     url = config.realtime_url
     if "model=" not in urllib.parse.urlsplit(url).query:
         url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"model": config.realtime_model})
     headers = [(b"authorization", f"Bearer {config.openai_api_key or ''}".encode())]
 
+    # The connect deadline is the caller's (connect_session), covering handshake and setup.
+    if config.lean_sockets:
+        async def connect_lean(nursery: trio.Nursery) -> MessageStream:
+            # Frames are parsed in the reading task, no background reader (see docs/performance.md).
+            return await ws_connect(url, headers, max_message_bytes=4 * 1024 * 1024)
+
+        return connect_lean
+
+    from trio_websocket import connect_websocket_url
+
     async def connect(nursery: trio.Nursery) -> MessageStream:
-        # The connect deadline is the caller's (connect_session), covering handshake and setup.
+        # trio-websocket's reader task lives in `nursery`, which must outlive the socket's use.
         ws = await connect_websocket_url(nursery, url, extra_headers=headers, message_queue_size=64,
                                          max_message_size=4 * 1024 * 1024)
         return TrioWebSocketStream(ws)
@@ -162,7 +175,8 @@ class Daemon:
 
     async def handle_stream(self, twilio: MessageStream) -> CallResult:
         hooks = CallHooks(on_event=self._on_event, on_started=self._on_started, on_transcript=self._on_transcript,
-                          save_order=self._save_order, on_ended=self._on_ended, on_live=self._on_live)
+                          save_order=self._save_order, on_ended=self._on_ended, on_live=self._on_live,
+                          on_outcome=self._remember_outcome)
         return await run_call(twilio, self.setup, hooks, prewarmed=self.claim_prewarmed)
 
     def _on_live(self, call: Call) -> None:
@@ -214,13 +228,17 @@ class Daemon:
         for observe in self.observers:
             observe(call_sid, kind, fields)
 
+    def _remember_outcome(self, call_sid: str, outcome: str) -> None:
+        self.outcomes[call_sid] = outcome
+        self.outcomes.move_to_end(call_sid)
+        while len(self.outcomes) > MAX_REMEMBERED_OUTCOMES:
+            self.outcomes.popitem(last=False)
+
     async def _on_ended(self, result: CallResult) -> None:
         sid = result.call_sid
         if sid is None:
             return
-        self.outcomes[sid] = result.outcome
-        while len(self.outcomes) > MAX_REMEMBERED_OUTCOMES:
-            self.outcomes.popitem(last=False)
+        self._remember_outcome(sid, result.outcome)
         if self.live.pop(sid, None) is not None:
             self.metrics.live_calls.dec()
         if not self.live:
@@ -243,6 +261,10 @@ class Daemon:
             log.error("could not record the call end: %s", exc, extra={"event": "store_error"})
 
     async def outcome_of(self, call_sid: str) -> str | None:
+        """The outcome of a call; if it is still finishing, wait for it (a few seconds at most)."""
+        with trio.move_on_after(OUTCOME_WAIT_S):
+            while call_sid in self.live and call_sid not in self.outcomes:
+                await trio.sleep(0.02)
         outcome = self.outcomes.get(call_sid)
         if outcome is None and call_sid:
             try:
@@ -282,16 +304,27 @@ class Daemon:
 
 async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None,
                        task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until SIGTERM/SIGINT (or `shutdown` is set), then drain and stop."""
+    """Serve until SIGTERM/SIGINT (or `shutdown` is set), then drain and stop.
+
+    By default Hypercorn serves the Quart-Trio app on the public port, `/media-stream` included.
+    With `VOICEBRIDGE_LEAN_SOCKETS=1` the public port is the daemon's own listener
+    (`web.serve_front`): media streams are served there with no HTTP framework in the audio path,
+    and every other request is piped to Hypercorn on a private Unix socket.
+    """
     from hypercorn.config import Config as HyperConfig
     from hypercorn.trio import serve
 
-    from .web import create_app
+    from .web import create_app, serve_front
 
     cfg = daemon.config
     app = create_app(daemon)
+    private = tempfile.mkdtemp(prefix="voicebridge-") if cfg.lean_sockets else None
+    backend = os.path.join(private, "http.sock") if private else ""
     hyper = HyperConfig()
-    hyper.bind = [f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"]
+    if cfg.lean_sockets:
+        hyper.bind = [f"unix:{backend}"]
+    else:
+        hyper.bind = [f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"]
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")
     hyper.graceful_timeout = 2.0
@@ -299,6 +332,8 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None,
     stop_serving = trio.Event()
     if shutdown is None:
         shutdown = trio.Event()
+    front: socket.socket | None = None
+    front_scope = trio.CancelScope()
     async with trio.open_nursery() as nursery:
         daemon.nursery = nursery
         await nursery.start(daemon.outbox.run)
@@ -311,10 +346,25 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None,
                 served.set()
 
         binds = await nursery.start(run_hypercorn)
+        if cfg.lean_sockets:
+            family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+            front = socket.socket(family, socket.SOCK_STREAM)
+            front.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            front.bind((cfg.host, cfg.port))
+            front.listen(1024)
+            host, port = front.getsockname()[:2]
+            binds = [f"http://[{host}]:{port}" if family == socket.AF_INET6 else f"http://{host}:{port}"]
+
+            async def run_front(listener: socket.socket) -> None:
+                with front_scope:
+                    async with trio.open_nursery() as conns:
+                        await serve_front(daemon, listener, backend, conns)
+
+            nursery.start_soon(run_front, front)
         nursery.start_soon(partial(watchdog_task, daemon.notifier, healthy=lambda: not daemon.draining))
         daemon.notifier.ready()
         log.info("serving", extra={"event": "serving", "binds": binds, "public_url": cfg.public_url,
-                                   "realtime_url": cfg.realtime_url})
+                                   "realtime_url": cfg.realtime_url, "lean_sockets": cfg.lean_sockets})
         task_status.started(binds)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as waiter:
@@ -326,6 +376,9 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None,
                 await shutdown.wait()
                 waiter.cancel_scope.cancel()
         await daemon.drain()
+        front_scope.cancel()
+        if front is not None:
+            front.close()
         stop_serving.set()
         with trio.move_on_after(hyper.graceful_timeout + 1):
             await served.wait()
@@ -333,4 +386,6 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None,
             _, stream = daemon._prewarmed.popitem()
             await close_quietly(stream)
         nursery.cancel_scope.cancel()
+    if private:
+        shutil.rmtree(private, ignore_errors=True)
     log.info("stopped", extra={"event": "stopped"})

@@ -602,7 +602,7 @@ async def _run_replay(recording: Recording, config: Config, *, tolerance_s: floa
                     binds = await daemon_nursery.start(partial(serve_daemon, daemon, shutdown=stop))
                     try:
                         base = next(b for b in binds if b.startswith("http://"))
-                        await caller.run(base, outcome=lambda: outcomes[-1] if outcomes else None,
+                        await caller.run(base, outcome=lambda: daemon.outcomes.get(recording.call_sid),
                                          ready=(start or _StartTogether(1)).ready)
                     finally:
                         stop.set()

@@ -60,6 +60,9 @@ class CallHooks:
     save_order: Callable[[str, Any], Awaitable[tuple[int, dict[str, Any]]]] | None = None  # sid, order -> id, summary
     on_ended: Callable[["CallResult"], Awaitable[None]] | None = None
     on_live: Callable[["Call"], None] | None = None  # the call is running (the daemon keeps it for shutdown)
+    # The outcome is known: called before the Twilio socket closes, because Twilio asks the
+    # <Connect action> (/stream-ended) what to do next the moment it does.
+    on_outcome: Callable[[str, str], None] | None = None
 
 
 @attrs.define
@@ -164,7 +167,8 @@ class Call:
         self.conn_no = 0
         self.deadlines: dict[str, float] = {}
         self.timers_changed = trio.Event()
-        self.nursery: trio.Nursery | None = None
+        self.nursery: trio.Nursery | None = None  # the call's tasks
+        self.sockets: trio.Nursery | None = None  # the Realtime sockets' own tasks; outlives `nursery`
         self.outcome: str | None = None
         self.usage: list[dict[str, Any]] = []
         self.frames_dropped = 0
@@ -180,9 +184,10 @@ class Call:
 
     async def _perform(self, e: Effect) -> None:
         if isinstance(e, SendModel):
-            await self.model_send.send(e.text)
+            if not self._model_nowait(e.text):
+                await self.model_send.send(e.text)
         elif isinstance(e, SendCaller):
-            if self.outcome is None:
+            if self.outcome is None and not self._twilio_nowait(e.text):
                 await self.twilio_send.send(e.text)
         elif isinstance(e, ArmTimer):
             self.deadlines[e.name] = trio.current_time() + e.seconds
@@ -210,6 +215,18 @@ class Call:
                 log.info("call %s", e.kind, extra={"event": e.kind, **_loggable(e.fields)})
             self._event(e.kind, e.fields)
 
+    # The fast path: when nothing is queued for a socket and it can take the frames at once
+    # (RawWebSocket.try_send_nowait), write them from this task instead of waking the writer
+    # task; order is kept because the channel is empty and no send is in flight.
+
+    def _model_nowait(self, text: str) -> bool:
+        fast = getattr(self.model, "try_send_nowait", None)
+        return fast is not None and not self.model_send.statistics().current_buffer_used and fast(text)
+
+    def _twilio_nowait(self, *texts: str) -> bool:
+        fast = getattr(self.twilio, "try_send_nowait", None)
+        return fast is not None and not self.twilio_send.statistics().current_buffer_used and fast(*texts)
+
     def _event(self, kind: str, fields: dict[str, Any]) -> None:
         if self.hooks.on_event is not None:
             self.hooks.on_event(self.sid, kind, fields)
@@ -217,6 +234,8 @@ class Call:
     async def _hangup(self, outcome: str) -> None:
         if self.outcome is None:
             self.outcome = outcome
+        if self.hooks.on_outcome is not None:
+            self.hooks.on_outcome(self.sid, self.outcome)
         # Whatever is queued for the caller goes out first (normally nothing: we waited for the last mark).
         self.twilio_send.close()
         assert self.nursery is not None
@@ -288,8 +307,11 @@ class Call:
             assert self._up is not None
             pcm = self._up.process(audio.ulaw_to_pcm16(b64_decode("twilio", "payload", payload_b64)))
             payload_b64 = b64_encode(pcm)
+        text = rt.append_audio(payload_b64)
+        if self._model_nowait(text):
+            return
         try:
-            self.model_send.send_nowait(rt.append_audio(payload_b64))
+            self.model_send.send_nowait(text)
         except trio.WouldBlock:
             self.frames_dropped += 1
 
@@ -337,7 +359,8 @@ class Call:
         assert self.nursery is not None
         while True:
             try:
-                raw = await connect_session(self.setup, self.nursery)
+                assert self.sockets is not None
+                raw = await connect_session(self.setup, self.sockets)
             except SetupError as exc:
                 delay = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
                 log.warning("realtime reconnect failed: %s", exc, extra={"event": "reconnect_failed", "attempt": attempt})
@@ -355,7 +378,8 @@ class Call:
     async def _rotate(self) -> None:
         assert self.nursery is not None
         try:
-            fresh = await connect_session(self.setup, self.nursery)
+            assert self.sockets is not None
+            fresh = await connect_session(self.setup, self.sockets)
         except SetupError as exc:
             log.warning("session rotation failed, keeping the old session: %s", exc)
             self.flow.link_up = self.model is not None
@@ -416,8 +440,11 @@ class Call:
             return
         if self.flow.first_audio_at == now:
             self._event("first_audio", {"ms": round((now - self.started_at) * 1000, 1)})
-        await self.twilio_send.send(tw.media(self.start.stream_sid, payload))
-        await self.twilio_send.send(tw.mark(self.start.stream_sid, name))
+        media, mark = tw.media(self.start.stream_sid, payload), tw.mark(self.start.stream_sid, name)
+        if self._twilio_nowait(media, mark):  # one write for both frames
+            return
+        await self.twilio_send.send(media)
+        await self.twilio_send.send(mark)
 
     async def timers(self) -> None:
         while True:
@@ -489,47 +516,51 @@ async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallS
         except StreamRefused as exc:
             log.warning("stream refused: %s", exc, extra={"event": "stream_refused", "reason": str(exc)})
             result.outcome = "refused"
-            await close_quietly(twilio, 1008, "stream refused")
             with trio.CancelScope(shield=True, deadline=trio.current_time() + FINISH_TIMEOUT_S):
                 await _finish_call(None, result, twilio, t0, hooks)
             return result
     if hooks.on_started is not None:
         await hooks.on_started(start)
     call: Call | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            try:
-                model = await prewarmed(start.call_sid) if prewarmed is not None else None
-                if model is None:
-                    model = await connect_session(setup, nursery)
-            except SetupError as exc:
-                log.error("call failed: %s", exc, extra={"event": "call_failed"})
-                result.outcome = "ai_failed"
-                await twilio.aclose(1011, "AI unavailable")
-                nursery.cancel_scope.cancel()
-            else:
-                call = Call(setup, twilio, start, hooks, recorder)
-                call.nursery = nursery
-                call.started_at = t0
-                if hooks.on_live is not None:
-                    hooks.on_live(call)
-                await nursery.start(call.model_link, model)
-                nursery.start_soon(call.twilio_reader)
-                nursery.start_soon(call.twilio_writer)
-                nursery.start_soon(call.model_writer)
-                nursery.start_soon(call.timers)
-                call.flow.start()
-                await call.perform()
-    except* Exception as group:  # one call's bug never reaches another call: end this one cleanly
-        log.error("call crashed", exc_info=group, extra={"event": "call_crashed"})
-        if call is not None and call.outcome is None:
-            call.outcome = "error"
-        result.outcome = "error"
-    finally:
-        # Also runs when the web layer cancels us (the caller's socket vanished, or shutdown):
-        # the outcome is recorded and every socket closed whatever happened.
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + FINISH_TIMEOUT_S):
-            await _finish_call(call, result, twilio, t0, hooks)
+    # Two nurseries: `sockets` holds the Realtime sockets' own tasks (trio-websocket's reader),
+    # `nursery` the call's tasks. The sockets' nursery outlives the call's tasks, so that closing
+    # a socket at the end of the call still has a reader to complete the close handshake.
+    async with trio.open_nursery() as sockets:
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    model = await prewarmed(start.call_sid) if prewarmed is not None else None
+                    if model is None:
+                        model = await connect_session(setup, sockets)
+                except SetupError as exc:
+                    log.error("call failed: %s", exc, extra={"event": "call_failed"})
+                    result.outcome = "ai_failed"
+                    nursery.cancel_scope.cancel()
+                else:
+                    call = Call(setup, twilio, start, hooks, recorder)
+                    call.nursery = nursery
+                    call.sockets = sockets
+                    call.started_at = t0
+                    if hooks.on_live is not None:
+                        hooks.on_live(call)
+                    await nursery.start(call.model_link, model)
+                    nursery.start_soon(call.twilio_reader)
+                    nursery.start_soon(call.twilio_writer)
+                    nursery.start_soon(call.model_writer)
+                    nursery.start_soon(call.timers)
+                    call.flow.start()
+                    await call.perform()
+        except* Exception as group:  # one call's bug never reaches another call: end this one cleanly
+            log.error("call crashed", exc_info=group, extra={"event": "call_crashed"})
+            if call is not None and call.outcome is None:
+                call.outcome = "error"
+            result.outcome = "error"
+        finally:
+            # Also runs when the web layer cancels us (the caller's socket vanished, or shutdown):
+            # the outcome is recorded and every socket closed whatever happened.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + FINISH_TIMEOUT_S):
+                await _finish_call(call, result, twilio, t0, hooks)
+            sockets.cancel_scope.cancel()
     return result
 
 
@@ -548,6 +579,8 @@ async def _finish_call(call: Call | None, result: CallResult, twilio: MessageStr
         result.usage = call.usage
         if call.flow.first_audio_at is not None:
             result.first_audio_s = call.flow.first_audio_at - t0
+    if hooks.on_outcome is not None and result.call_sid:
+        hooks.on_outcome(result.call_sid, result.outcome)
     code = {"error": 1011, "ai_failed": 1011, "refused": 1008}.get(result.outcome, 1000)
     await close_quietly(twilio, code, "call ended")
     result.ended_at = datetime.now(timezone.utc)

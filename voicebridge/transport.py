@@ -8,6 +8,7 @@ over an in-memory pair on a mock clock (tests), and through a recorder.
 from __future__ import annotations
 
 import math
+import socket
 from typing import Any, Protocol
 
 import trio
@@ -174,3 +175,330 @@ async def close_quietly(stream: MessageStream, code: int = 1000, reason: str = "
                 await stream.aclose(code, reason)
             except Exception:  # already broken: nothing left to close cleanly
                 pass
+
+
+# -- lean WebSocket (RFC 6455) on a socket: the per-frame hot path ---------------------------
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_YIELD_EVERY = 32  # messages served from the buffer before receive() yields to the scheduler anyway
+
+
+def ws_accept_value(key: str) -> str:
+    """The `Sec-WebSocket-Accept` answer to a `Sec-WebSocket-Key`."""
+    import base64
+    import hashlib
+
+    return base64.b64encode(hashlib.sha1(key.strip().encode("ascii") + _WS_GUID).digest()).decode("ascii")
+
+
+def _xor(payload: bytes, key: bytes) -> bytes:
+    n = len(payload)
+    if not n:
+        return b""
+    mask = key * (n // 4 + 1)
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(mask[:n], "little")).to_bytes(n, "little")
+
+
+def _header(payload_len: int, first: int, mask_bit: int) -> bytes:
+    if payload_len < 126:
+        return bytes((first, mask_bit | payload_len))
+    if payload_len < 65536:
+        return bytes((first, mask_bit | 126)) + payload_len.to_bytes(2, "big")
+    return bytes((first, mask_bit | 127)) + payload_len.to_bytes(8, "big")
+
+
+class RawWebSocket:
+    """A WebSocket connection as a MessageStream, without background tasks or extra layers.
+
+    Text frames are parsed in the task that calls `receive()`; `send()` frames and writes in the
+    caller's task. On a plain socket both go straight to the kernel (non-blocking) and only wait
+    for readiness when they must; `try_send_nowait()` hands frames to the kernel without awaiting
+    at all, or refuses, so a relay can skip a task hop when nothing is queued. Over TLS (a trio
+    Stream) the same framing runs on `receive_some`/`send_all`. Client ends mask what they send.
+    """
+
+    def __init__(self, sock: Any = None, *, stream: Any = None, client: bool = False, leftover: bytes = b"",
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        import random
+
+        self._sock = sock  # a non-blocking stdlib socket (plain TCP), or None with `stream`
+        self._stream = stream
+        if sock is not None:
+            sock.setblocking(False)
+            try:  # small frames (marks, clear) must not wait for the peer's ACK (Nagle)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # not TCP (a socketpair in tests)
+        self._client = client
+        self._buf = bytearray(leftover)
+        self._frag: bytearray | None = None
+        self._pending = b""  # bytes accepted for sending but not yet written (kept in order)
+        self._sending = False
+        self._send_lock = trio.Lock()
+        self._served = 0
+        self._max = max_message_bytes
+        self._rng = random.Random()  # masking keys (RFC 6455 5.3), seeded from os.urandom
+        self.closed: StreamClosed | None = None
+        self._close_sent = False
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _frame(self, opcode: int, payload: bytes) -> bytes:
+        if self._client:
+            key = self._rng.getrandbits(32).to_bytes(4, "little")
+            return _header(len(payload), 0x80 | opcode, 0x80) + key + _xor(payload, key)
+        return _header(len(payload), 0x80 | opcode, 0) + payload
+
+    def try_send_nowait(self, *texts: str) -> bool:
+        """Write whole text frames now without awaiting; False (nothing sent) if that cannot be done in order."""
+        if self.closed is not None or self._sending or self._pending or self._sock is None:
+            return False
+        data = b"".join(self._frame(0x1, t.encode("utf-8")) for t in texts)
+        try:
+            n = self._sock.send(data)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._broken(exc)
+            return False
+        if n < len(data):
+            self._pending = data[n:]  # committed: the next send() writes it first
+        return True
+
+    async def send(self, text: str) -> None:
+        await self._send_bytes(self._frame(0x1, text.encode("utf-8")))
+
+    async def _send_bytes(self, data: bytes) -> None:
+        if self.closed is not None:
+            raise self.closed
+        async with self._send_lock:
+            self._sending = True
+            try:
+                if self._stream is not None:
+                    try:
+                        await self._stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise self._broken(exc) from None
+                    return
+                data = self._pending + data
+                self._pending = b""
+                while data:
+                    try:
+                        n = self._sock.send(data)
+                    except BlockingIOError:
+                        n = 0
+                    except OSError as exc:
+                        raise self._broken(exc) from None
+                    data = data[n:]
+                    if data:
+                        try:
+                            await trio.lowlevel.wait_writable(self._sock)
+                        except trio.ClosedResourceError as exc:
+                            raise self._broken(exc) from None
+            finally:
+                self._sending = False
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def receive(self) -> str:
+        while True:
+            msg = self._parse()
+            if msg is not None:
+                self._served += 1
+                if self._served >= _YIELD_EVERY:  # a peer that never lets us block must not starve the others
+                    self._served = 0
+                    await trio.lowlevel.checkpoint()
+                return msg
+            if self.closed is not None:
+                raise self.closed
+            self._served = 0
+            await self._fill()
+
+    async def _fill(self) -> None:
+        if self._stream is not None:
+            try:
+                data = await self._stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise self._broken(exc) from None
+        else:
+            while True:
+                try:
+                    data = self._sock.recv(65536)
+                    break
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise self._broken(exc) from None
+                try:
+                    await trio.lowlevel.wait_readable(self._sock)
+                except trio.ClosedResourceError as exc:
+                    raise self._broken(exc) from None
+        if not data:
+            raise self._broken(None)
+        self._buf += data
+
+    def _parse(self) -> str | None:
+        """The next complete text message in the buffer; handles control frames on the way."""
+        buf = self._buf
+        while len(buf) >= 2:
+            b0, b1 = buf[0], buf[1]
+            n = b1 & 0x7F
+            pos = 2
+            if n == 126:
+                if len(buf) < 4:
+                    return None
+                n, pos = int.from_bytes(buf[2:4], "big"), 4
+            elif n == 127:
+                if len(buf) < 10:
+                    return None
+                n, pos = int.from_bytes(buf[2:10], "big"), 10
+            masked = b1 & 0x80
+            if n > self._max:
+                self._fail(1009, "message too big")
+            end = pos + (4 if masked else 0) + n
+            if len(buf) < end:
+                return None
+            if masked:
+                payload = _xor(bytes(buf[pos + 4:end]), bytes(buf[pos:pos + 4]))
+            else:
+                payload = bytes(buf[pos:end])
+            del buf[:end]
+            if masked == self._client * 0x80 or b0 & 0x70:  # wrong masking direction, or reserved bits
+                self._fail(1002, "protocol error")
+            opcode, fin = b0 & 0x0F, b0 & 0x80
+            if opcode == 0x8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                reason = payload[2:].decode("utf-8", "replace")
+                self._queue_control(0x8, payload[:2])
+                self.closed = StreamClosed(code, reason)
+                return None
+            if opcode == 0x9:
+                self._queue_control(0xA, payload)
+                continue
+            if opcode == 0xA:
+                continue
+            if opcode == 0x0:
+                if self._frag is None:
+                    self._fail(1002, "unexpected continuation")
+                assert self._frag is not None
+                self._frag += payload
+                if len(self._frag) > self._max:
+                    self._fail(1009, "message too big")
+                if not fin:
+                    continue
+                payload, self._frag, opcode = bytes(self._frag), None, self._frag_op
+            elif opcode in (0x1, 0x2):
+                if not fin:
+                    self._frag, self._frag_op = bytearray(payload), opcode
+                    continue
+            else:
+                self._fail(1002, "unknown opcode")
+            if opcode == 0x2:
+                continue  # binary frames are part of neither protocol
+            try:
+                return payload.decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(1007, "invalid UTF-8")
+        return None
+
+    _frag_op = 0x1
+
+    def _queue_control(self, opcode: int, payload: bytes) -> None:
+        if opcode == 0x8:
+            if self._close_sent:
+                return
+            self._close_sent = True
+        frame = self._frame(opcode, payload)
+        if self._sock is not None and not self._sending and not self._pending:
+            try:
+                n = self._sock.send(frame)
+                self._pending = frame[n:]
+            except BlockingIOError:
+                self._pending = frame
+            except OSError:
+                pass
+        else:  # rare (TLS, or a send in flight): best effort, appended in order
+            self._pending += frame
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._queue_control(0x8, code.to_bytes(2, "big") + reason.encode())
+        self.closed = StreamClosed(code, reason)
+        raise self.closed
+
+    def _broken(self, exc: BaseException | None) -> StreamClosed:
+        if self.closed is None:
+            self.closed = StreamClosed(1006, type(exc).__name__ if exc else "connection lost")
+        return self.closed
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame (once) and release the socket; a task blocked in receive() gets StreamClosed."""
+        if not self._close_sent and not (self.closed is not None and self.closed.code == 1006):
+            self._close_sent = True
+            frame = self._frame(0x8, code.to_bytes(2, "big") + reason.encode("utf-8")[:120])
+            try:
+                with trio.move_on_after(1.0):
+                    await self._send_bytes(frame)
+            except StreamClosed:
+                pass
+        if self.closed is None:
+            self.closed = StreamClosed(code, reason or "closed by us")
+        if self._stream is not None:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._stream)
+        elif self._sock is not None and self._sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+
+
+async def ws_connect(url: str, headers: list[tuple[bytes, bytes]], *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> RawWebSocket:
+    """Open a client WebSocket (ws:// or wss://) and do the opening handshake."""
+    import base64
+    import os
+    import socket as _socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"not a WebSocket URL: {parts.scheme}://")
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    key = base64.b64encode(os.urandom(16)).decode("ascii")
+    host_header = host if parts.port is None else f"{host}:{port}"
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host_header}", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+    request = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+    request += b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
+    stream: Any
+    if parts.scheme == "wss":
+        stream = await trio.open_ssl_over_tcp_stream(host, port)
+    else:
+        stream = await trio.open_tcp_stream(host, port)
+    try:
+        await stream.send_all(request)
+        head = bytearray()
+        while b"\r\n\r\n" not in head:
+            chunk = await stream.receive_some(16384)
+            if not chunk:
+                raise StreamClosed(1006, "closed during the handshake")
+            head += chunk
+            if len(head) > 65536:
+                raise StreamClosed(1002, "handshake answer too long")
+        raw_head, _, rest = bytes(head).partition(b"\r\n\r\n")
+        status_line, *header_lines = raw_head.decode("latin-1").split("\r\n")
+        fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+        status = status_line.split(" ", 2)[1] if status_line.count(" ") else ""
+        if status != "101":
+            raise StreamClosed(1002, f"handshake refused: HTTP {status or '?'}")
+        if fields.get("sec-websocket-accept") != ws_accept_value(key):
+            raise StreamClosed(1002, "handshake: wrong Sec-WebSocket-Accept")
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+        raise
+    if parts.scheme == "wss":
+        return RawWebSocket(stream=stream, client=True, leftover=rest, max_message_bytes=max_message_bytes)
+    fd = stream.socket.detach()
+    sock = _socket.socket(fileno=fd)
+    return RawWebSocket(sock, client=True, leftover=rest, max_message_bytes=max_message_bytes)
