@@ -187,6 +187,10 @@ async def test_metrics_show_the_live_call_then_its_outcome(tmp_path: Path, lean:
             assert "voicebridge_live_calls 0.0" in after
             assert 'voicebridge_calls_total{outcome="transferred"} 1.0' in after
             assert "voicebridge_time_to_first_audio_seconds_count 1.0" in after
+            for direction in ("in", "out"):  # sampled frames timed through the bridge
+                count = [line for line in after.splitlines()
+                         if line.startswith(f'voicebridge_forwarding_latency_seconds_count{{direction="{direction}"}}')]
+                assert count and float(count[0].split()[1]) >= 1
             cost = [line for line in after.splitlines() if line.startswith("voicebridge_call_cost_usd_total")]
             assert cost and float(cost[0].split()[1]) > 0
 

@@ -176,7 +176,7 @@ class Daemon:
     async def handle_stream(self, twilio: MessageStream) -> CallResult:
         hooks = CallHooks(on_event=self._on_event, on_started=self._on_started, on_transcript=self._on_transcript,
                           save_order=self._save_order, on_ended=self._on_ended, on_live=self._on_live,
-                          on_outcome=self._remember_outcome)
+                          on_outcome=self._remember_outcome, on_forward=self._on_forward)
         return await run_call(twilio, self.setup, hooks, prewarmed=self.claim_prewarmed)
 
     def _on_live(self, call: Call) -> None:
@@ -227,6 +227,9 @@ class Daemon:
             m.time_to_first_audio_seconds.observe(fields["ms"] / 1000)
         for observe in self.observers:
             observe(call_sid, kind, fields)
+
+    def _on_forward(self, direction: str, seconds: float) -> None:
+        self.metrics.forwarding_latency_seconds.labels(direction).observe(seconds)
 
     def _remember_outcome(self, call_sid: str, outcome: str) -> None:
         self.outcomes[call_sid] = outcome

@@ -38,6 +38,7 @@ Connector = Callable[[trio.Nursery], Awaitable[MessageStream]]
 MODEL_CHANNEL = 256  # ~5 s of 20 ms frames before caller audio is dropped (late audio is worse than lost)
 TWILIO_CHANNEL = 512
 START_TIMEOUT_S = 10.0
+LATENCY_SAMPLE_EVERY = 25  # one frame in 25 (every 0.5 s of caller audio) is timed through the bridge
 FINISH_TIMEOUT_S = 10.0  # recording a call's end may not hang its handler (sockets, store)
 RECONNECT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -63,6 +64,8 @@ class CallHooks:
     # The outcome is known: called before the Twilio socket closes, because Twilio asks the
     # <Connect action> (/stream-ended) what to do next the moment it does.
     on_outcome: Callable[[str, str], None] | None = None
+    # A sampled forwarding latency: ("in" caller->model | "out" model->caller, seconds in the bridge).
+    on_forward: Callable[[str, float], None] | None = None
 
 
 @attrs.define
@@ -172,6 +175,9 @@ class Call:
         self.outcome: str | None = None
         self.usage: list[dict[str, Any]] = []
         self.frames_dropped = 0
+        self._frames_in = 0
+        self._deltas_out = 0
+        self._timed: dict[int, tuple[str, float]] = {}  # id(frame text) -> (direction, time received)
         self.protocol_errors = 0
         self.started_wall = datetime.now(timezone.utc)
         self.started_at = trio.current_time()
@@ -287,7 +293,9 @@ class Call:
                 continue
             if isinstance(ev, tw.Media):
                 if flow.link_up:
-                    self._forward_caller_audio(ev.payload_b64)
+                    self._frames_in += 1
+                    timed = self.hooks.on_forward is not None and self._frames_in % LATENCY_SAMPLE_EVERY == 0
+                    self._forward_caller_audio(ev.payload_b64, trio.current_time() if timed else None)
                 continue
             if isinstance(ev, tw.MarkEcho):
                 flow.mark(ev.name, trio.current_time())
@@ -302,18 +310,33 @@ class Call:
             flow.caller_hung_up()
             await self.perform()
 
-    def _forward_caller_audio(self, payload_b64: str) -> None:
+    def _forward_caller_audio(self, payload_b64: str, received_at: float | None = None) -> None:
         if self.pcm16:
             assert self._up is not None
             pcm = self._up.process(audio.ulaw_to_pcm16(b64_decode("twilio", "payload", payload_b64)))
             payload_b64 = b64_encode(pcm)
         text = rt.append_audio(payload_b64)
         if self._model_nowait(text):
+            if received_at is not None:
+                self._forwarded("in", received_at)
             return
         try:
             self.model_send.send_nowait(text)
         except trio.WouldBlock:
             self.frames_dropped += 1
+            return
+        if received_at is not None:
+            self._timed[id(text)] = ("in", received_at)
+
+    def _forwarded(self, direction: str, received_at: float) -> None:
+        assert self.hooks.on_forward is not None
+        self.hooks.on_forward(direction, trio.current_time() - received_at)
+
+    def _sent(self, text: str) -> None:
+        """A frame left through a writer task: if it was a timed one, report its time in the bridge."""
+        timed = self._timed.pop(id(text), None)
+        if timed is not None:
+            self._forwarded(*timed)
 
     async def twilio_writer(self) -> None:
         async for text in self.twilio_recv:
@@ -321,6 +344,8 @@ class Call:
                 await self.twilio.send(text)
             except StreamClosed:
                 return
+            if self._timed:
+                self._sent(text)
 
     async def model_writer(self) -> None:
         async for text in self.model_recv:
@@ -330,7 +355,9 @@ class Call:
             try:
                 await stream.send(text)
             except StreamClosed:
-                pass  # model_link sees the close and reconnects
+                continue  # model_link sees the close and reconnects
+            if self._timed:
+                self._sent(text)
 
     async def model_link(self, first: MessageStream, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.model = self._wrap(first)
@@ -439,10 +466,19 @@ class Call:
         if name is None:
             return
         if self.flow.first_audio_at == now:
-            self._event("first_audio", {"ms": round((now - self.started_at) * 1000, 1)})
+            ms = round((now - self.started_at) * 1000, 1)
+            log.info("first audio to the caller %.1f ms after the stream started", ms,
+                     extra={"event": "first_audio", "ms": ms})
+            self._event("first_audio", {"ms": ms})
+        self._deltas_out += 1
+        timed = self.hooks.on_forward is not None and self._deltas_out % LATENCY_SAMPLE_EVERY == 1
         media, mark = tw.media(self.start.stream_sid, payload), tw.mark(self.start.stream_sid, name)
         if self._twilio_nowait(media, mark):  # one write for both frames
+            if timed:
+                self._forwarded("out", now)
             return
+        if timed:
+            self._timed[id(media)] = ("out", now)
         await self.twilio_send.send(media)
         await self.twilio_send.send(mark)
 
