@@ -11,26 +11,13 @@ from openai.types.realtime import RealtimeServerEvent
 from openai.types.realtime.realtime_session_create_response import RealtimeSessionCreateResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from openai_strict import extra_keys
 from voicebridge.peers import realtime_events as ev
 
 SERVER = TypeAdapter(RealtimeServerEvent)
 SESSION_KEYS_ADDED_BY_SERVICE = {"id", "object", "expires_at"}  # protocols.md section 6
 
 
-def extra_keys(value: Any, path: str = "") -> list[str]:
-    """Every key pydantic kept as an extra (an unknown key) anywhere inside `value`."""
-    found: list[str] = []
-    if isinstance(value, BaseModel):
-        found += [f"{path}.{k}" for k in (value.model_extra or {})]
-        for name in type(value).model_fields:
-            found += extra_keys(getattr(value, name), f"{path}.{name}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            found += extra_keys(v, f"{path}[{i}]")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            found += extra_keys(v, f"{path}.{k}")
-    return found
 
 
 def validate_server_event(event: dict[str, Any]) -> BaseModel:
@@ -42,7 +29,7 @@ def validate_server_event(event: dict[str, Any]) -> BaseModel:
         allowed = {f".session.{k}" for k in SESSION_KEYS_ADDED_BY_SERVICE}
         session = RealtimeSessionCreateResponse.model_validate(event["session"])
         assert extra_keys(session) == [], extra_keys(session)
-    unknown = [k for k in extra_keys(model) if k not in allowed]
+    unknown = [k for k in extra_keys(model, "") if k not in allowed]
     assert unknown == [], f"{event['type']}: unknown keys {unknown}"
     assert model.model_dump(mode="json", exclude_unset=True) == event
     return model

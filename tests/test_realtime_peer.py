@@ -18,6 +18,7 @@ from openai.types.realtime import RealtimeServerEvent
 from openai.types.realtime.realtime_session_create_response import RealtimeSessionCreateResponse
 from pydantic import BaseModel, TypeAdapter
 
+from openai_strict import extra_keys
 from voicebridge.audio import Resampler, pcm16_to_ulaw, ulaw_to_pcm16
 from voicebridge.peers.asr import PCM, PCMU, Recognizer, alaw_to_pcm16, envelope
 from voicebridge.peers.clips import all_clips, load_clip
@@ -48,19 +49,6 @@ CALLER_CLIPS = {n: c for n, c in all_clips().items() if c.speaker == "caller"}
 # -- validation of everything the peer sends (protocols.md section 8) -------------------------
 
 
-def extra_keys(value: Any, path: str = "") -> list[str]:
-    found: list[str] = []
-    if isinstance(value, BaseModel):
-        found += [f"{path}.{k}" for k in (value.model_extra or {})]
-        for name in type(value).model_fields:
-            found += extra_keys(getattr(value, name), f"{path}.{name}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            found += extra_keys(v, f"{path}[{i}]")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            found += extra_keys(v, f"{path}.{k}")
-    return found
 
 
 def validate(event: dict[str, Any]) -> None:
@@ -70,7 +58,7 @@ def validate(event: dict[str, Any]) -> None:
     if event["type"] in ("session.created", "session.updated"):
         allowed = {".session.id", ".session.object", ".session.expires_at"}
         assert extra_keys(RealtimeSessionCreateResponse.model_validate(event["session"])) == []
-    unknown = [k for k in extra_keys(model) if k not in allowed]
+    unknown = [k for k in extra_keys(model, "") if k not in allowed]
     assert unknown == [], f"{event['type']}: unknown keys {unknown}"
     assert model.model_dump(mode="json", exclude_unset=True) == event
 
