@@ -58,6 +58,7 @@ import trio
 
 from .config import Config
 from .recording import read_recording_lines
+from .peers.wakeup import Wakeup as _Signal
 
 REPLAY_PUBLIC_URL = "https://voicebridge-replay.invalid"  # a reserved name: never resolves, never leaves the machine
 REPLAY_API_KEY = "replay-local-key"  # what the bridge presents to the replay server; never a real key
@@ -284,20 +285,6 @@ class Observed:
     is_close: bool = False
 
 
-class _Signal:
-    """A re-armable wake-up: `fire()` wakes every current waiter."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = trio.Event()
-
-    async def wait_until(self, deadline: float) -> None:
-        event = self._event
-        with trio.move_on_at(deadline):
-            await event.wait()
 
 
 class _Socket:

@@ -60,6 +60,7 @@ from voicebridge.transport import MessageStream, StreamClosed, TrioWebSocketStre
 from . import twiml
 from .clips import load_clip
 from .scenario import CallerStep, Scenario
+from .wakeup import Wakeup as _Signal
 
 FRAME_BYTES = 160  # 20 ms of µ-law at 8 kHz
 FRAME_S = 0.020
@@ -243,22 +244,6 @@ class CallerReport:
     def echo_times(self) -> dict[str, float | None]:
         """Mark name -> echo time (last mark of that name wins)."""
         return {m.name: m.time_echoed for m in self.marks}
-
-
-class _Signal:
-    """A re-armable wake-up: `fire()` wakes every current waiter."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = trio.Event()
-
-    async def wait_until(self, deadline: float) -> None:
-        event = self._event  # taken before any checkpoint: no wake-up is lost
-        with trio.move_on_at(deadline):
-            await event.wait()
 
 
 # -- the media-stream caller -------------------------------------------------------------------
