@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -253,3 +254,15 @@ def test_harmless_model_errors_never_end_the_call(code: str) -> None:
     flow.model_error(RealtimeError("invalid_request_error", code, "x", None, None))
     assert not any(isinstance(e, Hangup) for e in flow.take_effects())
     assert flow.counts["model_errors"] == 1 and flow.state == "greeting"
+
+
+def test_triggers_that_do_not_apply_change_nothing_and_log_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """A change while ordering, or a review after confirmation, neither moves the machine nor warns."""
+    flow = make_flow(greeted=True)
+    with caplog.at_level(logging.WARNING):
+        flow.response_created("r1")
+        flow.function_call("r1", "c1", "add_item", json.dumps({"item": "pepperoni", "size": "large"}))
+        assert flow.state == "greeting" or flow.state == "ordering"
+        flow._fire("confirm")
+    assert flow.state in ("greeting", "ordering")
+    assert [r for r in caplog.records if r.name.startswith("transitions")] == []

@@ -93,9 +93,14 @@ class CallFlow:
         self.counts = {"barge_ins": 0, "model_errors": 0, "reconnects": 0, "stalls": 0, "dropped_deltas": 0}
         self.first_audio_at: float | None = None
         self._last_state = "greeting"
-        Machine(model=self, states=STATES, transitions=TRANSITIONS, initial="greeting",
-                auto_transitions=False, queued=True, ignore_invalid_triggers=True,
-                after_state_change="_state_changed")
+        self.machine = Machine(model=self, states=STATES, transitions=TRANSITIONS, initial="greeting",
+                                auto_transitions=False, queued=True, ignore_invalid_triggers=True,
+                                after_state_change="_state_changed")
+
+    def _fire(self, name: str) -> None:
+        """Fire a trigger if it has a transition from the current state; otherwise it changes nothing."""
+        if name in self.machine.get_triggers(self.state):
+            self.trigger(name)
 
     def _state_changed(self) -> None:
         if self.state != self._last_state:  # internal transitions (dest None) change nothing
@@ -137,7 +142,7 @@ class CallFlow:
 
     def _finish(self, outcome: str) -> None:
         self.outcome = outcome
-        self.trigger("end")
+        self._fire("end")
         self.effects.append(Hangup(outcome))
 
     def _end_when_heard(self, outcome: str) -> None:
@@ -191,7 +196,7 @@ class CallFlow:
     def mark(self, name: str, now: float) -> None:
         if self.playout.on_mark(name, now) and not self.playout.is_playing():
             if self.state == "greeting":
-                self.trigger("conversation_started")
+                self._fire("conversation_started")
             self._check_idle(now)
 
     def _check_idle(self, now: float | None) -> None:
@@ -218,7 +223,7 @@ class CallFlow:
         self.reprompts = 0
         self._disarm(SILENCE)
         if self.state == "greeting":
-            self.trigger("conversation_started")
+            self._fire("conversation_started")
         if self.playout.is_playing():
             self._barge_in(now)
         elif self.response_active is not None:
@@ -256,7 +261,7 @@ class CallFlow:
         self._notice("tool", name=name, ok=result.ok, intent=result.intent, interrupted=interrupted)
         if result.ok and result.intent == "confirm":
             if self.state == "confirming":
-                self.trigger("confirm")
+                self._fire("confirm")
                 self.effects.append(SaveOrder(call_id))  # answered once the order is committed
                 return
             result_output = {"ok": False, "error": "The order has not been read back yet. Call review_order "
@@ -264,11 +269,11 @@ class CallFlow:
             self._tool_output(call_id, result_output, respond=not interrupted)
             return
         if result.ok and result.intent == "review":
-            self.trigger("review")
+            self._fire("review")
         elif result.ok and result.intent == "reject":
-            self.trigger("change")
+            self._fire("change")
         elif result.ok and result.changed:
-            self.trigger("change")
+            self._fire("change")
         self._tool_output(call_id, result.output, respond=False)
         if result.ok and result.intent == "transfer":
             self._transfer("tool")
@@ -299,7 +304,7 @@ class CallFlow:
             self._respond("confirmed", prompts.CONFIRMED_BY_KEYPAD)
 
     def order_save_failed(self, call_id: str | None, error: str) -> None:
-        self.trigger("save_failed")
+        self._fire("save_failed")
         self._notice("order_save_failed", error=error)
         if call_id is not None:
             self._tool_output(call_id, {"ok": False, "error": "The order could not be saved. Apologise and "
@@ -315,13 +320,13 @@ class CallFlow:
         if digit == "0":
             self._transfer("keypad")
         elif digit == "1" and self.state == "confirming":
-            self.trigger("confirm")
+            self._fire("confirm")
             self.effects.append(SaveOrder(None))
 
     def _transfer(self, via: str) -> None:
         if self.state not in ("greeting", "ordering", "confirming", "done"):
             return
-        self.trigger("ask_for_person")
+        self._fire("ask_for_person")
         self._notice("transfer", via=via)
         if self.response_active is not None and via == "keypad":
             self._cancel_active("transfer")
@@ -419,7 +424,7 @@ class CallFlow:
             self._check_idle(None)
         elif name == RECONNECT:
             self._notice("realtime_gave_up")
-            self.trigger("fail")
+            self._fire("fail")
             self._finish("ai_failed")
         elif name == ROTATE:
             self.rotate_due = True
