@@ -414,7 +414,7 @@ class Call:
         self.swap_to = self._wrap(fresh)
         old = self.model
         if old is not None:
-            await old.aclose(1000, "rotated")
+            await close_quietly(old, 1000, "rotated")
 
     async def _read_model(self, stream: MessageStream) -> None:
         flow = self.flow
