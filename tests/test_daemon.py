@@ -122,7 +122,7 @@ async def test_websocket_upgrade_refuses_a_forged_signature(tmp_path: Path, lean
             for headers in ([], [(b"x-twilio-signature", b"bm90IGEgc2lnbmF0dXJl")]):
                 with pytest.raises(trio_websocket.ConnectionRejected) as info:
                     async with trio_websocket.open_websocket_url(url, extra_headers=headers):
-                        pass
+                        pytest.fail("the upgrade was accepted")
                 assert info.value.status_code == 403
             sig = RequestValidator(TOKEN).compute_signature("wss://voicebridge-test.invalid/media-stream", {})
             async with trio_websocket.open_websocket_url(url, extra_headers=[(b"x-twilio-signature", sig.encode())]):

@@ -839,11 +839,11 @@ greeting = { say = "a_what_order" }
             with pytest.raises(trio_websocket.ConnectionRejected) as refused:
                 async with trio_websocket.open_websocket_url(url + "?model=gpt-realtime", extra_headers=[
                         ("Authorization", "Bearer k")]):
-                    pass
+                    pytest.fail("the upgrade was accepted")
             assert refused.value.status_code == 503
             with pytest.raises(trio_websocket.ConnectionRejected) as unauthorised:
                 async with trio_websocket.open_websocket_url(url + "?model=gpt-realtime"):
-                    pass
+                    pytest.fail("the upgrade was accepted")
             assert unauthorised.value.status_code == 401
             assert json.loads(unauthorised.value.body)["error"]["type"] == "invalid_request_error"
             async with trio_websocket.open_websocket_url(url + "?model=gpt-realtime", extra_headers=[

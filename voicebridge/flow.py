@@ -439,7 +439,7 @@ def state_diagram() -> str:
     from transitions.extensions import GraphMachine
 
     class _Model:
-        pass
+        """A bare model for GraphMachine to draw."""
 
     model = _Model()
     GraphMachine(model=model, states=STATES, transitions=TRANSITIONS, initial="greeting",

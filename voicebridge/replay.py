@@ -37,6 +37,8 @@ starting together once all are set up, and are compared after every call is over
 
 from __future__ import annotations
 
+import contextlib
+
 import binascii
 import copy
 import gc
@@ -58,6 +60,7 @@ import trio
 
 from .config import Config
 from .recording import read_recording_lines
+from .transport import close_quietly
 from .peers.wakeup import Wakeup as _Signal
 
 REPLAY_PUBLIC_URL = "https://voicebridge-replay.invalid"  # a reserved name: never resolves, never leaves the machine
@@ -336,12 +339,7 @@ class _Socket:
         if self.closed.is_set() or self.closed_by_us:
             return
         self.closed_by_us = True
-        with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
-            scope.shield = True
-            try:
-                await self.ws.aclose(code)
-            except Exception:  # already broken: closing is best effort
-                pass
+        await close_quietly(self.ws, code)
 
     async def abort(self) -> None:
         """Break the connection as a network failure does (TCP reset, no close frame)."""
@@ -352,10 +350,8 @@ class _Socket:
         if not isinstance(raw, trio.SocketStream):
             await self.close(1011)
             return
-        try:
+        with contextlib.suppress(OSError):  # RST instead of FIN, as on a network failure
             raw.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
         with trio.CancelScope(shield=True):
             await raw.aclose()
 

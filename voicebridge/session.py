@@ -233,6 +233,12 @@ class Call:
         fast = getattr(self.twilio, "try_send_nowait", None)
         return fast is not None and not self.twilio_send.statistics().current_buffer_used and fast(*texts)
 
+    def _bad_frame(self, source: str, exc: ProtocolError) -> None:
+        """A frame we cannot understand: count it, log what was wrong (never its content), go on."""
+        self.protocol_errors += 1
+        log.warning("bad %s frame: %s", source, exc, extra={"event": "protocol_error", "source": source})
+        self._event("protocol_error", {"source": source, "error": str(exc)})
+
     def _event(self, kind: str, fields: dict[str, Any]) -> None:
         if self.hooks.on_event is not None:
             self.hooks.on_event(self.sid, kind, fields)
@@ -287,9 +293,7 @@ class Call:
             try:
                 ev = tw.parse_twilio(text)
             except ProtocolError as exc:
-                self.protocol_errors += 1
-                log.warning("bad Twilio frame: %s", exc, extra={"event": "protocol_error", "source": "twilio"})
-                self._event("protocol_error", {"source": "twilio", "error": str(exc)})
+                self._bad_frame("twilio", exc)
                 continue
             if isinstance(ev, tw.Media):
                 if flow.link_up:
@@ -426,9 +430,7 @@ class Call:
             try:
                 ev = rt.parse_server(text)
             except ProtocolError as exc:
-                self.protocol_errors += 1
-                log.warning("bad Realtime event: %s", exc, extra={"event": "protocol_error", "source": "realtime"})
-                self._event("protocol_error", {"source": "realtime", "error": str(exc)})
+                self._bad_frame("realtime", exc)
                 continue
             now = trio.current_time()
             if isinstance(ev, rt.AudioDelta):
@@ -517,7 +519,7 @@ async def run_call(twilio: MessageStream, setup: CallSetup, hooks: CallHooks | N
                     start = ev
                 elif isinstance(ev, tw.Stop):
                     break
-    except StreamClosed:
+    except StreamClosed:  # gone before `start`: there is no call to run
         pass
     if start is None:
         return CallResult(None, None, "no_stream")

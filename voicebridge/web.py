@@ -34,6 +34,10 @@ def _twiml(vr: VoiceResponse, status: int = 200) -> Response:
     return Response(str(vr), status=status, content_type="text/xml")
 
 
+def _plain(text: str, status: int) -> Response:
+    return Response(text + "\n", status=status, content_type="text/plain")
+
+
 def _path_qs() -> str:
     qs = request.query_string.decode("latin-1")
     return request.path + ("?" + qs if qs else "")
@@ -57,10 +61,10 @@ def create_app(daemon: "Daemon") -> QuartTrio:
     async def incoming_call() -> Response:
         form = await signed_form()
         if form is None:
-            return Response("forbidden\n", status=403, content_type="text/plain")
+            return _plain("forbidden", 403)
         call_sid = form.get("CallSid", "")
         if not call_sid or len(call_sid) > 64 or not call_sid.replace("_", "").isalnum():
-            return Response("CallSid missing or malformed\n", status=400, content_type="text/plain")
+            return _plain("CallSid missing or malformed", 400)
         vr = VoiceResponse()
         if daemon.draining:
             vr.say("We're sorry, we can't take your call right now. Please call back in a minute.")
@@ -86,9 +90,9 @@ def create_app(daemon: "Daemon") -> QuartTrio:
         if not daemon.signatures.check_websocket(websocket.path, websocket.headers.get("X-Twilio-Signature")):
             log.warning("refused a media stream with a missing or wrong Twilio signature",
                         extra={"event": "bad_signature", "route": "/media-stream"})
-            return Response("forbidden\n", status=403, content_type="text/plain")
+            return _plain("forbidden", 403)
         if daemon.draining:
-            return Response("draining\n", status=503, content_type="text/plain")
+            return _plain("draining", 503)
         await websocket.accept()
         await daemon.handle_stream(QuartWebSocketStream(websocket))
         return None
@@ -97,7 +101,7 @@ def create_app(daemon: "Daemon") -> QuartTrio:
     async def stream_ended() -> Response:
         form = await signed_form()
         if form is None:
-            return Response("forbidden\n", status=403, content_type="text/plain")
+            return _plain("forbidden", 403)
         call_sid = form.get("CallSid", "")
         vr = VoiceResponse()
         if form.get("RecordingUrl"):  # back from the voicemail <Record>
@@ -130,7 +134,7 @@ def create_app(daemon: "Daemon") -> QuartTrio:
         """Twilio's status callback for calls placed with `voicebridge call` (unanswered ones end here)."""
         form = await signed_form()
         if form is None:
-            return Response("forbidden\n", status=403, content_type="text/plain")
+            return _plain("forbidden", 403)
         status = form.get("CallStatus", "")
         log.info("outbound call status", extra={"event": "call_status", "call_sid": form.get("CallSid"),
                                                 "status": status[:20]})
@@ -247,7 +251,7 @@ async def _answer(conn: Any, status: int, body: str) -> None:
     try:
         conn.sendall(f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(data)}\r\n"
                      f"connection: close\r\n\r\n".encode("latin-1") + data)
-    except OSError:
+    except OSError:  # the client is gone: nothing to tell it
         pass
     conn.close()
 

@@ -55,7 +55,7 @@ from twilio.request_validator import RequestValidator
 from voicebridge.protocol import twilio_media as tm
 from voicebridge.protocol._codec import b64_decode, b64_encode
 from voicebridge.protocol.errors import ProtocolError
-from voicebridge.transport import MessageStream, StreamClosed, TrioWebSocketStream
+from voicebridge.transport import MessageStream, StreamClosed, TrioWebSocketStream, close_quietly
 
 from . import twiml
 from .clips import load_clip
@@ -597,12 +597,7 @@ class TwilioCaller:
         assert self._stream is not None
         if self.report.close_code is None:
             self.report.close_code, self.report.close_reason = code, reason
-        with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
-            scope.shield = True
-            try:
-                await self._stream.aclose(code, reason)
-            except Exception:  # already broken: closing is best effort
-                pass
+        await close_quietly(self._stream, code, reason)
         if self._cancel is not None:
             self._cancel.cancel()
 

@@ -67,7 +67,7 @@ class Connect:
 
 @attrs.frozen
 class Hangup:
-    pass
+    """`<Hangup/>`: end the call."""
 
 
 @attrs.frozen
