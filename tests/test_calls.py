@@ -18,7 +18,7 @@ from calls import MENU, InMemoryCall, call_setup, run_in_memory
 from openai_strict import validate_client
 from voicebridge.peers.clips import load_clip
 from voicebridge.peers.realtime_server import RealtimePeer
-from voicebridge.peers.scenario import load_scenario
+from voicebridge.peers.scenario import load_scenario, parse_scenario
 from voicebridge.transport import MessageStream
 
 
@@ -111,6 +111,30 @@ async def test_barge_in_twice_in_one_answer(autojump_clock: MockClock) -> None:
     conn = call.peer.connections[0]
     assert [c.reason for c in conn.cancels] == ["client_cancelled", "client_cancelled"]
     assert not [e for e in conn.errors_sent if e.code not in ("response_cancel_not_active",)]
+
+
+async def test_barge_in_after_the_model_paused_mid_answer_counts_all_it_said(autojump_clock: MockClock) -> None:
+    """The greeting pauses 1.5 s after 400 ms of audio (the caller hears all of it and its buffer runs
+    dry), goes on, and is cut 600 ms later: the truncate counts the audio before the pause too."""
+    text = load_scenario("barge_in_greeting")
+    scenario = parse_scenario(
+        'name = "pause"\nmax_s = 60\n[[caller]]\nwait = "playing"\nms = 600\nsay = "c_hello_order"\n'
+        '[[caller]]\nwait = "heard"\nms = 800\nhangup = true\n'
+        '[[faults]]\nkind = "stall"\nresponse = 1\nafter_audio_ms = 400\nresume_after_ms = 1500\n'
+        '[assistant.on_purpose]\ngreeting = { say = "a_greeting" }\n'
+        '[assistant.on_caller]\nc_hello_order = { say = "a_what_order" }\n', "pause.toml")
+    assert text.on_purpose["greeting"] == scenario.on_purpose["greeting"]
+    call = await run_in_memory(scenario)
+    conn = call.peer.connections[0]
+    assert conn.faults == ["stall in response 1 after 400 ms of audio"]
+    # The caller (like Twilio) knows no items: the pause splits what it heard into two answers.
+    first, resumed = call.report.answers[:2]
+    assert resumed.cleared and not first.cleared
+    heard_ms = (call.report.answer_played_bytes(first.index) + call.report.answer_played_bytes(resumed.index)) / 8
+    assert heard_ms >= 900
+    (cut,) = conn.truncates
+    assert abs(cut.audio_end_ms - heard_ms) <= CHUNK_MS
+    assert stale_bytes(call, "a_greeting", 0) == 0
 
 
 async def test_silent_caller_gets_one_reprompt_then_goodbye(autojump_clock: MockClock) -> None:

@@ -75,3 +75,37 @@ def test_an_idle_gap_does_not_count_as_playback() -> None:
     p.on_mark(m1, now=0.1)
     send(p, "item_b", 100, now=3.0)
     assert p.heard_ms("item_b", now=3.05) == 50
+
+
+def test_audio_that_resumes_after_an_underrun_keeps_what_was_heard_before() -> None:
+    """The model pauses mid-answer, the caller hears everything sent, then the answer goes on:
+    a cut after that counts the audio heard before the pause too."""
+    p = Playout()
+    m1 = send(p, "item_a", 500, now=0.0)
+    assert p.on_mark(m1, now=0.5)
+    assert not p.is_playing()  # the caller's buffer ran dry
+    assert p.heard_ms("item_a", now=1.0) == 500
+    send(p, "item_a", 300, now=2.0)  # the model goes on 1.5 s later
+    assert p.heard_ms("item_a", now=2.1) == 600
+    assert p.clear(now=2.1) == [Truncation("item_a", 600)]
+
+
+def test_a_second_underrun_adds_up_every_range() -> None:
+    """Several pauses in one answer: each range heard so far counts once."""
+    p = Playout()
+    m1 = send(p, "item_a", 200, now=0.0)
+    p.on_mark(m1, now=0.2)
+    m2 = send(p, "item_a", 200, now=1.0)
+    p.on_mark(m2, now=1.2)
+    send(p, "item_a", 200, now=2.0)
+    assert p.clear(now=2.05) == [Truncation("item_a", 450)]
+
+
+def test_a_clear_mutes_an_item_heard_to_the_end_so_far() -> None:
+    """Cut while the model is paused and nothing is queued: no truncate (all of it was heard), and
+    whatever the paused item still sends is dropped."""
+    p = Playout()
+    m1 = send(p, "item_a", 300, now=0.0)
+    p.on_mark(m1, now=0.3)
+    assert p.clear(now=0.8) == []
+    assert p.is_muted("item_a")

@@ -705,6 +705,40 @@ greeting = { say = "a_greeting" }
             assert (await again.until("response.done"))["response"]["status"] == "completed"
 
 
+async def test_stall_fault_with_resume_pauses_then_finishes_the_answer(autojump_clock: trio.abc.Clock) -> None:
+    """stall + resume_after_ms: nothing is sent for the pause, then the rest of the answer follows."""
+    text = """
+[[faults]]
+kind = "stall"
+after_audio_ms = 500
+resume_after_ms = 1500
+[assistant.on_purpose]
+greeting = { say = "a_greeting" }
+"""
+    peer = RealtimePeer(scenario(text))
+    async with connect(peer, settings=settings()) as client:
+        await client.send(response_create(metadata={"purpose": "greeting"}))
+        rid = (await client.until("response.created"))["response"]["id"]
+        deltas: list[tuple[float, int]] = []
+        while True:
+            e = await client.recv()
+            if e["type"] == "response.output_audio.delta":
+                deltas.append((trio.current_time(), len(base64.b64decode(e["delta"]))))
+            if e["type"] == "response.done":
+                break
+    assert e["response"]["status"] == "completed"
+    assert len(audio_of(client.events, rid)) == len(load_clip("a_greeting").audio)
+    gaps = [(b[0] - a[0], sum(n for _, n in deltas[: i + 1])) for i, (a, b) in enumerate(zip(deltas, deltas[1:]))]
+    long = [(gap, before) for gap, before in gaps if gap >= 1.5]
+    assert len(long) == 1 and long[0][1] == 8 * 500  # one pause, after exactly 500 ms of audio
+    assert peer.connections[0].faults == ["stall in response 1 after 500 ms of audio"]
+
+
+def test_only_a_stall_resumes() -> None:
+    with pytest.raises(ValueError, match=r"faults\[0\]\.resume_after_ms.*only a stall resumes"):
+        scenario('[[faults]]\nkind = "drop"\nresume_after_ms = 100\n')
+
+
 async def test_stall_fault_stops_mid_answer_until_cancelled(autojump_clock: trio.abc.Clock) -> None:
     """stall: the response stops sending and never finishes; a cancel still ends it."""
     text = """

@@ -10,6 +10,11 @@ says "at time t the caller had heard up to `end`". Between echoes, playback adva
 time from the last echo (Twilio plays at 8000 bytes/s), never past the next unechoed mark nor past
 what was sent. A `clear` makes Twilio echo every pending mark at once: those echoes prove
 nothing, so `clear()` forgets them first and later echoes of unknown names are ignored.
+
+An item's audio need not be one range: when the model pauses mid-answer long enough for the
+caller to hear everything sent (an underrun), the item is fully heard *so far*; when its audio
+resumes it continues in a new range, and what was heard before the pause still counts toward
+`audio_end_ms`.
 """
 
 from __future__ import annotations
@@ -20,19 +25,24 @@ import attrs
 
 BYTES_PER_S = 8000
 BYTES_PER_MS = 8
+HEARD_KEPT = 4  # fully heard items remembered, in case their audio resumes after an underrun
 
 
 @attrs.define
 class ItemAudio:
     item_id: str
     response_id: str
-    start: int  # position of its first byte
-    sent: int = 0  # µ-law bytes sent to the caller
-    generated_ms: float = 0.0  # audio the model generated for it, in ms (its own format)
+    start: int  # position of the first byte of its current range
+    sent: int = 0  # µ-law bytes sent to the caller in the current range
+    generated_ms: float = 0.0  # audio the model generated for it, in ms (its own format), all ranges
+    heard_before: int = 0  # bytes of earlier ranges, all heard (the audio underran and resumed)
 
     @property
     def end(self) -> int:
         return self.start + self.sent
+
+    def heard_ms(self, played: int) -> int:
+        return (self.heard_before + max(0, min(self.sent, played - self.start))) // BYTES_PER_MS
 
 
 @attrs.frozen
@@ -45,6 +55,7 @@ class Playout:
     def __init__(self) -> None:
         self.sent = 0  # running position: bytes sent to Twilio (including later-cleared ones)
         self.items: OrderedDict[str, ItemAudio] = OrderedDict()  # items not yet fully heard
+        self.heard: OrderedDict[str, ItemAudio] = OrderedDict()  # the last few fully heard so far
         self.pending: OrderedDict[str, int] = OrderedDict()  # mark name -> end position
         self.muted: set[str] = set()  # items cut by a barge-in: their late deltas are dropped
         self._anchor_pos = 0  # at _anchor_t, playback was at _anchor_pos ...
@@ -63,7 +74,10 @@ class Playout:
             self._anchor_pos, self._anchor_t = self.sent, now
         item = self.items.get(item_id)
         if item is None:
-            item = self.items[item_id] = ItemAudio(item_id, response_id, self.sent)
+            done = self.heard.pop(item_id, None)  # resuming after an underrun: a new range
+            item = self.items[item_id] = ItemAudio(
+                item_id, response_id, self.sent, generated_ms=done.generated_ms if done else 0.0,
+                heard_before=done.heard_before + done.sent if done else 0)
         item.sent += n_bytes
         item.generated_ms += generated_ms
         self.sent += n_bytes
@@ -85,7 +99,10 @@ class Playout:
         self._confirmed = max(self._confirmed, pos)
         self._anchor_pos, self._anchor_t = pos, now
         while self.items and next(iter(self.items.values())).end <= pos:
-            self.items.popitem(last=False)
+            _, item = self.items.popitem(last=False)
+            self.heard[item.item_id] = item
+            if len(self.heard) > HEARD_KEPT:
+                self.heard.popitem(last=False)
         return True
 
     def played(self, now: float) -> int:
@@ -103,8 +120,9 @@ class Playout:
     def heard_ms(self, item_id: str, now: float) -> int:
         item = self.items.get(item_id)
         if item is None:
-            return 0
-        return max(0, min(item.sent, self.played(now) - item.start)) // BYTES_PER_MS
+            done = self.heard.get(item_id)
+            return (done.heard_before + done.sent) // BYTES_PER_MS if done else 0
+        return item.heard_ms(self.played(now))
 
     # -- barge-in ------------------------------------------------------------------------
 
@@ -118,10 +136,12 @@ class Playout:
         cuts = []
         for item in self.items.values():
             if item.end > played:
-                heard_ms = max(0, min(item.sent, played - item.start)) // BYTES_PER_MS
-                cuts.append(Truncation(item.item_id, int(min(heard_ms, item.generated_ms))))
+                cuts.append(Truncation(item.item_id, int(min(item.heard_ms(played), item.generated_ms))))
             self.muted.add(item.item_id)
+        for item_id in self.heard:  # heard to the end so far: nothing to truncate, but no more of it
+            self.muted.add(item_id)
         self.items.clear()
+        self.heard.clear()
         self.pending.clear()
         self._confirmed = self.sent  # nothing before this position will ever play again
         self._anchor_pos, self._anchor_t = self.sent, now

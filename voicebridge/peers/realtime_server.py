@@ -1163,6 +1163,9 @@ class _Session:
             r.closed = True
             self._close(1006, "connection dropped (scenario fault)")
             return True
+        if fault.resume_after_ms > 0:  # the model pauses mid-answer, then goes on
+            await trio.sleep(fault.resume_after_ms / 1000)
+            return False
         r.log.status = "stalled"
         await trio.sleep_forever()
         return True  # pragma: no cover - only a cancel ends a stall

@@ -25,7 +25,9 @@ One TOML file per scenario (`voicebridge/peers/scenarios/NAME.toml`) drives both
   bridge gave it.
 - `[[faults]]`: things the local Realtime server does wrong once, e.g.
   `{ kind = "drop", after_audio_ms = 1200, response = 3 }`: close the socket abruptly 1.2 s of
-  audio into the third response of the call.
+  audio into the third response of the call; `{ kind = "stall", after_audio_ms = 400,
+  resume_after_ms = 1500 }`: pause the first response 400 ms of audio in and go on 1.5 s later
+  (without `resume_after_ms` a stall lasts until the response is cancelled).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Fault:
     response: int = 1  # the n-th response of the connection (1-based) it applies to
     after_audio_ms: int = 0
     times: int = 1  # how many times it happens (connections), for "refuse"
+    resume_after_ms: int = 0  # "stall": go on sending after this pause (0: stall until cancelled)
 
 
 @attrs.frozen
@@ -188,8 +191,11 @@ class _P:
         return tuple(out)
 
     def fault(self, f: Any, where: str) -> Fault:
-        self.keys(f, {"kind", "response", "after_audio_ms", "times"}, where + ".")
+        self.keys(f, {"kind", "response", "after_audio_ms", "times", "resume_after_ms"}, where + ".")
         if f.get("kind") not in FAULT_KINDS:
             raise self.err(where + ".kind", f"expected one of {', '.join(FAULT_KINDS)}")
+        if "resume_after_ms" in f and f["kind"] != "stall":
+            raise self.err(where + ".resume_after_ms", "only a stall resumes")
         return Fault(kind=f["kind"], response=int(f.get("response", 1)),
-                     after_audio_ms=int(f.get("after_audio_ms", 0)), times=int(f.get("times", 1)))
+                     after_audio_ms=int(f.get("after_audio_ms", 0)), times=int(f.get("times", 1)),
+                     resume_after_ms=int(f.get("resume_after_ms", 0)))
