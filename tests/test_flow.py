@@ -78,7 +78,7 @@ def test_barge_in_clears_cancels_and_truncates_at_what_was_heard() -> None:
     assert events[0] == {"event": "clear", "streamSid": "MZ1"}
     assert {"type": "response.cancel", "response_id": "resp_1"} in events
     assert {"type": "conversation.item.truncate", "item_id": "item_1", "content_index": 0,
-            "audio_end_ms": 600} in events  # clamped to the next unechoed mark (600 ms)
+            "audio_end_ms": 620} in events  # 500 ms echoed + 120 ms played since (the 600 ms echo is late)
     # late deltas of the cut answer are dropped, and the flushed marks are ignored
     assert flow.audio_delta("resp_1", "item_1", 800, 100.0, now=0.63) is None
     flow.mark(marks[10], now=0.64)

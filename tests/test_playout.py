@@ -109,3 +109,22 @@ def test_a_clear_mutes_an_item_heard_to_the_end_so_far() -> None:
     p.on_mark(m1, now=0.3)
     assert p.clear(now=0.8) == []
     assert p.is_muted("item_a")
+
+
+def test_before_the_first_echo_the_estimate_stops_at_the_first_mark() -> None:
+    """When playback starts is a guess until an echo comes: the estimate waits at the first mark."""
+    p = Playout()
+    send(p, "item_a", 100, now=0.0)
+    send(p, "item_a", 100, now=0.0)
+    assert p.heard_ms("item_a", now=0.15) == 100
+    assert p.clear(now=0.15) == [Truncation("item_a", 100)]
+
+
+def test_a_late_echo_does_not_hold_the_estimate_back_once_playback_is_anchored() -> None:
+    """After an echo, Twilio plays on without pause while audio is queued: a busy bridge that has not
+    yet read the next echoes still truncates at what the caller heard by now."""
+    p = Playout()
+    marks = [send(p, "item_a", 100, now=0.0) for _ in range(6)]
+    p.on_mark(marks[0], now=0.1)
+    # The echoes of marks 1-3 are sitting unread in the socket when the caller speaks at 0.45 s.
+    assert p.clear(now=0.45) == [Truncation("item_a", 450)]

@@ -7,8 +7,11 @@ Positions are bytes in one running coordinate of everything sent to Twilio. Each
 owns a range of it. After each media frame the bridge sends a mark named
 `"{item_id}@{end}#{seq}"`; Twilio echoes it once the audio before it has played, so an echo
 says "at time t the caller had heard up to `end`". Between echoes, playback advances in real
-time from the last echo (Twilio plays at 8000 bytes/s), never past the next unechoed mark nor past
-what was sent. A `clear` makes Twilio echo every pending mark at once: those echoes prove
+time from the last echo (Twilio plays at 8000 bytes/s), never past what was sent. Until the
+first echo after the buffer ran empty, it also stops at the first unechoed mark: when playback
+starts is a guess (the network and Twilio's buffer add a delay), but once an echo has anchored
+it, Twilio plays without pause while audio is queued, so a late echo (a busy bridge reads it
+after the caller's speech) must not hold the estimate back. A `clear` makes Twilio echo every pending mark at once: those echoes prove
 nothing, so `clear()` forgets them first and later echoes of unknown names are ignored.
 
 An item's audio need not be one range: when the model pauses mid-answer long enough for the
@@ -61,6 +64,7 @@ class Playout:
         self._anchor_pos = 0  # at _anchor_t, playback was at _anchor_pos ...
         self._anchor_t = 0.0  # ... and advances in real time while audio is queued
         self._confirmed = 0  # highest position proven played by a mark echo
+        self._echoed = False  # the anchor is a mark echo (not a guess at when playback started)
         self._seq = 0
 
     # -- sending -------------------------------------------------------------------------
@@ -71,7 +75,7 @@ class Playout:
     def on_send(self, item_id: str, response_id: str, n_bytes: int, generated_ms: float, now: float) -> str:
         """Account a chunk about to be sent for `item_id`; returns the mark to send after it."""
         if self.played(now) >= self.sent:  # Twilio's buffer is empty: this chunk starts playing now
-            self._anchor_pos, self._anchor_t = self.sent, now
+            self._anchor_pos, self._anchor_t, self._echoed = self.sent, now, False
         item = self.items.get(item_id)
         if item is None:
             done = self.heard.pop(item_id, None)  # resuming after an underrun: a new range
@@ -97,7 +101,7 @@ class Playout:
         for older in [n for n, p in self.pending.items() if p <= pos]:
             del self.pending[older]
         self._confirmed = max(self._confirmed, pos)
-        self._anchor_pos, self._anchor_t = pos, now
+        self._anchor_pos, self._anchor_t, self._echoed = pos, now, True
         while self.items and next(iter(self.items.values())).end <= pos:
             _, item = self.items.popitem(last=False)
             self.heard[item.item_id] = item
@@ -108,7 +112,7 @@ class Playout:
     def played(self, now: float) -> int:
         """Best estimate of the position the caller has heard up to at `now`."""
         limit = self.sent
-        if self.pending:
+        if self.pending and not self._echoed:
             limit = min(limit, next(iter(self.pending.values())))
         estimate = self._anchor_pos + round((now - self._anchor_t) * BYTES_PER_S)
         return max(self._confirmed, min(limit, estimate))
@@ -144,7 +148,7 @@ class Playout:
         self.heard.clear()
         self.pending.clear()
         self._confirmed = self.sent  # nothing before this position will ever play again
-        self._anchor_pos, self._anchor_t = self.sent, now
+        self._anchor_pos, self._anchor_t, self._echoed = self.sent, now, False
         return cuts
 
     def mute(self, item_id: str) -> None:
