@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wire::{b64_decode, b64_encode, int_field, is_timeout, str_field, Msg, Ws};
+use wire::{b64_decode, b64_encode, bool_field, int_field, is_timeout, str_field, Msg, Ws};
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -144,6 +144,7 @@ struct Resp {
     sent: Vec<u64>,
     next_at: u64,
     stall_after: Option<u32>,
+    stall_us: u64,
     ss_at: Option<u64>,
 }
 
@@ -210,6 +211,8 @@ fn realtime_conn_inner(sh: &Shared, mut sock: TcpStream, conn: u32, rec: &mut Co
     let mut user_item = 0u32;
     let mut last_ss: Option<u64> = None;
     let mut max_seq: i64 = -1;
+    // turn_detection.interrupt_response: true unless the session turns it off (the service's default).
+    let mut interrupt_response = true;
     let mut payload = vec![0u8; FRAME_BYTES * blocks_per_delta];
 
     let start_response = |resp_no: &mut u16, ws: &mut Ws, rec: &mut ConnRec, greeting: bool| -> std::io::Result<Resp> {
@@ -227,7 +230,11 @@ fn realtime_conn_inner(sh: &Shared, mut sock: TcpStream, conn: u32, rec: &mut Co
             deltas_total: (secs * 1000.0 / delta_ms as f64) as u32,
             sent: Vec::new(),
             next_at: now,
+            // Every third answer stalls after 8 deltas: alternately for 1.5 s (the caller's buffer runs
+            // dry and the caller may talk into the pause) and for 0.3 s (a short underrun, then the
+            // answer goes on and may be cut after it).
             stall_after: if no % 3 == 0 { Some(8) } else { None },
+            stall_us: if no % 2 == 0 { 300_000 } else { 1_500_000 },
             ss_at: None,
         })
     };
@@ -244,7 +251,7 @@ fn realtime_conn_inner(sh: &Shared, mut sock: TcpStream, conn: u32, rec: &mut Co
                 let n = r.sent.len() as u32;
                 r.next_at += delta_every_us;
                 if Some(n) == r.stall_after {
-                    r.next_at += 1_500_000; // the model stalls mid-answer
+                    r.next_at += r.stall_us; // the model stalls mid-answer
                 }
             }
             if r.sent.len() as u32 >= r.deltas_total {
@@ -328,6 +335,13 @@ fn realtime_conn_inner(sh: &Shared, mut sock: TcpStream, conn: u32, rec: &mut Co
                                         }
                                     }
                                 }
+                                // With interrupt_response the service cancels the answer itself.
+                                if interrupt_response {
+                                    if let Some(r) = active.take() {
+                                        finish_response(&mut ws, conn, &r, "cancelled", Some("turn_detected"))?;
+                                        rec.responses.push((r.no, r.sent, r.ss_at));
+                                    }
+                                }
                             } else if flag == 0 && speaking {
                                 speaking = false;
                                 ws.send_text(ev("input_audio_buffer.speech_stopped", &format!(",\"audio_end_ms\":{audio_ms},\"item_id\":\"user_{conn}_{user_item}\"")).as_bytes())?;
@@ -335,6 +349,9 @@ fn realtime_conn_inner(sh: &Shared, mut sock: TcpStream, conn: u32, rec: &mut Co
                             }
                         }
                         b"session.update" => {
+                            if let Some(b) = bool_field(&t, "interrupt_response") {
+                                interrupt_response = b;
+                            }
                             ws.send_text(ev("session.updated", ",\"session\":{\"type\":\"realtime\",\"output_modalities\":[\"audio\"]}").as_bytes())?;
                         }
                         b"response.create" => {
@@ -622,8 +639,10 @@ fn run_caller(sh: &Shared, id: u32, hangup_at: u64, rec: &mut CallRec) -> std::i
         if speak_from.is_none() && now > last_speech_end + 800_000 {
             if let Some(_) = cur_resp {
                 let playing = play_end > now;
-                let first = segs.iter().find(|s| Some(s.key) == cur_resp).map(|s| s.start).unwrap_or(now);
-                if turn % 2 == 1 && playing && now >= first + 600_000 + (id as u64 * 37 + turn as u64 * 101) % 1000 * 1000 {
+                // Audio of the current answer played so far (a model stall does not count).
+                let played: u64 = segs.iter().filter(|s| Some(s.key) == cur_resp)
+                    .map(|s| now.min(s.end).saturating_sub(s.start)).sum();
+                if turn % 2 == 1 && playing && played >= 600_000 + (id as u64 * 37 + turn as u64 * 101) % 1000 * 1000 {
                     speak_from = Some(now);
                     speak_until = now + 1_200_000;
                     turn += 1;

@@ -346,6 +346,18 @@ pub fn int_field(json: &[u8], key: &str) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
+pub fn bool_field(json: &[u8], key: &str) -> Option<bool> {
+    let at = value_at(json, key)?;
+    let rest = &json[at..];
+    if rest.starts_with(b"true") {
+        Some(true)
+    } else if rest.starts_with(b"false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 fn value_at(json: &[u8], key: &str) -> Option<usize> {
     let pat = format!("\"{}\"", key);
     let p = pat.as_bytes();
@@ -383,5 +395,9 @@ mod tests {
         assert_eq!(str_field(j, "type").unwrap(), b"x");
         assert_eq!(int_field(j, "n"), Some(12));
         assert_eq!(str_field(j, "s").unwrap(), br#"a\"b"#);
+        let v = br#"{"turn_detection": {"interrupt_response": false, "create_response":true}}"#;
+        assert_eq!(bool_field(v, "interrupt_response"), Some(false));
+        assert_eq!(bool_field(v, "create_response"), Some(true));
+        assert_eq!(bool_field(v, "missing"), None);
     }
 }
