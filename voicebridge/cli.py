@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     async def main() -> None:
         store = await Store.open(config.db_path)
         try:
-            await serve_daemon(Daemon(config, menu=menu, store=store))
+            await serve_daemon(Daemon(config, menu=menu, store=store), freeze_gc=True)
         finally:
             await store.aclose()
 

@@ -9,6 +9,7 @@ ends the rest with the outcome `shutdown` recorded.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -305,9 +306,14 @@ class Daemon:
                 await trio.sleep(0.05)
 
 
-async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None,
+async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, freeze_gc: bool = False,
                        task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGTERM/SIGINT (or `shutdown` is set), then drain and stop.
+
+    `freeze_gc` (the `serve` command; not in tests, which start many daemons in one process):
+    once everything is loaded, move it out of the cyclic collector's reach (`gc.freeze()`). It
+    lives as long as the process, and every full collection would otherwise walk it again while
+    all calls wait.
 
     By default Hypercorn serves the Quart-Trio app on the public port, `/media-stream` included.
     With `VOICEBRIDGE_LEAN_SOCKETS=1` the public port is the daemon's own listener
@@ -365,6 +371,9 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None,
 
             nursery.start_soon(run_front, front)
         nursery.start_soon(partial(watchdog_task, daemon.notifier, healthy=lambda: not daemon.draining))
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         daemon.notifier.ready()
         log.info("serving", extra={"event": "serving", "binds": binds, "public_url": cfg.public_url,
                                    "realtime_url": cfg.realtime_url, "lean_sockets": cfg.lean_sockets})
