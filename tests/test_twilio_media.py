@@ -89,6 +89,21 @@ def test_start_takes_the_stream_sid_from_inside_start_when_the_top_level_one_is_
     assert isinstance(event, Start) and event.stream_sid == STREAM
 
 
+@pytest.mark.parametrize("sid", ['MZ"1', "MZ\\1", "MZ\n1", ""])
+def test_start_with_a_stream_sid_that_needs_escaping_is_refused(sid: str) -> None:
+    """The SID goes into hand-built `media` frames: one that would break their JSON is refused up front."""
+    msg = copy.deepcopy(START)
+    msg["streamSid"] = msg["start"]["streamSid"] = sid
+    with pytest.raises(ProtocolError, match="streamSid"):
+        parse_twilio(json.dumps(msg))
+
+
+def test_media_frames_for_a_valid_sid_are_valid_json() -> None:
+    """What the bridge sends parses back to the same SID and payload."""
+    sent = json.loads(tw.media(STREAM, "//7+"))
+    assert sent == {"event": "media", "streamSid": STREAM, "media": {"payload": "//7+"}}
+
+
 def test_start_without_custom_parameters_gives_an_empty_dict() -> None:
     """No `customParameters` reads as no parameters."""
     event = parse_twilio(frame(START, drop="start.customParameters"))

@@ -124,6 +124,11 @@ def parse_twilio(text: str | bytes) -> TwilioEvent:
         if not isinstance(fmt, dict):
             raise ProtocolError(SOURCE, "start: field 'start.mediaFormat' must be an object")
         stream_sid = f.str(msg, "streamSid") if "streamSid" in msg else f.str(s, "streamSid", "start.")
+        if not stream_sid or not stream_sid.isprintable() or '"' in stream_sid or "\\" in stream_sid:
+            # `media` frames are built by hand with the SID inside: it must need no JSON escaping
+            # (Twilio's are "MZ" and 32 hex digits).
+            raise ProtocolError(SOURCE, "start: field 'streamSid' must be a non-empty SID without quotes, "
+                                        "backslashes or control characters")
         return Start(
             stream_sid=stream_sid,
             call_sid=f.str(s, "callSid", "start."),
@@ -161,8 +166,8 @@ def _sample_rate(value: Any) -> int:
 
 def media(stream_sid: str, payload_b64: str) -> str:
     """A `media` frame carrying µ-law audio (base64) to the caller."""
-    # Built by hand: this is the hot path, and neither value needs JSON escaping
-    # (stream SIDs are alphanumeric; base64 has no quote or backslash).
+    # Built by hand: this is the hot path, and neither value needs JSON escaping (parse_twilio
+    # refuses a stream SID with a quote, backslash or control character; base64 has none).
     return '{"event":"media","streamSid":"' + stream_sid + '","media":{"payload":"' + payload_b64 + '"}}'
 
 
