@@ -16,6 +16,7 @@ from trio.testing import MockClock
 
 from calls import MENU, InMemoryCall, call_setup, run_in_memory
 from openai_strict import validate_client
+from voicebridge.flow import shared_machine
 from voicebridge.peers.clips import load_clip
 from voicebridge.peers.realtime_server import RealtimePeer
 from voicebridge.peers.scenario import load_scenario, parse_scenario
@@ -202,6 +203,7 @@ async def test_fifty_simultaneous_calls_do_not_affect_each_other(autojump_clock:
     """50 concurrent calls (mixed scenarios): each gets its own outcome and its own order."""
     names = ["full_order", "barge_in_greeting", "hangup_mid_answer", "dtmf_transfer", "change_of_mind"] * 10
     results: dict[int, InMemoryCall] = {}
+    models_before = len(shared_machine().models)
 
     async def one(i: int, name: str) -> None:
         results[i] = await run_in_memory(name)
@@ -217,3 +219,5 @@ async def test_fifty_simultaneous_calls_do_not_affect_each_other(autojump_clock:
         totals = [o.totals(MENU, 800).total_cents for o in call.saved_orders]
         assert totals == {"full_order": [3294], "change_of_mind": [3564]}.get(name, [])
         assert call.report.protocol_errors == []
+    # Every call's flow left the shared state machine when its call ended: nothing keeps it alive.
+    assert len(shared_machine().models) == models_before

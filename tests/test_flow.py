@@ -266,3 +266,16 @@ def test_triggers_that_do_not_apply_change_nothing_and_log_nothing(caplog: pytes
         flow._fire("confirm")
     assert flow.state in ("greeting", "ordering")
     assert [r for r in caplog.records if r.name.startswith("transitions")] == []
+
+
+def test_flows_share_one_machine_but_keep_their_own_state() -> None:
+    """Every call is a model of the same machine: moving one call on leaves the others where they are,
+    and a closed flow leaves the machine."""
+    a, b = make_flow(greeted=True), make_flow()
+    assert a.machine is b.machine
+    a.speech_started(now=1.0)  # the caller talks: a moves to ordering
+    assert (a.state, b.state) == ("ordering", "greeting")
+    a.close()
+    b.close()
+    assert a not in a.machine.models and b not in b.machine.models
+    a.close()  # closing twice is harmless

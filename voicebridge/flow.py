@@ -62,6 +62,25 @@ class FlowSettings:
 
 ToolRunner = Callable[[str, str], Any]  # (name, arguments json) -> ToolResult (domain.tools)
 
+_MACHINE: Machine | None = None
+
+
+def shared_machine() -> Machine:
+    """The one `transitions` machine every call's flow is a model of.
+
+    States, events and transitions are the same for every call, so they are built once; each
+    CallFlow is added as a model (its own `state` and trigger methods) and removed when its call
+    ends (`CallFlow.close`). A machine per call cost ~250 objects that every full pass of the
+    cyclic collector walked, for every live call. The queue is the machine's, which is safe here:
+    triggers run to completion synchronously and a flow's callbacks only trigger that flow.
+    """
+    global _MACHINE
+    if _MACHINE is None:
+        _MACHINE = Machine(model=None, states=STATES, transitions=TRANSITIONS, initial="greeting",
+                           auto_transitions=False, queued=True, ignore_invalid_triggers=True,
+                           after_state_change="_state_changed")
+    return _MACHINE
+
 
 class CallFlow:
     state: str
@@ -93,9 +112,13 @@ class CallFlow:
         self.counts = {"barge_ins": 0, "model_errors": 0, "reconnects": 0, "stalls": 0, "dropped_deltas": 0}
         self.first_audio_at: float | None = None
         self._last_state = "greeting"
-        self.machine = Machine(model=self, states=STATES, transitions=TRANSITIONS, initial="greeting",
-                                auto_transitions=False, queued=True, ignore_invalid_triggers=True,
-                                after_state_change="_state_changed")
+        self.machine = shared_machine()
+        self.machine.add_model(self)
+
+    def close(self) -> None:
+        """The call is over: leave the shared machine (it would otherwise keep this flow alive)."""
+        if self in self.machine.models:
+            self.machine.remove_model(self)
 
     def _fire(self, name: str) -> None:
         """Fire a trigger if it has a transition from the current state; otherwise it changes nothing."""

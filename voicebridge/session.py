@@ -604,8 +604,12 @@ async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallS
         finally:
             # Also runs when the web layer cancels us (the caller's socket vanished, or shutdown):
             # the outcome is recorded and every socket closed whatever happened.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + FINISH_TIMEOUT_S):
-                await _finish_call(call, result, twilio, t0, hooks)
+            try:
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + FINISH_TIMEOUT_S):
+                    await _finish_call(call, result, twilio, t0, hooks)
+            finally:
+                if call is not None:
+                    call.flow.close()
             sockets.cancel_scope.cancel()
     return result
 
