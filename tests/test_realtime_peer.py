@@ -154,6 +154,11 @@ def scenario(text: str) -> Any:
     return parse_scenario(text, "test.toml")
 
 
+def greeting_with_fault(fault: str) -> Any:
+    """A scenario whose only reply is the greeting, with one `[[faults]]` entry (TOML lines)."""
+    return scenario(f'[[faults]]\n{fault}\n[assistant.on_purpose]\ngreeting = {{ say = "a_greeting" }}\n')
+
+
 GREETER = scenario("""
 [assistant.on_purpose]
 greeting = { say = "a_greeting" }
@@ -679,15 +684,7 @@ reprompt = { say = "a_still_there" }
 
 async def test_drop_fault_closes_abruptly_mid_answer_once(autojump_clock: trio.abc.Clock) -> None:
     """drop: after after_audio_ms of audio into the n-th response the socket dies (1006); later ones are fine."""
-    text = """
-[[faults]]
-kind = "drop"
-response = 2
-after_audio_ms = 300
-[assistant.on_purpose]
-greeting = { say = "a_greeting" }
-"""
-    peer = RealtimePeer(scenario(text))
+    peer = RealtimePeer(greeting_with_fault('kind = "drop"\nresponse = 2\nafter_audio_ms = 300'))
     async with connect(peer, settings=settings()) as client:
         await client.send(response_create(metadata={"purpose": "greeting"}))
         assert (await client.until("response.done"))["response"]["status"] == "completed"
@@ -707,15 +704,7 @@ greeting = { say = "a_greeting" }
 
 async def test_stall_fault_with_resume_pauses_then_finishes_the_answer(autojump_clock: trio.abc.Clock) -> None:
     """stall + resume_after_ms: nothing is sent for the pause, then the rest of the answer follows."""
-    text = """
-[[faults]]
-kind = "stall"
-after_audio_ms = 500
-resume_after_ms = 1500
-[assistant.on_purpose]
-greeting = { say = "a_greeting" }
-"""
-    peer = RealtimePeer(scenario(text))
+    peer = RealtimePeer(greeting_with_fault('kind = "stall"\nafter_audio_ms = 500\nresume_after_ms = 1500'))
     async with connect(peer, settings=settings()) as client:
         await client.send(response_create(metadata={"purpose": "greeting"}))
         rid = (await client.until("response.created"))["response"]["id"]
@@ -741,14 +730,7 @@ def test_only_a_stall_resumes() -> None:
 
 async def test_stall_fault_stops_mid_answer_until_cancelled(autojump_clock: trio.abc.Clock) -> None:
     """stall: the response stops sending and never finishes; a cancel still ends it."""
-    text = """
-[[faults]]
-kind = "stall"
-after_audio_ms = 500
-[assistant.on_purpose]
-greeting = { say = "a_greeting" }
-"""
-    peer = RealtimePeer(scenario(text))
+    peer = RealtimePeer(greeting_with_fault('kind = "stall"\nafter_audio_ms = 500'))
     async with connect(peer, settings=settings()) as client:
         await client.send(response_create(metadata={"purpose": "greeting"}))
         rid = (await client.until("response.created"))["response"]["id"]
@@ -764,14 +746,7 @@ greeting = { say = "a_greeting" }
 
 async def test_refuse_fault_rejects_the_next_connections_with_503(autojump_clock: trio.abc.Clock) -> None:
     """refuse: the next `times` connection attempts get HTTP 503; then connections work again."""
-    text = """
-[[faults]]
-kind = "refuse"
-times = 2
-[assistant.on_purpose]
-greeting = { say = "a_greeting" }
-"""
-    peer = RealtimePeer(scenario(text))
+    peer = RealtimePeer(greeting_with_fault('kind = "refuse"\ntimes = 2'))
     for _ in range(2):
         ours, theirs = memory_stream_pair()
         await peer.handle(theirs, path=PATH, headers=AUTH)
