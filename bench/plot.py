@@ -1,4 +1,5 @@
-"""Plot latency and CPU against N from bench/results/*.json into docs/performance.png."""
+"""Plot latency and CPU against N from bench/results/LABEL.json (default: before, after, side-sample)
+into docs/performance.png."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def main(labels: list[str]) -> int:
     cpu.set_ylabel("CPU-s per call-minute / core utilisation")
     cpu.legend(fontsize=7)
     cpu.grid(True, which="both", alpha=0.3)
-    fig.suptitle("voicebridge on one core (taskset -c 0), loopback peers on the other")
+    fig.suptitle("the bridge on one core (taskset -c 0), loopback peers on the other")
     fig.tight_layout()
     out = HERE.parent / "docs" / "performance.png"
     fig.savefig(out, dpi=110)
@@ -51,4 +52,4 @@ def main(labels: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or ["before", "after"]))
+    sys.exit(main(sys.argv[1:] or ["before", "after", "side-sample"]))

@@ -81,6 +81,18 @@ def rss_mib(pid: int) -> float:
     return total / 2**20
 
 
+def cpu_times() -> list[int]:
+    """The machine's aggregate CPU counters from /proc/stat (user ... steal), in ticks."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    return [int(x) for x in fields]
+
+
+def steal_share(before: list[int], after: list[int]) -> float:
+    """Share of the machine's CPU time the hypervisor gave to others (steal) between two readings."""
+    d = [b - a for a, b in zip(before, after)]
+    return round(d[7] / max(1, sum(d)), 4)
+
+
 def start_daemon(port: int, realtime_url: str, workdir: Path, core: str,
                  source: str | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OPENAI_API_KEY": "bench-key", "OPENAI_REALTIME_URL": realtime_url,
@@ -156,10 +168,14 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
         def watch() -> None:
             for raw in lg.stderr:  # type: ignore[union-attr]
                 line = raw.decode(errors="replace").strip()
-                if line == "STEADY_BEGIN" and pid:
-                    marks["t0"], marks["cpu0"] = time.monotonic(), cpu_s(pid)
-                elif line == "STEADY_END" and pid:
-                    marks["t1"], marks["cpu1"] = time.monotonic(), cpu_s(pid)
+                if line == "STEADY_BEGIN":
+                    marks["stat0"] = cpu_times()
+                    if pid:
+                        marks["t0"], marks["cpu0"] = time.monotonic(), cpu_s(pid)
+                elif line == "STEADY_END":
+                    marks["stat1"] = cpu_times()
+                    if pid:
+                        marks["t1"], marks["cpu1"] = time.monotonic(), cpu_s(pid)
                 elif line and not line.startswith("{") and args.verbose:
                     print("  loadgen:", line, file=sys.stderr)
                 elif line and not line.startswith("{"):
@@ -188,6 +204,8 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             result["rss_idle_mib"] = round(idle_rss or 0, 1)
             result["rss_steady_mib"] = round(max(rss), 1)
             result["rss_per_call_mib"] = round((max(rss) - (idle_rss or 0)) / n, 4)
+        if "stat0" in marks and "stat1" in marks:  # a busy host (noisy neighbours) shows here
+            result["machine_steal_share"] = steal_share(marks["stat0"], marks["stat1"])
         result["harness_errors"] = samples.get("errors", [])[:20]
         return result
     finally:
@@ -251,7 +269,7 @@ def main() -> int:
 
 
 HEADER = ("    N  in p50/p99/max ms   out p50/p99/max ms  clear p99  trunc p99  trunc err max|ms  greet p99"
-          "  CPU-s/call-min  MiB/call  lost/dup/reord in|out  stale  late  failed")
+          "  CPU-s/call-min  MiB/call  lost/dup/reord in|out  stale  late  failed  steal%")
 
 
 def line(r: dict[str, Any]) -> str:
@@ -263,7 +281,8 @@ def line(r: dict[str, Any]) -> str:
             f"  {r['greeting_bridge_ms'].get('p99', 0):8.2f}  {r.get('cpu_s_per_call_min', float('nan')):14.3f}"
             f"  {r.get('rss_per_call_mib', float('nan')):8.3f}"
             f"  {ib['lost']}/{ib['duplicated']}/{ib['reordered']} | {ob['lost']}/{ob['duplicated']}/{ob['reordered']}"
-            f"  {ob['stale_after_clear']:5d}  {ob['late_deltas_played']:4d}  {r['calls_failed']}")
+            f"  {ob['stale_after_clear']:5d}  {ob['late_deltas_played']:4d}  {r['calls_failed']}"
+            f"  {100 * r.get('machine_steal_share', float('nan')):5.1f}")
 
 
 if __name__ == "__main__":
