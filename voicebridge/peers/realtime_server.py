@@ -60,6 +60,7 @@ from voicebridge.protocol.realtime import (
     CommitBuffer,
     ItemCreate,
     ItemDelete,
+    ItemRetrieve,
     ItemTruncate,
     ResponseCancel,
     ResponseCreate,
@@ -85,6 +86,7 @@ _CLIENT_TYPES = {
     SessionUpdate: "session.update", AppendAudio: "input_audio_buffer.append",
     CommitBuffer: "input_audio_buffer.commit", ClearBuffer: "input_audio_buffer.clear",
     ItemCreate: "conversation.item.create", ItemTruncate: "conversation.item.truncate",
+    ItemDelete: "conversation.item.delete", ItemRetrieve: "conversation.item.retrieve",
     ResponseCreate: "response.create", ResponseCancel: "response.cancel",
 }
 
@@ -565,15 +567,13 @@ class _Session:
             self.log.client_events.append((now, _raw_type(text)))
             self._error(exc.plain_message, code=exc.code, param=exc.param, client_event_id=exc.event_id)
             return
-        if isinstance(event, ItemDelete):
-            kind = _raw_type(text)
-            self.log.client_events.append((now, kind))
-            if kind == "conversation.item.retrieve":
-                self._item_retrieve(event)
-            else:
-                self._item_delete(event)
-            return
         self.log.client_events.append((now, _CLIENT_TYPES[type(event)]))
+        if isinstance(event, ItemDelete):
+            self._item_delete(event)
+            return
+        if isinstance(event, ItemRetrieve):
+            self._item_retrieve(event)
+            return
         if isinstance(event, AppendAudio):
             self._append(event)
         elif isinstance(event, SessionUpdate):
@@ -889,7 +889,7 @@ class _Session:
         self.items.remove(found)
         self.emit(ev.conversation_item_deleted(self.ids.event(), event.item_id))
 
-    def _item_retrieve(self, event: ItemDelete) -> None:
+    def _item_retrieve(self, event: ItemRetrieve) -> None:
         found = self._find(event.item_id)
         if found is None:
             self._error(f"Error retrieving item: the item with id '{event.item_id}' does not exist.",

@@ -401,6 +401,12 @@ class ItemDelete:
 
 
 @attrs.frozen
+class ItemRetrieve:
+    item_id: str
+    event_id: str | None = None
+
+
+@attrs.frozen
 class ResponseCreate:
     response: dict[str, Any]
     event_id: str | None = None
@@ -413,7 +419,7 @@ class ResponseCancel:
 
 
 ClientEvent = Union[SessionUpdate, AppendAudio, CommitBuffer, ClearBuffer, ItemCreate, ItemTruncate,
-                    ItemDelete, ResponseCreate, ResponseCancel]
+                    ItemDelete, ItemRetrieve, ResponseCreate, ResponseCancel]
 
 _CLIENT_KEYS: dict[str, frozenset[str]] = {
     "session.update": frozenset({"session"}),
@@ -514,8 +520,10 @@ def parse_client(text: str | bytes) -> ClientEvent:
                                            param=f"item.content[{i}].type", event_id=event_id)
         prev = f.opt_str(msg, "previous_item_id")
         return ItemCreate(item, prev, event_id)
-    if kind in ("conversation.item.delete", "conversation.item.retrieve"):
+    if kind == "conversation.item.delete":
         return ItemDelete(f.str(msg, "item_id"), event_id)
+    if kind == "conversation.item.retrieve":
+        return ItemRetrieve(f.str(msg, "item_id"), event_id)
     if kind == "input_audio_buffer.commit":
         return CommitBuffer(event_id)
     return ClearBuffer(event_id)
