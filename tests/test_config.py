@@ -33,6 +33,7 @@ def test_defaults_point_at_the_real_services() -> None:
     ("VOICEBRIDGE_SILENCE_TIMEOUT_S", "-3", "positive"),
     ("VOICEBRIDGE_AUDIO_FORMAT", "mp3", "pcmu"),
     ("VOICEBRIDGE_PRICE_AUDIO_OUT_USD", "cheap", "decimal"),
+    ("VOICEBRIDGE_PRICE_TRANSCRIPTION_PER_MIN_USD", "free", "decimal"),
 ])
 def test_malformed_values_name_the_variable(name: str, value: str, words: str) -> None:
     """Each malformed value raises ConfigError starting with the variable's name."""

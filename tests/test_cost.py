@@ -93,14 +93,29 @@ def test_call_total_adds_twilio_minutes_and_details_show_counts() -> None:
     assert details["realtime_usd"] == "0.010088"
 
 
-def test_transcription_usage_is_recorded_not_priced() -> None:
-    """Transcription tokens and seconds show in details and leave the total unchanged."""
+def test_transcription_usage_is_recorded_and_priced() -> None:
+    """Transcription tokens and seconds show in details and are added to the total."""
     call = CallCost(PRICES)
     call.add_transcription_usage({"type": "tokens", "input_tokens": 120, "output_tokens": 15, "total_tokens": 135})
     call.add_transcription_usage({"type": "duration", "seconds": 2.5})
-    assert call.total_usd(30) == Decimal("0.012500")
+    # 120 x 1.25/1M + 15 x 5/1M = 0.000225; 2.5 s x 0.006/60 = 0.00025; Twilio: one minute, 0.0125
+    assert call.transcription_usd() == Decimal("0.000475")
+    assert call.total_usd(30) == Decimal("0.012975")
     assert call.details()["transcription"] == {"input_tokens": 120, "output_tokens": 15, "seconds": "2.5"}
+    assert call.details()["transcription_usd"] == "0.000475"
     assert call.details()["transcriptions"] == 2
+
+
+def test_transcription_prices_come_from_the_settings() -> None:
+    """VOICEBRIDGE_PRICE_TRANSCRIPTION_* set the transcription prices."""
+    from voicebridge.config import Config
+
+    prices = Config.from_env({"VOICEBRIDGE_PRICE_TRANSCRIPTION_IN_USD": "6", "VOICEBRIDGE_PRICE_TRANSCRIPTION_OUT_USD": "10",
+                              "VOICEBRIDGE_PRICE_TRANSCRIPTION_PER_MIN_USD": "0"}, env_file=None).prices
+    call = CallCost(prices)
+    call.add_transcription_usage({"type": "tokens", "input_tokens": 1000, "output_tokens": 100})
+    call.add_transcription_usage({"type": "duration", "seconds": 60})
+    assert call.transcription_usd() == Decimal("0.007000")
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,11 @@ class ConfigError(Exception):
 
 @attrs.frozen
 class Prices:
-    """USD per 1M tokens for the Realtime model, and per minute for Twilio."""
+    """USD per 1M tokens for the Realtime model and input transcription, and per minute for Twilio.
+
+    Transcription defaults are gpt-4o-mini-transcribe's (the default transcription model) for token
+    usage, and whisper-1's per minute for models that report a duration instead.
+    """
 
     text_in_usd: Decimal = Decimal("4.00")
     text_cached_usd: Decimal = Decimal("0.40")
@@ -37,6 +41,9 @@ class Prices:
     audio_cached_usd: Decimal = Decimal("0.40")
     audio_out_usd: Decimal = Decimal("64.00")
     twilio_per_min_usd: Decimal = Decimal("0.0125")
+    transcription_in_usd: Decimal = Decimal("1.25")
+    transcription_out_usd: Decimal = Decimal("5.00")
+    transcription_per_min_usd: Decimal = Decimal("0.006")
 
 
 @attrs.frozen(kw_only=True)
@@ -111,6 +118,10 @@ class Config:
             audio_cached_usd=g.get("VOICEBRIDGE_PRICE_AUDIO_CACHED_USD", _decimal, d.audio_cached_usd),
             audio_out_usd=g.get("VOICEBRIDGE_PRICE_AUDIO_OUT_USD", _decimal, d.audio_out_usd),
             twilio_per_min_usd=g.get("VOICEBRIDGE_PRICE_TWILIO_PER_MIN_USD", _decimal, d.twilio_per_min_usd),
+            transcription_in_usd=g.get("VOICEBRIDGE_PRICE_TRANSCRIPTION_IN_USD", _decimal, d.transcription_in_usd),
+            transcription_out_usd=g.get("VOICEBRIDGE_PRICE_TRANSCRIPTION_OUT_USD", _decimal, d.transcription_out_usd),
+            transcription_per_min_usd=g.get("VOICEBRIDGE_PRICE_TRANSCRIPTION_PER_MIN_USD", _decimal,
+                                            d.transcription_per_min_usd),
         )
         return cls(
             openai_api_key=g.get("OPENAI_API_KEY", _nonempty, None),

@@ -1,9 +1,10 @@
-"""What a call costs: Realtime tokens (from `response.done` usage) plus Twilio minutes.
+"""What a call costs: Realtime tokens (from `response.done` usage), the caller's speech
+transcribed (from the transcription events' usage), plus Twilio minutes.
 
 Exact `Decimal` arithmetic, rounded once to 6 decimal places (ROUND_HALF_UP). Cached
 tokens are a part of the input counts and are priced at the cached rate. Image input
-tokens and input-audio transcription usage are recorded but not priced: there are no
-price settings for them.
+tokens are recorded but not priced (a phone call sends no images). Transcription is priced
+per token, or per minute for models that report a duration.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class CallCost:
         self.responses += 1
 
     def add_transcription_usage(self, usage: Mapping[str, Any]) -> None:
-        """Record the `usage` of an input transcription `.completed` event (not priced).
+        """Record the `usage` of an input transcription `.completed` event.
 
         Accepts `{type:"tokens", input_tokens, output_tokens}` or `{type:"duration", seconds}`;
         raises ValueError and changes nothing otherwise.
@@ -134,9 +135,20 @@ class CallCost:
         """The Realtime model cost so far, rounded to 6 places."""
         return quantize_usd(tokens_cost_usd(self.tokens, self.prices))
 
+    def _transcription_usd(self) -> Decimal:
+        p = self.prices
+        tokens = (self.transcription_input_tokens * p.transcription_in_usd
+                  + self.transcription_output_tokens * p.transcription_out_usd) / PER_MILLION
+        return tokens + self.transcription_seconds / 60 * p.transcription_per_min_usd
+
+    def transcription_usd(self) -> Decimal:
+        """The input transcription cost so far, rounded to 6 places."""
+        return quantize_usd(self._transcription_usd())
+
     def total_usd(self, duration_s: float) -> Decimal:
-        """Realtime cost plus Twilio minutes for a call of `duration_s`, rounded to 6 places."""
-        return quantize_usd(tokens_cost_usd(self.tokens, self.prices) + twilio_cost_usd(duration_s, self.prices))
+        """Realtime and transcription cost plus Twilio minutes for a call of `duration_s`, rounded to 6 places."""
+        return quantize_usd(tokens_cost_usd(self.tokens, self.prices) + self._transcription_usd()
+                            + twilio_cost_usd(duration_s, self.prices))
 
     def details(self) -> dict[str, Any]:
         """Counts for the call record: responses, tokens by kind, transcription usage, USD."""
@@ -150,6 +162,7 @@ class CallCost:
                 "seconds": str(self.transcription_seconds),
             },
             "realtime_usd": str(self.realtime_usd()),
+            "transcription_usd": str(self.transcription_usd()),
         }
 
 
