@@ -11,7 +11,7 @@ import pytest
 from voicebridge.domain.menu import load_menu
 from voicebridge.domain.order import Order
 from voicebridge.domain.tools import execute_tool
-from voicebridge.effects import ArmTimer, Hangup, SaveOrder, SendCaller, SendModel
+from voicebridge.effects import ArmTimer, Hangup, Rotate, SaveOrder, SendCaller, SendModel
 from voicebridge.flow import SILENCE, STALL, RECONNECT, CallFlow, FlowSettings
 
 MENU = load_menu(None)
@@ -279,3 +279,18 @@ def test_flows_share_one_machine_but_keep_their_own_state() -> None:
     b.close()
     assert a not in a.machine.models and b not in b.machine.models
     a.close()  # closing twice is harmless
+
+
+def test_a_due_rotation_waits_until_the_caller_has_finished_speaking() -> None:
+    """Rotating mid-utterance would split what the caller says between two sessions: it waits."""
+    flow = make_flow(greeted=True)
+    assert flow.link_up
+    flow.speech_started(now=1.0)
+    flow.take_effects()
+    flow.timer("rotate")
+    assert not [e for e in flow.take_effects() if isinstance(e, Rotate)]
+    flow.speech_stopped()
+    flow.response_created("resp_2")
+    flow.response_done("resp_2", "completed", None, now=2.0)  # answered, nothing left to hear
+    assert [e for e in flow.take_effects() if isinstance(e, Rotate)] == [Rotate()]
+    assert not flow.link_up  # caller audio is held by the session until the new link is ready

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import attrs
 import trio
 from trio.testing import MockClock
 
-from calls import MENU, run_in_memory
+from calls import MENU, call_setup, run_in_memory
 from voicebridge.peers.clips import load_clip
 from voicebridge.peers.realtime_server import RealtimePeer
 from voicebridge.peers.scenario import load_scenario, parse_scenario
@@ -140,6 +143,32 @@ async def test_session_is_rotated_between_answers(autojump_clock: MockClock) -> 
     # rotation happened while nothing was being said: no answer was cut
     assert all(r.status != "cancelled" for c in call.peer.connections for r in c.responses)
     assert "session_rotated" in call.kinds()
+
+
+async def test_caller_audio_during_a_slow_rotation_reaches_the_new_session(autojump_clock: MockClock) -> None:
+    """The new session takes 1.5 s to open while the caller starts talking: nothing they said is lost.
+
+    Caller audio is held while the rotation is being set up and given to the new session once it
+    is ready, so its VAD hears the whole utterance and the order goes through."""
+    peer = RealtimePeer(load_scenario("full_order"))
+    setup = call_setup(peer, session_rotate_s=10.0)
+    fast = setup.connect
+    opened = 0
+
+    async def slow_after_the_first(nursery: trio.Nursery) -> Any:
+        nonlocal opened
+        opened += 1
+        if opened > 1:
+            await trio.sleep(1.5)
+        return await fast(nursery)
+
+    call = await run_in_memory("full_order", peer=peer, setup=attrs.evolve(setup, connect=slow_after_the_first))
+    assert len(peer.connections) >= 2 and "session_rotated" in call.kinds()
+    assert call.result.outcome == "completed"
+    # Every caller frame from the first session's start to the hang-up reached one of the sessions.
+    heard_ms = sum(c.audio_ms_in for c in peer.connections)
+    sent_ms = call.report.media_frames_sent * 20
+    assert heard_ms >= sent_ms - 200, (heard_ms, sent_ms)
 
 
 async def test_pcm16_path_completes_an_order(autojump_clock: MockClock) -> None:

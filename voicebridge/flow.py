@@ -231,7 +231,7 @@ class CallFlow:
         if self.ending is not None:
             self._finish(self.ending)
             return
-        if self.rotate_due and self.link_up:
+        if self.rotate_due and self.link_up and not self.caller_speaking:  # never split an utterance
             self.rotate_due = False
             self.link_up = False
             self.effects.append(Rotate())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -38,6 +39,7 @@ Connector = Callable[[trio.Nursery], Awaitable[MessageStream]]
 MODEL_CHANNEL = 256  # ~5 s of 20 ms frames before caller audio is dropped (late audio is worse than lost)
 TWILIO_CHANNEL = 512
 START_TIMEOUT_S = 10.0
+HOLD_FRAMES = 250  # caller audio held while a rotation's new session opens (5 s of 20 ms frames)
 LATENCY_SAMPLE_EVERY = 25  # one frame in 25 (every 0.5 s of caller audio) is timed through the bridge
 FINISH_TIMEOUT_S = 10.0  # recording a call's end may not hang its handler (sockets, store)
 RECONNECT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -165,6 +167,8 @@ class Call:
         self._down = audio.Resampler(24000, 8000) if self.pcm16 else None
         self.model_send, self.model_recv = trio.open_memory_channel[str](MODEL_CHANNEL)
         self.twilio_send, self.twilio_recv = trio.open_memory_channel[str](TWILIO_CHANNEL)
+        # Caller audio held while the session is being rotated (the link is down, the call is not).
+        self._held: deque[str] | None = None
         # Frames in each channel, not yet taken by its writer (cheaper than .statistics() per frame).
         self._q_model = self._q_twilio = 0
         self.model: MessageStream | None = None
@@ -212,6 +216,7 @@ class Call:
             self.nursery.start_soon(self._save_order, e.call_id)
         elif isinstance(e, Rotate):
             assert self.nursery is not None
+            self._held = deque(maxlen=HOLD_FRAMES)
             self.nursery.start_soon(self._rotate)
         elif isinstance(e, Transcript):
             self._event("transcript", {"role": e.role, "text": e.text})
@@ -304,6 +309,8 @@ class Call:
                     self._frames_in += 1
                     timed = self.hooks.on_forward is not None and self._frames_in % LATENCY_SAMPLE_EVERY == 0
                     self._forward_caller_audio(ev.payload_b64, trio.current_time() if timed else None)
+                elif self._held is not None:
+                    self._held.append(ev.payload_b64)
                 continue
             if isinstance(ev, tw.MarkEcho):
                 flow.mark(ev.name, trio.current_time())
@@ -380,7 +387,9 @@ class Call:
                 self.model, self.swap_to = self.swap_to, None
                 self.flow.link_ready(rotated=True)
                 await self.perform()
+                self._release_held()
                 continue
+            self._held = None
             lost, self.model = self.model, None
             await close_quietly(lost)
             if self.outcome is not None or self.flow.state in ("ended", "failed"):
@@ -407,6 +416,13 @@ class Call:
                 continue
             return self._wrap(raw)
 
+    def _release_held(self) -> None:
+        """Give the caller audio held during a rotation to the session now in use, in order."""
+        held, self._held = self._held, None
+        if held and self.flow.link_up:
+            for payload in held:
+                self._forward_caller_audio(payload)
+
     def _wrap(self, stream: MessageStream) -> MessageStream:
         self.conn_no += 1
         if self.recorder is not None:
@@ -421,6 +437,7 @@ class Call:
         except SetupError as exc:
             log.warning("session rotation failed, keeping the old session: %s", exc)
             self.flow.link_up = self.model is not None
+            self._release_held()
             return
         self.swap_to = self._wrap(fresh)
         old = self.model
