@@ -753,8 +753,9 @@ async def test_refuse_fault_rejects_the_next_connections_with_503(autojump_clock
         with pytest.raises(StreamClosed) as closed:
             await ours.receive()
         assert closed.value.reason == "HTTP 503"
-    async with connect(peer, settings=settings()):
-        pass
+    async with connect(peer, settings=settings()) as client:  # the third attempt is served in full
+        await client.send(response_create(metadata={"purpose": "greeting"}))
+        assert (await client.until("response.done"))["response"]["status"] == "completed"
     assert [r.status for r in peer.rejections] == [503, 503]
     assert len(peer.connections) == 1
 

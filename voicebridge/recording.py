@@ -28,6 +28,7 @@ sends `connected` and answers the handshake itself. A file may be gzip-compresse
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import json
@@ -129,10 +130,8 @@ class CallRecorder:
 
     def _close_file(self) -> None:
         if self._file is not None:
-            try:
+            with contextlib.suppress(OSError):  # the lines written so far are on disk already
                 self._file.close()
-            except OSError:
-                pass
             self._file = None
 
     def close(self) -> None:

@@ -827,11 +827,9 @@ def _observed_items(sock: Any, t0: float) -> list[_Item]:
     for o in sock.received:
         msg = None
         if o.text is not None:
-            try:
+            with contextlib.suppress(ValueError):  # not JSON: compared as raw text below
                 parsed = json.loads(o.text)
                 msg = parsed if isinstance(parsed, dict) else None
-            except ValueError:
-                pass
         raw = o.text if msg is None else None
         key, tolerant = _normalise(msg, raw, o.is_close, o.close_code)
         out.append(_Item(o.t - t0, key, tolerant, msg, raw, o.is_close, o.close_code))

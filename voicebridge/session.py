@@ -11,6 +11,7 @@ The flow (`voicebridge.flow.CallFlow`) decides; tasks only move data and perform
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -531,21 +532,18 @@ async def run_call(twilio: MessageStream, setup: CallSetup, hooks: CallHooks | N
     hooks = hooks or CallHooks()
     recorder: CallRecorder | None = None
     start: tw.Start | None = None
-    try:
-        with trio.move_on_after(START_TIMEOUT_S):
-            while start is None:
-                text = await twilio.receive()
-                try:
-                    ev = tw.parse_twilio(text)
-                except ProtocolError as exc:
-                    log.warning("bad Twilio frame before start: %s", exc)
-                    continue
-                if isinstance(ev, tw.Start):
-                    start = ev
-                elif isinstance(ev, tw.Stop):
-                    break
-    except StreamClosed:  # gone before `start`: there is no call to run
-        pass
+    with contextlib.suppress(StreamClosed), trio.move_on_after(START_TIMEOUT_S):  # gone before `start`: no call
+        while start is None:
+            text = await twilio.receive()
+            try:
+                ev = tw.parse_twilio(text)
+            except ProtocolError as exc:
+                log.warning("bad Twilio frame before start: %s", exc)
+                continue
+            if isinstance(ev, tw.Start):
+                start = ev
+            elif isinstance(ev, tw.Stop):
+                break
     if start is None:
         return CallResult(None, None, "no_stream")
     if setup.record_dir is not None:

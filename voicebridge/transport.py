@@ -7,6 +7,7 @@ over an in-memory pair on a mock clock (tests), and through a recorder.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 from typing import Any, Protocol
@@ -154,10 +155,8 @@ class QuartWebSocketStream:
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         if not self.closed:
             self.closed = True
-            try:
+            with contextlib.suppress(Exception):  # already gone: closing is best effort
                 await self.ws.close(code, reason)
-            except Exception:  # already gone: closing is best effort
-                pass
 
 
 CLOSE_TIMEOUT_S = 2.0
@@ -171,10 +170,8 @@ async def close_quietly(stream: MessageStream, code: int = 1000, reason: str = "
     """
     with trio.CancelScope(shield=True):
         with trio.move_on_after(CLOSE_TIMEOUT_S):
-            try:
+            with contextlib.suppress(Exception):  # already broken: nothing left to close cleanly
                 await stream.aclose(code, reason)
-            except Exception:  # already broken: nothing left to close cleanly
-                pass
 
 
 # -- lean WebSocket (RFC 6455) on a socket: the per-frame hot path ---------------------------
@@ -326,8 +323,8 @@ class RawWebSocket:
                 try:
                     data = self._sock.recv(65536)
                     break
-                except BlockingIOError:
-                    pass
+                except BlockingIOError:  # nothing buffered: wait until the socket is readable
+                    data = b""
                 except OSError as exc:
                     raise self._broken(exc) from None
                 try:
@@ -416,8 +413,8 @@ class RawWebSocket:
                 self._pending = frame[n:]
             except BlockingIOError:
                 self._pending = frame
-            except OSError:
-                pass
+            except OSError as exc:  # the connection is gone: the next receive() reports it
+                self._broken(exc)
         else:  # rare (TLS, or a send in flight): best effort, appended in order
             self._pending += frame
 
@@ -436,11 +433,8 @@ class RawWebSocket:
         if not self._close_sent and not (self.closed is not None and self.closed.code == 1006):
             self._close_sent = True
             frame = self._frame(0x8, code.to_bytes(2, "big") + reason.encode("utf-8")[:120])
-            try:
-                with trio.move_on_after(1.0):
-                    await self._send_bytes(frame)
-            except StreamClosed:
-                pass
+            with contextlib.suppress(StreamClosed), trio.move_on_after(1.0):  # the peer may be gone already
+                await self._send_bytes(frame)
         if self.closed is None:
             self.closed = StreamClosed(code, reason or "closed by us")
         if self._stream is not None:

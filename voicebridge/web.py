@@ -11,6 +11,7 @@ Routes:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -248,11 +249,9 @@ async def _front_connection(daemon: "Daemon", conn: Any, backend: str) -> None:
 async def _answer(conn: Any, status: int, body: str) -> None:
     reason = {400: "Bad Request", 403: "Forbidden", 503: "Service Unavailable"}[status]
     data = body.encode()
-    try:
+    with contextlib.suppress(OSError):  # the client is gone: nothing to tell it
         conn.sendall(f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(data)}\r\n"
                      f"connection: close\r\n\r\n".encode("latin-1") + data)
-    except OSError:  # the client is gone: nothing to tell it
-        pass
     conn.close()
 
 
@@ -270,12 +269,10 @@ async def _pipe(conn: Any, first: bytes, backend: str) -> None:
         await server.send_all(first)
 
         async def one_way(src: Any, dst: Any) -> None:
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):  # either side hung up
                 while data := await src.receive_some(65536):
                     await dst.send_all(data)
                 await dst.send_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
             if src is server:  # Hypercorn is done with this connection: so are we
                 nursery.cancel_scope.cancel()
 

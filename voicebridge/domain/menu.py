@@ -134,10 +134,7 @@ class Item:
                 raise KeyError(size)
             assert self.price_cents is not None
             return self.price_cents
-        for key, cents in self.size_prices:
-            if key == size:
-                return cents
-        raise KeyError(size)
+        return _sized_price(self.size_prices, size)
 
 
 @attrs.frozen
@@ -154,10 +151,15 @@ class Topping:
         """Cents on an item of `size`; KeyError when it has no price for that size."""
         if self.price_cents is not None:
             return self.price_cents
-        for key, cents in self.size_prices:
-            if key == size:
-                return cents
-        raise KeyError(size)
+        return _sized_price(self.size_prices, size)
+
+
+def _sized_price(size_prices: tuple[tuple[str, int], ...], size: str | None) -> int:
+    """The cents listed for `size`; KeyError if it has none."""
+    for key, cents in size_prices:
+        if key == size:
+            return cents
+    raise KeyError(size)
 
 
 @attrs.frozen

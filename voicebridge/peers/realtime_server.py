@@ -30,6 +30,7 @@ The per-connection logic runs over any `MessageStream`: in memory on trio's mock
 from __future__ import annotations
 
 import binascii
+import contextlib
 import copy
 import functools
 import json
@@ -365,10 +366,9 @@ class _ServerWebSocketStream(TrioWebSocketStream):
             await super().aclose(1011, reason)
             return
         if isinstance(raw, trio.SocketStream):
-            try:  # RST instead of FIN: the connection breaks as on a network failure
+            # RST instead of FIN: the connection breaks as on a network failure (if the socket allows it)
+            with contextlib.suppress(OSError):
                 raw.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
         await raw.aclose()
 
 

@@ -141,7 +141,7 @@ class SessionCreated:
 
 @attrs.frozen
 class SessionUpdated:
-    pass
+    """The service applied a `session.update` (the settings it echoes are not needed)."""
 
 
 @attrs.frozen
