@@ -38,13 +38,13 @@ sys.path.insert(0, str(ROOT))
 
 from voicebridge.config import Config  # noqa: E402
 from voicebridge.daemon import Daemon, serve_daemon  # noqa: E402
-from voicebridge.demo import free_port  # noqa: E402
-from voicebridge.domain.menu import load_menu  # noqa: E402
+from voicebridge.peers.demo import free_port  # noqa: E402
+from voicebridge.business import SCHEMAS, build_job  # noqa: E402
 from voicebridge.peers.realtime_server import RealtimePeer, serve_realtime_peer  # noqa: E402
 from voicebridge.peers.scenario import load_scenario, scenario_names  # noqa: E402
 from voicebridge.peers.twilio_caller import TwilioCaller, place_call  # noqa: E402
-from voicebridge.recording import read_recording  # noqa: E402
-from voicebridge.store import Store  # noqa: E402
+from voicebridge.edges.recording import read_recording  # noqa: E402
+from voicebridge.ops.store import Store  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 PUBLIC_URL = "https://voicebridge-fixtures.invalid"  # reserved name: never resolves, never leaves the machine
@@ -103,9 +103,9 @@ async def record_scenario(name: str, work: Path, out_dir: Path) -> Recorded:
     async with trio.open_nursery() as nursery:
         realtime_url = await nursery.start(partial(serve_realtime_peer, peer))
         config = attrs.evolve(config, realtime_url=realtime_url)
-        store = await Store.open(config.db_path)
+        store = await Store.open(config.db_path, schemas=SCHEMAS)
         try:
-            daemon = Daemon(config, menu=load_menu(None), store=store)
+            daemon = Daemon(config, job=build_job(config), store=store)
             daemon.observers.append(observe)
             stop = trio.Event()
             async with trio.open_nursery() as daemon_nursery:

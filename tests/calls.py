@@ -13,12 +13,14 @@ import trio
 
 from voicebridge.config import Config
 from voicebridge.daemon import make_call_setup
-from voicebridge.domain.menu import load_menu
+from voicebridge.engine.job import Committed
+from voicebridge.jobs.pizza.job import PizzaJob
+from voicebridge.jobs.pizza.menu import load_menu
 from voicebridge.peers.realtime_server import RealtimePeer
 from voicebridge.peers.scenario import Scenario, load_scenario
 from voicebridge.peers.twilio_caller import CallerReport, TwilioCaller
-from voicebridge.session import CallHooks, CallResult, CallSetup, run_call
-from voicebridge.transport import MessageStream, memory_stream_pair
+from voicebridge.engine.session import CallHooks, CallResult, CallSetup, run_call
+from voicebridge.edges.transport import MessageStream, memory_stream_pair
 
 MENU = load_menu(None)
 
@@ -62,7 +64,7 @@ _servers: dict[int, PeerServer] = {}
 
 def call_setup(peer: RealtimePeer, **config: Any) -> CallSetup:
     cfg = Config(**config)
-    return make_call_setup(cfg, MENU, memory_connector(peer))
+    return make_call_setup(cfg, PizzaJob(MENU, cfg.tax_rate_bp), memory_connector(peer))
 
 
 async def run_in_memory(scenario: str | Scenario, *, peer: RealtimePeer | None = None,
@@ -73,15 +75,15 @@ async def run_in_memory(scenario: str | Scenario, *, peer: RealtimePeer | None =
     events: list[tuple[str, dict[str, Any]]] = []
     saved: list[Any] = []
 
-    async def save_order(call_sid: str, order: Any) -> tuple[int, dict[str, Any]]:
+    async def commit(call_sid: str, order: Any) -> Committed:
         if save_fails:
             raise OSError("disk full")
         saved.append(order)
-        totals = order.totals(MENU, setup.flow.tax_rate_bp)
-        return len(saved), {"subtotal_cents": totals.subtotal_cents, "tax_cents": totals.tax_cents,
-                            "total_cents": totals.total_cents}
+        totals = order.totals(MENU, setup.job.tax_rate_bp)
+        return Committed(len(saved), {"order_id": len(saved), "subtotal_cents": totals.subtotal_cents,
+                                      "tax_cents": totals.tax_cents, "total_cents": totals.total_cents})
 
-    hooks = CallHooks(on_event=lambda sid, kind, fields: events.append((kind, fields)), save_order=save_order)
+    hooks = CallHooks(on_event=lambda sid, kind, fields: events.append((kind, fields)), commit=commit)
     bridge_end, caller_end = memory_stream_pair()
     caller = TwilioCaller(scen)
     out: dict[str, Any] = {}

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from voicebridge.audio import (
+from voicebridge.edges.audio import (
     DIGITAL_SILENCE_DBFS,
     Resampler,
     downsample_24k_to_8k,

@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from test_daemon import PUBLIC, TOKEN, running
-from voicebridge.logs import setup_logging
+from voicebridge.ops.logs import setup_logging
 from voicebridge.peers.clips import load_clip
 from voicebridge.peers.scenario import load_scenario
 from voicebridge.peers.twilio_caller import place_call

@@ -16,11 +16,11 @@ from trio.testing import MockClock
 
 from calls import MENU, InMemoryCall, call_setup, run_in_memory
 from openai_strict import validate_client
-from voicebridge.flow import shared_machine
+from voicebridge.engine.flow import shared_machine
 from voicebridge.peers.clips import load_clip
 from voicebridge.peers.realtime_server import RealtimePeer
 from voicebridge.peers.scenario import load_scenario, parse_scenario
-from voicebridge.transport import MessageStream
+from voicebridge.edges.transport import MessageStream
 
 
 CHUNK_MS = 100  # the local Realtime peer's delta size: the truncation bound is one chunk
@@ -190,7 +190,7 @@ async def test_change_of_mind_during_read_back_then_keypad_1(autojump_clock: Moc
 async def test_order_that_cannot_be_saved_is_never_announced_as_confirmed(autojump_clock: MockClock) -> None:
     """If the store fails, the caller does not hear "confirmed"."""
     call = await run_in_memory("full_order", save_fails=True)
-    assert "order_save_failed" in call.kinds() and "order_confirmed" not in call.kinds()
+    assert "commit_failed" in call.kinds() and "committed" not in call.kinds()
     outputs = [json.loads(i["output"]) for i in call.peer.connections[0].items_created
                if i.get("type") == "function_call_output"]
     assert any(o["ok"] is False and "could not be saved" in o["error"] for o in outputs)

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from voicebridge.cli import main
-from voicebridge.store import Store
+from voicebridge.ops.store import Store
 
 
 def _seed(db: Path) -> None:

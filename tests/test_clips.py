@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from voicebridge.audio import energy_dbfs, ulaw_to_pcm16
+from voicebridge.edges.audio import energy_dbfs, ulaw_to_pcm16
 from voicebridge.peers import clips as clip_library
 from voicebridge.peers.clips import Clip, ClipLibraryError, all_clips, load_clip
 

@@ -1,4 +1,4 @@
-"""Per-call cost from Realtime usage and Twilio minutes, checked by hand (voicebridge.cost)."""
+"""Per-call cost from Realtime usage and Twilio minutes, checked by hand (voicebridge.ops.cost)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from voicebridge.config import Prices
-from voicebridge.cost import CallCost, twilio_cost_usd, usage_cost_usd
+from voicebridge.ops.cost import CallCost, twilio_cost_usd, usage_cost_usd
 
 PRICES = Prices()  # gpt-realtime defaults: text 4 / 0.40 / 16, audio 32 / 0.40 / 64, Twilio 0.0125/min
 

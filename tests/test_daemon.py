@@ -21,14 +21,15 @@ from twilio.request_validator import RequestValidator
 
 from voicebridge.config import Config
 from voicebridge.daemon import Daemon, serve_daemon
-from voicebridge.demo import free_port
-from voicebridge.domain.menu import load_menu
-from voicebridge.notify import Notifier
+from voicebridge.peers.demo import free_port
+from voicebridge.jobs.pizza.job import PizzaJob
+from voicebridge.jobs.pizza.menu import load_menu
+from voicebridge.ops.notify import Notifier
 from voicebridge.peers.realtime_server import RealtimePeer, serve_realtime_peer
 from voicebridge.peers.scenario import load_scenario
 from voicebridge.peers.twilio_caller import new_sid, place_call
-from voicebridge.protocol import twilio_media as tw
-from voicebridge.store import Store
+from voicebridge.edges.protocol import twilio_media as tw
+from voicebridge.ops.store import Store
 
 TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC = "https://voicebridge-test.invalid"
@@ -59,7 +60,7 @@ async def running(tmp_path: Path, scenario: str = "dtmf_transfer", notifier: Not
                            "openai_api_key": "test-key", "twilio_auth_token": TOKEN,
                            "db_path": tmp_path / "vb.sqlite3", "transfer_number": "+15550001111", **overrides})
         store = await Store.open(config.db_path)
-        daemon = Daemon(config, menu=MENU, store=store, notifier=notifier)
+        daemon = Daemon(config, job=PizzaJob(MENU, config.tax_rate_bp), store=store, notifier=notifier)
         stop = trio.Event()
         await nursery.start(partial(serve_daemon, daemon, shutdown=stop))
         try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from voicebridge.config import Config
-from voicebridge.demo import run_demo_async
+from voicebridge.peers.demo import run_demo_async
 from voicebridge.peers.scenario import load_scenario
 
 

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from voicebridge.domain.menu import load_menu
-from voicebridge.domain.order import Order
-from voicebridge.domain.tools import execute_tool
-from voicebridge.effects import ArmTimer, Hangup, Rotate, SaveOrder, SendCaller, SendModel
-from voicebridge.flow import SILENCE, STALL, RECONNECT, CallFlow, FlowSettings
+from voicebridge.jobs.pizza.menu import load_menu
+from voicebridge.jobs.pizza.order import Order
+from voicebridge.jobs.pizza.prompts import PROMPTS
+from voicebridge.jobs.pizza.tools import execute_tool
+from voicebridge.engine.effects import ArmTimer, Commit, Hangup, Rotate, SendCaller, SendModel
+from voicebridge.engine.flow import SILENCE, STALL, RECONNECT, CallFlow, FlowSettings
 
 MENU = load_menu(None)
 
@@ -20,9 +21,9 @@ MENU = load_menu(None)
 def make_flow(*, greeted: bool = False) -> CallFlow:
     """A started call; with `greeted`, the greeting response has come and gone (heard)."""
     order = Order.empty(caller_number="+15551230001")
-    flow = CallFlow(call_sid="CA1", stream_sid="MZ1", settings=FlowSettings(), order=order,
+    flow = CallFlow(call_sid="CA1", stream_sid="MZ1", settings=FlowSettings(), task=order,
                     run_tool=lambda name, args: execute_tool(order, MENU, name, args, tax_rate_bp=800),
-                    order_state=lambda: {"lines": len(order.lines)})
+                    task_state=lambda: {"lines": len(order.lines)}, job_prompts=PROMPTS)
     flow.start()
     if greeted:
         flow.response_created("resp_greeting")
@@ -111,7 +112,7 @@ def test_tool_result_after_interruption_updates_order_without_speaking() -> None
     flow.speech_started(now=0.1)
     flow.take_effects()
     flow.function_call("resp_1", "call_1", "add_item", json.dumps({"item": "pepperoni", "size": "large"}))
-    assert len(flow.order.lines) == 1
+    assert len(flow.task.lines) == 1
     assert kinds(flow.take_effects()) == ["conversation.item.create"]
 
 
@@ -137,8 +138,8 @@ def test_review_reads_back_then_confirm_saves_before_saying_confirmed() -> None:
     flow.response_created("r_yes")
     flow.function_call("r_yes", "c4", "confirm_order", "{}")
     effects = flow.take_effects()
-    assert SaveOrder("c4") in effects and kinds(effects) == []  # nothing said before the commit
-    flow.order_saved("c4", 7, {"total_cents": 1836})
+    assert Commit("c4") in effects and kinds(effects) == []  # nothing said before the commit
+    flow.committed("c4", 7, {"order_id": 7, "total_cents": 1836})
     assert json.loads(sent(flow.take_effects())[0]["item"]["output"])["order_id"] == 7
     assert flow.state == "done"
 
@@ -172,12 +173,12 @@ def test_keypad_1_confirms_only_while_confirming() -> None:
     flow = make_flow()
     _order_ready(flow)
     flow.dtmf("1")
-    assert not any(isinstance(e, SaveOrder) for e in flow.take_effects())
+    assert not any(isinstance(e, Commit) for e in flow.take_effects())
     flow.response_created("r_rev")
     flow.function_call("r_rev", "c3", "review_order", "{}")
     flow.response_done("r_rev", "completed", None, now=0.0)
     flow.dtmf("1")
-    assert SaveOrder(None) in flow.take_effects()
+    assert Commit(None) in flow.take_effects()
 
 
 def test_keypad_0_transfers_after_the_last_words_are_heard() -> None:
@@ -248,7 +249,7 @@ def test_reconnect_budget_exhausted_ends_with_failure() -> None:
 @pytest.mark.parametrize("code", ["response_cancel_not_active", "conversation_already_has_active_response"])
 def test_harmless_model_errors_never_end_the_call(code: str) -> None:
     """Harmless Realtime errors are counted, and the call goes on."""
-    from voicebridge.protocol.realtime import RealtimeError
+    from voicebridge.edges.protocol.realtime import RealtimeError
 
     flow = make_flow()
     flow.model_error(RealtimeError("invalid_request_error", code, "x", None, None))

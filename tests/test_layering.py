@@ -10,13 +10,13 @@ import pytest
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "voicebridge"
 FORBIDDEN = frozenset({"trio", "quart", "quart_trio", "hypercorn", "trio_websocket", "sqlite3", "httpx", "time",
                        "socket"})
-PURE_FOLDERS = ("protocol", "domain")
-PURE_FILES = ("playout.py", "flow.py", "effects.py")
+PURE_FOLDERS = ("edges/protocol", "jobs")
+PURE_FILES = ("engine/playout.py", "engine/flow.py", "engine/effects.py", "engine/prompts.py")
 DYNAMIC_IMPORTERS = frozenset({"import_module", "__import__"})
 
 
 def module_name(path: Path, package_dir: Path) -> str:
-    """`voicebridge/protocol/realtime.py` -> `voicebridge.protocol.realtime` (packages drop `__init__`)."""
+    """`voicebridge/protocol/realtime.py` -> `voicebridge.edges.protocol.realtime` (packages drop `__init__`)."""
     parts = list(path.relative_to(package_dir.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -92,7 +92,7 @@ def forbidden_chains(start: Path, package_dir: Path) -> list[str]:
 
 
 def pure_modules(package_dir: Path) -> list[Path]:
-    """The pure layer as it stands: every file under protocol/ and domain/, and the named pure modules."""
+    """The pure layer as it stands: every file under edges/protocol/ and jobs/, and the named pure modules."""
     found = [p for folder in PURE_FOLDERS for p in sorted((package_dir / folder).rglob("*.py"))]
     return found + [package_dir / name for name in PURE_FILES]
 

@@ -1,4 +1,4 @@
-"""JSON/text log lines with call ids and redaction (voicebridge.logs)."""
+"""JSON/text log lines with call ids and redaction (voicebridge.ops.logs)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 import trio
 
-from voicebridge.logs import call_sid_var, setup_logging
+from voicebridge.ops.logs import call_sid_var, setup_logging
 
 SECRET = "sk-test-0123456789abcdefghij"
 AUDIO_B64 = base64.b64encode(bytes(range(256)) * 4).decode()
@@ -109,7 +109,7 @@ async def test_call_sid_follows_the_call_into_child_tasks() -> None:
     """call_sid set in a call's task appears on lines from its child tasks, not on others."""
     out = io.StringIO()
     setup_logging("INFO", "json", out)
-    log = logging.getLogger("voicebridge.session")
+    log = logging.getLogger("voicebridge.engine.session")
 
     async def child() -> None:
         log.info("child line")
@@ -140,12 +140,12 @@ def test_text_format_is_one_readable_line_with_fields() -> None:
     setup_logging("DEBUG", "text", out)
     token = call_sid_var.set("CA" + "3" * 32)
     try:
-        logging.getLogger("voicebridge.web").debug("stream refused", extra={"reason": "reused", "stream_token": SECRET})
+        logging.getLogger("voicebridge.edges.web").debug("stream refused", extra={"reason": "reused", "stream_token": SECRET})
     finally:
         call_sid_var.reset(token)
     line = out.getvalue().rstrip("\n")
     assert "\n" not in line
-    assert " DEBUG   voicebridge.web [CA33333333333333333333333333333333] stream refused" in line
+    assert " DEBUG   voicebridge.edges.web [CA33333333333333333333333333333333] stream refused" in line
     assert 'reason="reused"' in line and 'stream_token="[redacted]"' in line and SECRET not in line
 
 

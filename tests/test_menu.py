@@ -1,4 +1,4 @@
-"""Menu loading, validation messages and forgiving lookups (voicebridge.domain.menu)."""
+"""Menu loading, validation messages and forgiving lookups (voicebridge.jobs.pizza.menu)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from voicebridge.domain.menu import (
+from voicebridge.jobs.pizza.menu import (
     MenuError,
     format_amount,
     format_money,

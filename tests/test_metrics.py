@@ -1,4 +1,4 @@
-"""Prometheus exposition of voicebridge metrics (voicebridge.metrics)."""
+"""Prometheus exposition of voicebridge metrics (voicebridge.ops.metrics)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from voicebridge.metrics import Metrics
+from voicebridge.ops.metrics import Metrics
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

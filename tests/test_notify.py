@@ -1,4 +1,4 @@
-"""systemd notify datagrams and the watchdog cadence (voicebridge.notify)."""
+"""systemd notify datagrams and the watchdog cadence (voicebridge.ops.notify)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from voicebridge.notify import Notifier, watchdog_task
+from voicebridge.ops.notify import Notifier, watchdog_task
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_send_failure_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> 
     """A socket path with no listener: the call returns False and logs a warning."""
     with tempfile.TemporaryDirectory(prefix="vb-") as tmp:
         notifier = Notifier({"NOTIFY_SOCKET": str(Path(tmp) / "absent.sock")})
-        with caplog.at_level(logging.WARNING, logger="voicebridge.notify"):
+        with caplog.at_level(logging.WARNING, logger="voicebridge.ops.notify"):
             assert not notifier.ready()
         notifier.close()
     assert "systemd notify READY failed" in caplog.text
@@ -96,7 +96,7 @@ def test_send_failure_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> 
 
 def test_relative_notify_socket_is_refused_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     """NOTIFY_SOCKET that is neither a path nor @name disables notify, with a warning."""
-    with caplog.at_level(logging.WARNING, logger="voicebridge.notify"):
+    with caplog.at_level(logging.WARNING, logger="voicebridge.ops.notify"):
         notifier = Notifier({"NOTIFY_SOCKET": "relative.sock"})
     assert not notifier.enabled
     assert "unsupported NOTIFY_SOCKET" in caplog.text

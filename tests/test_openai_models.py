@@ -18,8 +18,8 @@ from openai.types.realtime import (
 from openai_strict import CLIENT, assert_strict, extra_keys, validate_client, validate_server
 from pydantic import ValidationError
 
-from voicebridge.protocol import realtime as rt
-from voicebridge.protocol.realtime import SessionSettings
+from voicebridge.edges.protocol import realtime as rt
+from voicebridge.edges.protocol.realtime import SessionSettings
 
 END_CALL = {
     "type": "function",

@@ -1,4 +1,4 @@
-"""Order pricing, half-up tax, the read-back sentence and the webhook body (voicebridge.domain.order)."""
+"""Order pricing, half-up tax, the read-back sentence and the webhook body (voicebridge.jobs.pizza.order)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from voicebridge.domain.menu import load_menu
-from voicebridge.domain.order import Order, OrderError, OrderLine, Totals, read_back, tax_cents
+from voicebridge.jobs.pizza.menu import load_menu
+from voicebridge.jobs.pizza.order import Order, OrderError, OrderLine, Totals, read_back, tax_cents
 
 MENU = load_menu(None)
 

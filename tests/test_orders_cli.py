@@ -12,9 +12,10 @@ import trio
 
 from voicebridge.commands.orders import register
 from voicebridge.config import Config
-from voicebridge.domain.menu import load_menu
-from voicebridge.domain.order import Order, OrderLine
-from voicebridge.store import OutboxRow, Store
+from voicebridge.jobs.pizza.menu import load_menu
+from voicebridge.jobs.pizza.order import Order, OrderLine
+from voicebridge.ops.store import OutboxRow, Store
+from pizza_records import order_detail, orders, outbox_for_order, save_order
 
 MENU = load_menu(None)
 T0 = datetime(2025, 5, 2, 18, 0, tzinfo=timezone.utc)
@@ -49,13 +50,11 @@ def config(tmp_path: Path) -> Config:
     async def fill() -> None:
         store = await Store.open(path)
         try:
-            a = await store.save_confirmed_order("CA1", make_order("Sam"), MENU, tax_rate_bp=800, created_at=T0)
-            b = await store.save_confirmed_order(
-                "CA2", make_order("Robin", "delivery", "12 Oak Street"), MENU, tax_rate_bp=800, created_at=T0
-            )
-            await store.save_confirmed_order("CA3", make_order("Kim"), MENU, tax_rate_bp=800, created_at=T0)
+            a = await save_order(store, "CA1", make_order("Sam"), T0)
+            b = await save_order(store, "CA2", make_order("Robin", "delivery", "12 Oak Street"), T0)
+            await save_order(store, "CA3", make_order("Kim"), T0)
             for order_id in (a, b):
-                row = await store.outbox_for_order(order_id)
+                row = await outbox_for_order(store, order_id)
                 assert row is not None
                 if order_id == a:
                     await store.mark_delivered(row.id, delivered_at=T0)
@@ -73,7 +72,7 @@ def outbox(config: Config, order_id: int) -> OutboxRow:
     async def get() -> OutboxRow | None:
         store = await Store.open(config.db_path)
         try:
-            return await store.outbox_for_order(order_id)
+            return await outbox_for_order(store, order_id)
         finally:
             await store.aclose()
 

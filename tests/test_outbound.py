@@ -1,4 +1,4 @@
-"""Placing outbound calls against a local fake of Twilio's REST API (voicebridge.outbound)."""
+"""Placing outbound calls against a local fake of Twilio's REST API (voicebridge.edges.outbound)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import trio
 
 from voicebridge.commands import call as call_command
 from voicebridge.config import Config
-from voicebridge.outbound import OutboundError, place_call
+from voicebridge.edges.outbound import OutboundError, place_call
 
 ACCOUNT = "AC" + "0123456789abcdef" * 2
 TOKEN = "fake-auth-token-5f2c9a"

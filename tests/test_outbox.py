@@ -1,4 +1,4 @@
-"""Webhook delivery: signing, retries with backoff, dead rows, resend, and surviving restarts (voicebridge.outbox)."""
+"""Webhook delivery: signing, retries with backoff, dead rows, resend, and surviving restarts (voicebridge.ops.outbox)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from voicebridge.domain.menu import load_menu
-from voicebridge.domain.order import Order, OrderLine
-from voicebridge.outbox import USER_AGENT, OutboxWorker, backoff_delay_s
+from voicebridge.jobs.pizza.menu import load_menu
+from voicebridge.jobs.pizza.order import Order, OrderLine
+from voicebridge.ops.outbox import USER_AGENT, OutboxWorker, backoff_delay_s
 from voicebridge.peers.webhook_receiver import Behavior, Receiver, serve_webhook_receiver
-from voicebridge.store import OutboxRow, Store
+from voicebridge.ops.store import OutboxRow, Store
+from pizza_records import order_detail, orders, outbox_for_order, save_order
 
 MENU = load_menu(None)
 SECRET = "test-webhook-secret-7d1f"
@@ -37,11 +38,11 @@ def confirmed_order() -> Order:
 async def save(store: Store, created_at: datetime | None = None) -> int:
     """Commit a confirmed order (and its outbox row); return its id."""
     when = created_at or datetime.now(timezone.utc)
-    return await store.save_confirmed_order("CA1", confirmed_order(), MENU, tax_rate_bp=800, created_at=when)
+    return await save_order(store, "CA1", confirmed_order(), when)
 
 
 async def box(store: Store, order_id: int) -> OutboxRow:
-    row = await store.outbox_for_order(order_id)
+    row = await outbox_for_order(store, order_id)
     assert row is not None
     return row
 
@@ -132,7 +133,7 @@ async def test_retries_follow_the_backoff_schedule_then_the_row_dies(
 
 
 async def _state_is(store: Store, order_id: int, state: str) -> bool:
-    row = await store.outbox_for_order(order_id)
+    row = await outbox_for_order(store, order_id)
     return row is not None and row.state == state
 
 
@@ -238,7 +239,7 @@ async def test_a_hanging_webhook_times_out_and_is_retried(store: Store) -> None:
 
 
 async def _last_error_is(store: Store, order_id: int, error: str) -> bool:
-    row = await store.outbox_for_order(order_id)
+    row = await outbox_for_order(store, order_id)
     return row is not None and row.last_error == error
 
 
@@ -279,7 +280,7 @@ async def test_outage_across_a_restart_delivers_exactly_once(tmp_path: Path) -> 
 
 
 async def _attempts_at_least(store: Store, order_id: int, n: int) -> bool:
-    row = await store.outbox_for_order(order_id)
+    row = await outbox_for_order(store, order_id)
     return row is not None and row.attempts >= n
 
 
@@ -337,7 +338,7 @@ async def test_resend_revives_a_dead_delivery(store: Store) -> None:
         dead = await box(store, order_id)
         assert (dead.attempts, dead.last_error) == (2, "HTTP 500")
         receiver.behavior = Behavior.OK
-        assert await store.resend(order_id)
+        assert await store.resend(f"order:{order_id}")
         worker.wake()
         await wait_until(lambda: _state_is(store, order_id, "delivered"))
         nursery.cancel_scope.cancel()
@@ -351,7 +352,7 @@ async def test_without_a_url_the_worker_does_not_run_and_rows_stay_pending(
     """No ORDER_WEBHOOK_URL: run() says so once and returns; the order stays pending."""
     order_id = await save(store)
     worker = OutboxWorker(store, None, None)
-    with caplog.at_level(logging.INFO, logger="voicebridge.outbox"):
+    with caplog.at_level(logging.INFO, logger="voicebridge.ops.outbox"):
         with trio.fail_after(1):
             async with trio.open_nursery() as nursery:
                 await nursery.start(worker.run)
@@ -372,7 +373,7 @@ async def test_logs_carry_neither_the_secret_nor_the_payload(
 ) -> None:
     """Failure and success log lines name the order and error, never the secret, customer or URL path."""
     order_id = await save(store)
-    with caplog.at_level(logging.DEBUG, logger="voicebridge.outbox"):
+    with caplog.at_level(logging.DEBUG, logger="voicebridge.ops.outbox"):
         async with trio.open_nursery() as nursery:
             receiver = await start_receiver(nursery)
             receiver.behavior = Behavior.FAIL

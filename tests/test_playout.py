@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voicebridge.playout import Playout, Truncation
+from voicebridge.engine.playout import Playout, Truncation
 
 
 def send(p: Playout, item: str, ms: int, now: float, response: str = "resp_1") -> str:

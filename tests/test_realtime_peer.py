@@ -19,12 +19,12 @@ from openai.types.realtime.realtime_session_create_response import RealtimeSessi
 from pydantic import BaseModel, TypeAdapter
 
 from openai_strict import extra_keys
-from voicebridge.audio import Resampler, pcm16_to_ulaw, ulaw_to_pcm16
+from voicebridge.edges.audio import Resampler, pcm16_to_ulaw, ulaw_to_pcm16
 from voicebridge.peers.asr import PCM, PCMU, Recognizer, alaw_to_pcm16, envelope
 from voicebridge.peers.clips import all_clips, load_clip
 from voicebridge.peers.realtime_server import HandshakeRejected, RealtimePeer, serve_realtime_peer, vad_level_dbfs
 from voicebridge.peers.scenario import load_scenario, parse_scenario
-from voicebridge.protocol.realtime import (
+from voicebridge.edges.protocol.realtime import (
     SessionSettings,
     append_audio,
     item_function_output,
@@ -34,7 +34,7 @@ from voicebridge.protocol.realtime import (
     response_create,
     session_update,
 )
-from voicebridge.transport import MemoryStream, StreamClosed, memory_stream_pair
+from voicebridge.edges.transport import MemoryStream, StreamClosed, memory_stream_pair
 
 SERVER = TypeAdapter(RealtimeServerEvent)
 PATH = "/v1/realtime?model=gpt-realtime"

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from openai_strict import validate_server
 
-from voicebridge.protocol import realtime as rt
-from voicebridge.protocol.errors import ProtocolError
-from voicebridge.protocol.realtime import (
+from voicebridge.edges.protocol import realtime as rt
+from voicebridge.edges.protocol.errors import ProtocolError
+from voicebridge.edges.protocol.realtime import (
     MAX_SERVER_FRAME_CHARS,
     AppendAudio,
     AudioDelta,

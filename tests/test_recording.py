@@ -13,14 +13,15 @@ import trio
 
 from voicebridge.config import Config
 from voicebridge.daemon import make_call_setup, realtime_connector
-from voicebridge.domain.menu import load_menu
+from voicebridge.jobs.pizza.job import PizzaJob
+from voicebridge.jobs.pizza.menu import load_menu
 from voicebridge.peers.realtime_server import RealtimePeer, serve_realtime_peer
 from voicebridge.peers.scenario import parse_scenario
 from voicebridge.peers.twilio_caller import TwilioCaller
-from voicebridge.protocol import twilio_media as tm
-from voicebridge.recording import REDACTED, CallRecorder, read_recording, redact
-from voicebridge.session import run_call
-from voicebridge.transport import memory_stream_pair
+from voicebridge.edges.protocol import twilio_media as tm
+from voicebridge.edges.recording import REDACTED, CallRecorder, read_recording, redact
+from voicebridge.engine.session import run_call
+from voicebridge.edges.transport import memory_stream_pair
 
 API_KEY = "sk-test-recording-0123456789abcdefghij"
 TOKEN = "v1.CAtest.1700000000000.nonce-value.signature-value"
@@ -155,7 +156,7 @@ async def test_write_failure_stops_the_recording_without_raising(tmp_path: Path,
     blocker.write_text("")
     recorder = CallRecorder(blocker / "call.jsonl")
     recorder.started(0.0)
-    with caplog.at_level(logging.WARNING, logger="voicebridge.recording"):
+    with caplog.at_level(logging.WARNING, logger="voicebridge.edges.recording"):
         recorder.add("twilio", "in", start_text())
         recorder.add("twilio", "out", '{"event":"clear"}')
         recorder.close()
@@ -186,7 +187,7 @@ async def test_recorded_call_holds_messages_but_never_the_key_or_the_token(tmp_p
             url = await nursery.start(partial(serve_realtime_peer, peer))
             config = Config(openai_api_key=API_KEY, realtime_url=url, record_dir=tmp_path / "rec",
                             silence_timeout_s=7.0)
-            setup = make_call_setup(config, load_menu(None), realtime_connector(config))
+            setup = make_call_setup(config, PizzaJob(load_menu(None)), realtime_connector(config))
             bridge_end, caller_end = memory_stream_pair()
             caller = TwilioCaller(scenario, call_sid=CALL_SID, stream_sid=STREAM_SID, account_sid=ACCOUNT_SID)
             result: dict[str, object] = {}

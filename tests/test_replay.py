@@ -20,8 +20,8 @@ import trio
 from voicebridge.cli import main as cli_main
 from voicebridge.config import Config
 from voicebridge.peers.scenario import scenario_names
-from voicebridge.recording import read_recording
-from voicebridge.replay import Recording, ReplayReport, load_recording, render_json, replay_all
+from voicebridge.edges.recording import read_recording
+from voicebridge.peers.replay import Recording, ReplayReport, load_recording, render_json, replay_all
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOLERANCE_S = 0.25

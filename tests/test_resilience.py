@@ -109,7 +109,7 @@ async def test_connect_deadline_ends_the_call_when_the_session_never_opens(autoj
     peer = RealtimePeer(load_scenario("full_order"))
 
     async def never_ready(nursery: trio.Nursery) -> object:
-        from voicebridge.transport import memory_stream_pair
+        from voicebridge.edges.transport import memory_stream_pair
 
         ours, _theirs = memory_stream_pair()
         nursery.start_soon(trio.sleep_forever)

@@ -1,4 +1,4 @@
-"""Twilio signature checks and single-use stream tokens (voicebridge.security)."""
+"""Twilio signature checks and single-use stream tokens (voicebridge.edges.security)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
-from voicebridge.security import (
+from voicebridge.edges.security import (
     MemoryUsedStore,
     StreamTokenError,
     StreamTokens,

@@ -1,4 +1,4 @@
-"""SQLite storage: migrations, calls, transcripts, atomic orders and the outbox (voicebridge.store)."""
+"""SQLite storage: migrations, calls, transcripts, atomic orders and the outbox (voicebridge.ops.store)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from typing import AsyncIterator
 import pytest
 import trio
 
-from voicebridge.domain.menu import load_menu
-from voicebridge.domain.order import Order, OrderLine
-from voicebridge.store import SCHEMA_VERSION, Store, StoreError
+from voicebridge.jobs.pizza.menu import load_menu
+from voicebridge.jobs.pizza.order import Order, OrderLine
+from voicebridge.engine.job import CommitError
+from voicebridge.ops.store import SCHEMA_VERSION, Store, StoreError
+from pizza_records import order_detail, orders, outbox_for_order, save_order
 
 MENU = load_menu(None)
 T0 = datetime(2025, 5, 2, 18, 0, 0, tzinfo=timezone.utc)
@@ -64,13 +66,13 @@ async def test_new_database_is_migrated_in_wal_mode(store: Store, db_path: Path)
 async def test_reopening_keeps_data_and_migrates_nothing(db_path: Path) -> None:
     """Opening an up-to-date database again is a no-op for the schema and keeps the rows."""
     first = await Store.open(db_path)
-    order_id = await first.save_confirmed_order("CA1", confirmed_order(), MENU, tax_rate_bp=800, created_at=T0)
+    order_id = await save_order(first, "CA1", confirmed_order(), T0)
     await first.aclose()
     schema = rows(db_path, "SELECT sql FROM sqlite_master ORDER BY name")
     second = await Store.open(db_path)
     try:
         assert await second.schema_version() == SCHEMA_VERSION
-        detail = await second.get_order(order_id)
+        detail = await order_detail(second, order_id)
         assert detail is not None and detail.customer == "Sam"
     finally:
         await second.aclose()
@@ -174,8 +176,8 @@ async def test_transcript_keeps_order_even_when_written_concurrently(store: Stor
 
 async def test_confirmed_order_stores_order_items_and_a_pending_outbox_row(store: Store) -> None:
     """One call stores the order with totals, its items, and an outbox row due at once with the payload."""
-    order_id = await store.save_confirmed_order("CA1", confirmed_order(), MENU, tax_rate_bp=800, created_at=T0)
-    detail = await store.get_order(order_id)
+    order_id = await save_order(store, "CA1", confirmed_order(), T0)
+    detail = await order_detail(store, order_id)
     assert detail is not None
     assert (detail.customer, detail.fulfillment, detail.phone) == ("Sam", "pickup", "+15550100111")
     assert (detail.subtotal_cents, detail.tax_cents, detail.total_cents) == (2300, 184, 2484)
@@ -189,19 +191,20 @@ async def test_confirmed_order_stores_order_items_and_a_pending_outbox_row(store
     assert (box.state, box.attempts, box.next_attempt_at) == ("pending", 0, T0)
     assert box.idempotency_key.startswith(f"order-{order_id}-")
     assert box.payload == rows(store.path, "SELECT payload FROM orders")[0][0]
-    assert await store.next_due(T0) == box
+    due = await store.next_due(T0)
+    assert due is not None and (due.idempotency_key, due.payload, due.event) == (box.idempotency_key, box.payload, "order.created")
     assert await store.next_due(T0 - timedelta(seconds=1)) is None
     assert await store.next_due_time() == T0
 
 
 async def test_idempotency_keys_differ_between_orders(store: Store) -> None:
     """Each order's delivery has its own key."""
-    a = await store.save_confirmed_order("CA1", confirmed_order(), MENU, tax_rate_bp=800, created_at=T0)
-    b = await store.save_confirmed_order("CA2", confirmed_order("Robin"), MENU, tax_rate_bp=800, created_at=T0)
-    boxes = [await store.outbox_for_order(a), await store.outbox_for_order(b)]
+    a = await save_order(store, "CA1", confirmed_order(), T0)
+    b = await save_order(store, "CA2", confirmed_order("Robin"), T0)
+    boxes = [await outbox_for_order(store, a), await outbox_for_order(store, b)]
     assert boxes[0] is not None and boxes[1] is not None
     assert boxes[0].idempotency_key != boxes[1].idempotency_key
-    assert [o.id for o in await store.list_orders()] == [b, a]
+    assert [o.id for o in await orders(store)] == [b, a]
 
 
 async def test_order_and_outbox_commit_together_or_not_at_all(store: Store) -> None:
@@ -211,36 +214,36 @@ async def test_order_and_outbox_commit_together_or_not_at_all(store: Store) -> N
     conn.commit()
     conn.close()
     with pytest.raises(StoreError, match="disk full"):
-        await store.save_confirmed_order("CA1", confirmed_order(), MENU, tax_rate_bp=800, created_at=T0)
+        await save_order(store, "CA1", confirmed_order(), T0)
     assert rows(store.path, "SELECT COUNT(*) FROM orders") == [(0,)]
     assert rows(store.path, "SELECT COUNT(*) FROM order_items") == [(0,)]
     assert rows(store.path, "SELECT COUNT(*) FROM outbox") == [(0,)]
-    assert await store.list_orders() == []
+    assert await orders(store) == []
     # The store still works once the fault is gone.
     conn = sqlite3.connect(store.path)
     conn.execute("DROP TRIGGER fail_outbox")
     conn.commit()
     conn.close()
-    order_id = await store.save_confirmed_order("CA1", confirmed_order(), MENU, tax_rate_bp=800, created_at=T0)
-    assert await store.outbox_for_order(order_id) is not None
+    order_id = await save_order(store, "CA1", confirmed_order(), T0)
+    assert await outbox_for_order(store, order_id) is not None
 
 
 async def test_incomplete_order_is_refused_before_writing(store: Store) -> None:
-    """An order without a name (or not on the menu) is a StoreError and writes nothing."""
+    """An order without a name (or not on the menu) is the job's refusal (CommitError) and writes nothing."""
     order = confirmed_order()
     order.customer_name = None
-    with pytest.raises(StoreError, match="missing name"):
-        await store.save_confirmed_order("CA1", order, MENU, tax_rate_bp=800, created_at=T0)
+    with pytest.raises(CommitError, match="missing name"):
+        await save_order(store, "CA1", order, T0)
     order = confirmed_order()
     order.lines.append(OrderLine("calzone", None, 1))
-    with pytest.raises(StoreError, match="calzone"):
-        await store.save_confirmed_order("CA1", order, MENU, tax_rate_bp=800, created_at=T0)
+    with pytest.raises(CommitError, match="calzone"):
+        await save_order(store, "CA1", order, T0)
     assert rows(store.path, "SELECT COUNT(*) FROM orders") == [(0,)]
 
 
 async def test_outbox_retry_dead_and_resend(store: Store) -> None:
     """A failed attempt is rescheduled; a dead row stays; resend brings it back, --force a delivered one."""
-    order_id = await store.save_confirmed_order("CA1", confirmed_order(), MENU, tax_rate_bp=800, created_at=T0)
+    order_id = await save_order(store, "CA1", confirmed_order(), T0)
     box = await store.next_due(T0)
     assert box is not None
     later = T0 + timedelta(seconds=7)
@@ -248,32 +251,32 @@ async def test_outbox_retry_dead_and_resend(store: Store) -> None:
     assert await store.next_due(T0 + timedelta(seconds=6)) is None
     assert await store.next_due_time() == later
     assert await store.mark_dead(box.id, error="timed out after 10 s")
-    dead = await store.outbox_for_order(order_id)
+    dead = await outbox_for_order(store, order_id)
     assert dead is not None and (dead.state, dead.attempts, dead.last_error) == ("dead", 2, "timed out after 10 s")
     assert await store.next_due(later + timedelta(days=1)) is None
     assert not await store.mark_delivered(box.id, delivered_at=later)  # only pending rows move
-    assert (await store.list_orders())[0].delivery_state == "dead"
+    assert (await orders(store))[0].delivery_state == "dead"
 
-    assert await store.resend(order_id, now=later)
-    revived = await store.outbox_for_order(order_id)
+    assert await store.resend(f"order:{order_id}", now=later)
+    revived = await outbox_for_order(store, order_id)
     assert revived is not None and (revived.state, revived.attempts, revived.next_attempt_at) == ("pending", 0, later)
-    assert not await store.resend(order_id, now=later)  # already pending
+    assert not await store.resend(f"order:{order_id}", now=later)  # already pending
 
     assert await store.mark_delivered(box.id, delivered_at=later)
-    assert not await store.resend(order_id, now=later)
-    assert await store.resend(order_id, force=True, now=later)
-    again = await store.outbox_for_order(order_id)
+    assert not await store.resend(f"order:{order_id}", now=later)
+    assert await store.resend(f"order:{order_id}", force=True, now=later)
+    again = await outbox_for_order(store, order_id)
     assert again is not None and again.state == "pending" and again.delivered_at is None
     with pytest.raises(StoreError, match="order #999"):
-        await store.resend(999)
+        await store.resend(f"order:{999}")
 
 
 async def test_bad_store_arguments_are_store_errors(store: Store) -> None:
-    """Out-of-range ids and limits are refused with StoreError."""
-    with pytest.raises(StoreError, match="order_id"):
-        await store.get_order(0)
-    with pytest.raises(StoreError, match="limit"):
-        await store.list_orders(0)
+    """Out-of-range ids and limits are refused (ValueError from the job's queries, StoreError from the store)."""
+    with pytest.raises(ValueError, match="order_id"):
+        await order_detail(store, 0)
+    with pytest.raises(ValueError, match="limit"):
+        await orders(store, 0)
     with pytest.raises(StoreError, match="timezone-aware"):
         await store.next_due(datetime(2025, 1, 1))
 

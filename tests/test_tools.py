@@ -1,4 +1,4 @@
-"""The model's function tools: definitions, validation, and changes of mind (voicebridge.domain.tools)."""
+"""The model's function tools: definitions, validation, and changes of mind (voicebridge.jobs.pizza.tools)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from voicebridge.domain.menu import load_menu
-from voicebridge.domain.order import MAX_QUANTITY, Order, OrderLine, read_back
-from voicebridge.domain.tools import ToolResult, execute_tool, tool_definitions
+from voicebridge.jobs.pizza.menu import load_menu
+from voicebridge.jobs.pizza.order import MAX_QUANTITY, Order, OrderLine, read_back
+from voicebridge.jobs.pizza.tools import ToolResult, execute_tool, tool_definitions
 
 MENU = load_menu(None)
 TAX = 800

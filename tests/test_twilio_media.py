@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from voicebridge.protocol import twilio_media as tw
-from voicebridge.protocol.errors import ProtocolError
-from voicebridge.protocol.twilio_media import (
+from voicebridge.edges.protocol import twilio_media as tw
+from voicebridge.edges.protocol.errors import ProtocolError
+from voicebridge.edges.protocol.twilio_media import (
     MAX_FRAME_CHARS,
     Connected,
     Dtmf,

@@ -23,8 +23,8 @@ from voicebridge.peers import twiml
 from voicebridge.peers.clips import load_clip
 from voicebridge.peers.scenario import Scenario, parse_scenario
 from voicebridge.peers.twilio_caller import CallerReport, TwilioCaller, new_sid, place_call
-from voicebridge.protocol import twilio_media as tm
-from voicebridge.transport import MemoryStream, StreamClosed, memory_stream_pair
+from voicebridge.edges.protocol import twilio_media as tm
+from voicebridge.edges.transport import MemoryStream, StreamClosed, memory_stream_pair
 
 SILENCE = b"\xff" * 160
 TOKEN = "test-auth-token-0123456789abcdef"

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
-from .config import Config, ConfigError
+from voicebridge import __version__
+from voicebridge.config import Config, ConfigError
 
 log = logging.getLogger("voicebridge")
 
@@ -42,25 +42,25 @@ def _load_config(args: argparse.Namespace) -> Config:
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import trio
 
-    from .daemon import Daemon, serve_daemon
-    from .domain.menu import load_menu
-    from .logs import setup_logging
-    from .store import Store
+    from voicebridge.business import SCHEMAS, build_job
+    from voicebridge.daemon import Daemon, serve_daemon
+    from voicebridge.ops.logs import setup_logging
+    from voicebridge.ops.store import Store
 
     config.check_serve()
     setup_logging(config.log_level, config.log_format,
                   secrets=[config.openai_api_key, config.twilio_auth_token, config.order_webhook_secret])
-    menu = load_menu(config.menu_path)
+    job = build_job(config)
     if config.allow_unsigned:
-        from .security import UNSIGNED_WARNING
+        from voicebridge.edges.security import UNSIGNED_WARNING
 
         log.warning(UNSIGNED_WARNING, extra={"event": "unsigned_mode"})
     log.info("starting voicebridge %s", __version__, extra={"event": "starting", "config": config.redacted()})
 
     async def main() -> None:
-        store = await Store.open(config.db_path)
+        store = await Store.open(config.db_path, schemas=SCHEMAS)
         try:
-            await serve_daemon(Daemon(config, menu=menu, store=store), freeze_gc=True)
+            await serve_daemon(Daemon(config, job=job, store=store), freeze_gc=True)
         finally:
             await store.aclose()
 
@@ -69,13 +69,13 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    from .demo import run_demo
+    from voicebridge.peers.demo import run_demo
 
     return run_demo(config, scenario=args.scenario, quiet=args.quiet)
 
 
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
-    from .replay import run_replay_command
+    from voicebridge.peers.replay import run_replay_command
 
     return run_replay_command(config, [Path(p) for p in args.files], json_out=args.json, tolerance_s=args.tolerance)
 
@@ -135,9 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from .domain.menu import MenuError
-        from .peers.scenario import ScenarioError
-        from .store import StoreError
+        from voicebridge.jobs.pizza.menu import MenuError
+        from voicebridge.peers.scenario import ScenarioError
+        from voicebridge.ops.store import StoreError
 
         if isinstance(exc, (MenuError, ScenarioError, StoreError)):
             print(f"voicebridge: {exc}", file=sys.stderr)

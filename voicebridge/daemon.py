@@ -2,7 +2,7 @@
 
 One Trio nursery holds Hypercorn (serving the Quart-Trio app), the webhook outbox worker, the
 systemd watchdog and the pre-warmed Realtime sessions waiting for their stream. Each call runs
-in its own nursery inside its WebSocket handler (`voicebridge.session.run_call`).
+in its own nursery inside its WebSocket handler (`voicebridge.engine.session.run_call`).
 SIGTERM (or `shutdown`) stops new calls, lets live calls finish up to the drain deadline, then
 ends the rest with the outcome `shutdown` recorded.
 """
@@ -25,23 +25,20 @@ from typing import Any, Callable
 
 import trio
 
-from .config import Config
-from .cost import CallCost
-from .domain.menu import Menu
-from .domain.order import Order
-from .domain.tools import execute_tool, tool_definitions
-from .flow import FlowSettings
-from .logs import call_sid_var
-from .metrics import Metrics
-from .notify import Notifier, watchdog_task
-from .outbox import OutboxWorker
-from .prompts import session_instructions
-from .protocol import realtime as rt
-from .protocol import twilio_media as tw
-from .security import StreamTokenError, StreamTokens, TwilioSignatures
-from .session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call
-from .store import Store
-from .transport import MessageStream, TrioWebSocketStream, close_quietly, ws_connect
+from voicebridge.config import Config
+from voicebridge.ops.cost import CallCost
+from voicebridge.engine.flow import FlowSettings
+from voicebridge.engine.job import Committed, Job
+from voicebridge.ops.logs import call_sid_var
+from voicebridge.ops.metrics import Metrics
+from voicebridge.ops.notify import Notifier, watchdog_task
+from voicebridge.ops.outbox import OutboxWorker
+from voicebridge.edges.protocol import realtime as rt
+from voicebridge.edges.protocol import twilio_media as tw
+from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures
+from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call
+from voicebridge.ops.store import Store
+from voicebridge.edges.transport import MessageStream, TrioWebSocketStream, close_quietly, ws_connect
 
 log = logging.getLogger("voicebridge.daemon")
 
@@ -76,31 +73,19 @@ def realtime_connector(config: Config) -> Connector:
     return connect
 
 
-def order_state(order: Order, menu: Menu, tax_rate_bp: int) -> dict[str, Any]:
-    """The order as the model is told it after a reconnect (the bridge's record)."""
-    lines = [{"line": n, "item": p.line.item, "size": p.line.size, "quantity": p.line.quantity,
-              "toppings": list(p.line.toppings)} for n, p in enumerate(order.priced_lines(menu), 1)]
-    totals = order.totals(menu, tax_rate_bp)
-    return {"lines": lines, "customer": order.customer_name, "fulfillment": order.fulfillment,
-            "subtotal_cents": totals.subtotal_cents, "total_cents": totals.total_cents}
-
-
-def make_call_setup(config: Config, menu: Menu, connector: Connector, *,
+def make_call_setup(config: Config, job: Job, connector: Connector, *,
                     check_start: Callable[[tw.Start], None] | None = None) -> CallSetup:
-    """How every call is set up: Realtime session settings, tools, timers, order handling."""
+    """How every call is set up: Realtime session settings, the job's tools and words, timers."""
     return CallSetup(
         connect=connector,
         session=rt.SessionSettings(
-            instructions=session_instructions(menu.shop_name, menu.summary_text()),
-            tools=tuple(tool_definitions(menu)), voice=config.voice, audio_format=config.audio_format),
+            instructions=job.instructions(datetime.now(timezone.utc)),  # re-made for each session
+            tools=tuple(job.tool_definitions()), voice=config.voice, audio_format=config.audio_format),
         flow=FlowSettings(
             silence_timeout_s=config.silence_timeout_s, max_call_s=config.max_call_s,
             response_stall_timeout_s=config.response_stall_timeout_s,
-            reconnect_budget_s=config.reconnect_budget_s, session_rotate_s=config.session_rotate_s,
-            tax_rate_bp=config.tax_rate_bp),
-        new_order=lambda caller: Order.empty(caller_number=caller),
-        run_tool=lambda order, name, args: execute_tool(order, menu, name, args, tax_rate_bp=config.tax_rate_bp),
-        order_state=lambda order: order_state(order, menu, config.tax_rate_bp),
+            reconnect_budget_s=config.reconnect_budget_s, session_rotate_s=config.session_rotate_s),
+        job=job,
         connect_timeout_s=config.realtime_connect_timeout_s,
         check_start=check_start,
         record_dir=config.record_dir,
@@ -108,10 +93,10 @@ def make_call_setup(config: Config, menu: Menu, connector: Connector, *,
 
 
 class Daemon:
-    def __init__(self, config: Config, *, menu: Menu, store: Store, metrics: Metrics | None = None,
+    def __init__(self, config: Config, *, job: Job, store: Store, metrics: Metrics | None = None,
                  connector: Connector | None = None, notifier: Notifier | None = None) -> None:
         self.config = config
-        self.menu = menu
+        self.job = job
         self.store = store
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier()
@@ -128,7 +113,7 @@ class Daemon:
         self.nursery: trio.Nursery | None = None
         self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret,
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
-        self.setup = make_call_setup(config, menu, connector or realtime_connector(config), check_start=self._check_start)
+        self.setup = make_call_setup(config, job, connector or realtime_connector(config), check_start=self._check_start)
 
     # -- pre-warm ----------------------------------------------------------------------------
 
@@ -176,7 +161,7 @@ class Daemon:
 
     async def handle_stream(self, twilio: MessageStream) -> CallResult:
         hooks = CallHooks(on_event=self._on_event, on_started=self._on_started, on_transcript=self._on_transcript,
-                          save_order=self._save_order, on_ended=self._on_ended, on_live=self._on_live,
+                          commit=self._commit, on_ended=self._on_ended, on_live=self._on_live,
                           on_outcome=self._remember_outcome, on_forward=self._on_forward)
         return await run_call(twilio, self.setup, hooks, prewarmed=self.claim_prewarmed)
 
@@ -206,13 +191,12 @@ class Daemon:
         except Exception as exc:
             log.error("could not store a transcript line: %s", exc, extra={"event": "store_error"})
 
-    async def _save_order(self, call_sid: str, order: Order) -> tuple[int, dict[str, Any]]:
-        order_id = await self.store.save_confirmed_order(call_sid, order, self.menu, tax_rate_bp=self.config.tax_rate_bp,
-                                                         created_at=datetime.now(timezone.utc))
+    async def _commit(self, call_sid: str, task: Any) -> Committed:
+        """The caller said yes: the job writes its task and outbox events in one transaction."""
+        now = datetime.now(timezone.utc)
+        done = await self.store.commit(lambda tx: self.job.commit(tx, call_sid, task, now), now=now)
         self.outbox.wake()
-        totals = order.totals(self.menu, self.config.tax_rate_bp)
-        return order_id, {"subtotal_cents": totals.subtotal_cents, "tax_cents": totals.tax_cents,
-                          "total_cents": totals.total_cents}
+        return done
 
     def _on_event(self, call_sid: str, kind: str, fields: dict[str, Any]) -> None:
         m = self.metrics
@@ -257,7 +241,7 @@ class Daemon:
         self.metrics.add_call_cost(total)
         details = {**cost.details(), "counts": result.counts, "first_audio_s": result.first_audio_s}
         for observe in self.observers:
-            observe(sid, "ended", {"outcome": result.outcome, "cost_usd": str(total), "order_id": result.order_id})
+            observe(sid, "ended", {"outcome": result.outcome, "cost_usd": str(total), "committed_id": result.committed_id})
         try:
             await self.store.call_ended(sid, outcome=result.outcome, ended_at=result.ended_at or datetime.now(timezone.utc),
                                         cost_usd=total, cost_details=details)
@@ -323,7 +307,7 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     from hypercorn.config import Config as HyperConfig
     from hypercorn.trio import serve
 
-    from .web import create_app, serve_front
+    from voicebridge.edges.web import create_app, serve_front
 
     cfg = daemon.config
     app = create_app(daemon)

@@ -10,7 +10,7 @@ import attrs
 import trio
 
 from voicebridge.config import Config, ConfigError
-from voicebridge.outbound import OutboundError, check_e164, place_call
+from voicebridge.edges.outbound import OutboundError, check_e164, place_call
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # Twilio refused the call or could not be reached

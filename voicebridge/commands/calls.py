@@ -9,7 +9,7 @@ from typing import Any
 
 from voicebridge.commands.orders import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _local, _positive, _with_store
 from voicebridge.config import Config
-from voicebridge.store import CallRow, Store, TranscriptRow
+from voicebridge.ops.store import CallRow, Store, TranscriptRow
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -14,9 +14,11 @@ from typing import Any, Awaitable, Callable, TypeVar
 import trio
 
 from voicebridge.config import Config
-from voicebridge.domain.menu import format_money
-from voicebridge.outbox import POLL_S
-from voicebridge.store import OrderDetail, OrderRow, OutboxRow, Store, StoreError
+from voicebridge.jobs.pizza.menu import format_money
+from voicebridge.ops.outbox import POLL_S
+from voicebridge.business import SCHEMAS
+from voicebridge.jobs.pizza.records import Delivery, OrderDetail, OrderRow, get_order, list_orders
+from voicebridge.ops.store import OutboxRow, Store, StoreError
 
 T = TypeVar("T")
 
@@ -72,7 +74,7 @@ def _with_store(config: Config, command: str, fn: Callable[[Store], Awaitable[T]
         return None
 
     async def main() -> T:
-        store = await Store.open(config.db_path)
+        store = await Store.open(config.db_path, schemas=SCHEMAS)
         try:
             return await fn(store)
         finally:
@@ -90,7 +92,7 @@ def _with_store(config: Config, command: str, fn: Callable[[Store], Awaitable[T]
 
 def run_list(args: argparse.Namespace, config: Config) -> int:
     """Print recent orders, newest first."""
-    rows = _with_store(config, "orders", lambda store: store.list_orders(args.limit))
+    rows = _with_store(config, "orders", lambda store: store.read(lambda tx: list_orders(tx, args.limit)))
     if rows is None:
         return EXIT_USAGE
     if args.list_json:
@@ -150,7 +152,7 @@ def run_show(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _get(store: Store, order_id: int) -> tuple[OrderDetail | None]:
-    return (await store.get_order(order_id),)
+    return (await store.read(lambda tx: get_order(tx, order_id)),)
 
 
 # -- resend -----------------------------------------------------------------------------
@@ -160,11 +162,12 @@ def run_resend(args: argparse.Namespace, config: Config) -> int:
     """Put a failed (or, with --force, delivered) delivery back in the queue."""
 
     async def resend(store: Store) -> tuple[OutboxRow | None, bool, OutboxRow | None]:
-        before = await store.outbox_for_order(args.id)
+        subject = f"order:{args.id}"
+        before = await store.outbox_for(subject)
         if before is None:
             return None, False, None
-        done = await store.resend(args.id, force=args.force)
-        return before, done, await store.outbox_for_order(args.id)
+        done = await store.resend(subject, force=args.force)
+        return before, done, await store.outbox_for(subject)
 
     result = _with_store(config, "resend", resend)
     if result is None:
@@ -211,7 +214,7 @@ def _state(r: OrderRow) -> str:
     return f"retrying ({tries}; last error: {r.last_error})"
 
 
-def _delivery_text(order_id: int, box: OutboxRow | None) -> str:
+def _delivery_text(order_id: int, box: Delivery | None) -> str:
     if box is None:
         return "no delivery row"
     tries = f"{box.attempts} {'attempt' if box.attempts == 1 else 'attempts'}"

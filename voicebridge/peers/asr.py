@@ -28,7 +28,7 @@ from typing import Iterable
 
 import attrs
 
-from voicebridge.audio import DIGITAL_SILENCE_DBFS, energy_dbfs
+from voicebridge.edges.audio import DIGITAL_SILENCE_DBFS, energy_dbfs
 from voicebridge.peers.clips import Clip, all_clips
 
 PCMU, PCMA, PCM = "audio/pcmu", "audio/pcma", "audio/pcm"

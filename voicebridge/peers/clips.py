@@ -15,7 +15,7 @@ from importlib.resources.abc import Traversable
 
 import attrs
 
-from voicebridge.audio import ulaw_ms
+from voicebridge.edges.audio import ulaw_ms
 
 SPEAKERS = ("assistant", "caller")
 MANIFEST = "clips.json"

@@ -47,13 +47,13 @@ import attrs
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from voicebridge.audio import Resampler, ulaw_to_pcm16
+from voicebridge.edges.audio import Resampler, ulaw_to_pcm16
 from voicebridge.peers import realtime_events as ev
 from voicebridge.peers.asr import PCM, PCMA, PCMU, Recognition, Recognizer, bytes_per_ms, pcm16_to_alaw, window_dbfs
 from voicebridge.peers.clips import load_clip
 from voicebridge.peers.scenario import Fault, Reply, Scenario
-from voicebridge.protocol._codec import b64_encode, dumps
-from voicebridge.protocol.realtime import (
+from voicebridge.edges.protocol._codec import b64_encode, dumps
+from voicebridge.edges.protocol.realtime import (
     MAX_CLIENT_FRAME_CHARS,
     AppendAudio,
     ClearBuffer,
@@ -68,7 +68,7 @@ from voicebridge.protocol.realtime import (
     SessionUpdate,
     parse_client,
 )
-from voicebridge.transport import MessageStream, StreamClosed, TrioWebSocketStream
+from voicebridge.edges.transport import MessageStream, StreamClosed, TrioWebSocketStream
 
 log = logging.getLogger(__name__)
 

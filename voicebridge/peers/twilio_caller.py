@@ -52,15 +52,15 @@ import trio
 from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_url
 from twilio.request_validator import RequestValidator
 
-from voicebridge.protocol import twilio_media as tm
-from voicebridge.protocol._codec import b64_decode, b64_encode
-from voicebridge.protocol.errors import ProtocolError
-from voicebridge.transport import MessageStream, StreamClosed, TrioWebSocketStream, close_quietly
+from voicebridge.edges.protocol import twilio_media as tm
+from voicebridge.edges.protocol._codec import b64_decode, b64_encode
+from voicebridge.edges.protocol.errors import ProtocolError
+from voicebridge.edges.transport import MessageStream, StreamClosed, TrioWebSocketStream, close_quietly
 
-from . import twiml
-from .clips import load_clip
-from .scenario import CallerStep, Scenario
-from .wakeup import Wakeup as _Signal
+from voicebridge.peers import twiml
+from voicebridge.peers.clips import load_clip
+from voicebridge.peers.scenario import CallerStep, Scenario
+from voicebridge.peers.wakeup import Wakeup as _Signal
 
 FRAME_BYTES = 160  # 20 ms of µ-law at 8 kHz
 FRAME_S = 0.020

@@ -24,10 +24,10 @@ class SendCaller:
 
 
 @attrs.frozen
-class SaveOrder:
-    """Commit the confirmed order and its webhook outbox row, then fire `order_saved`."""
+class Commit:
+    """Commit the job's confirmed task with its outbox events, then fire `committed` (or `commit_failed`)."""
 
-    call_id: str | None  # the confirm_order tool call to answer, or None (confirmed by DTMF)
+    call_id: str | None  # the confirming tool call to answer, or None (confirmed by DTMF)
 
 
 @attrs.frozen
@@ -68,4 +68,4 @@ class Notice:
     fields: dict[str, Any] = attrs.field(factory=dict)
 
 
-Effect = Union[SendModel, SendCaller, SaveOrder, ArmTimer, DisarmTimer, Hangup, Rotate, Transcript, Notice]
+Effect = Union[SendModel, SendCaller, Commit, ArmTimer, DisarmTimer, Hangup, Rotate, Transcript, Notice]

@@ -85,7 +85,7 @@ class Metrics:
         self.realtime_errors_total.labels(label).inc()
 
     def add_call_cost(self, usd: Decimal) -> None:
-        """Add one call's estimated cost (a non-negative Decimal, see `voicebridge.cost`)."""
+        """Add one call's estimated cost (a non-negative Decimal, see `voicebridge.ops.cost`)."""
         if usd < 0:
             raise ValueError("a call cost cannot be negative")
         self.call_cost_usd_total.inc(float(usd))

@@ -1,8 +1,8 @@
-"""The words the bridge gives the model: session instructions and per-response instructions."""
+"""The pizza shop's words for the model: session instructions and the job's fixed prompts."""
 
 from __future__ import annotations
 
-from typing import Any
+from voicebridge.engine.job import JobPrompts
 
 
 def session_instructions(shop_name: str, menu_text: str) -> str:
@@ -21,28 +21,15 @@ def session_instructions(shop_name: str, menu_text: str) -> str:
 
 
 GREETING = "Greet the caller: thank them for calling the shop and ask what you can get started for them."
-REPROMPT = "The caller has been silent for a while. Ask, in a few words, whether they are still there."
-GOODBYE_SILENCE = (
-    "The caller is still silent. Say you will hang up now, that they can call back any time, and goodbye. "
-    "Do not call any tool."
-)
-GOODBYE_MAX = "The call has reached its maximum length. Apologise, say goodbye politely. Do not call any tool."
-TRANSFER = "The caller wants a person. Say in one short sentence that you are connecting them with the shop now."
-RESUME = (
-    "The line dropped for a moment and has just come back. Apologise in a few words and continue exactly "
-    "where the conversation left off."
-)
 CONFIRMED_BY_KEYPAD = (
     "The caller pressed 1 to confirm and the order is saved. Tell them it is confirmed, thank them, say "
     "goodbye, then call end_call."
 )
+TRANSFER = "The caller wants a person. Say in one short sentence that you are connecting them with the shop now."
+SAVE_FAILED = "The order could not be saved. Apologise and offer to connect the caller with the shop."
+NOT_READ_BACK = ("The order has not been read back yet. Call review_order and read its read_back to the caller, "
+                 "then ask them to confirm.")
 
-
-def restore_context(order_state: dict[str, Any], turns: list[tuple[str, str]]) -> str:
-    """A system message that carries a call over to a new Realtime session."""
-    lines = ["This call continues from an earlier session that was interrupted.",
-             f"The order so far (the bridge's record, authoritative): {order_state}"]
-    if turns:
-        lines.append("The most recent turns, oldest first:")
-        lines += [f"- {role}: {text}" for role, text in turns]
-    return "\n".join(lines)
+PROMPTS = JobPrompts(greeting=GREETING, confirmed_by_keypad=CONFIRMED_BY_KEYPAD, save_failed=SAVE_FAILED,
+                     not_read_back=NOT_READ_BACK, transfer=TRANSFER,
+                     saved_as="The order is saved as number {id}.")

@@ -6,7 +6,7 @@ import binascii
 import json
 from typing import Any
 
-from .errors import ProtocolError
+from voicebridge.edges.protocol.errors import ProtocolError
 
 try:  # orjson is optional: several times faster on the per-frame path, same results.
     import orjson as _orjson

@@ -15,8 +15,8 @@ from typing import Any, Union
 
 import attrs
 
-from ._codec import Fields, b64_decode, b64_len, dumps, loads
-from .errors import ProtocolError
+from voicebridge.edges.protocol._codec import Fields, b64_decode, b64_len, dumps, loads
+from voicebridge.edges.protocol.errors import ProtocolError
 
 SOURCE = "twilio"
 MAX_FRAME_CHARS = 256 * 1024  # a 20 ms media frame is ~400 characters; marks are tiny

@@ -1,5 +1,5 @@
 """Sans-I/O wire protocols: Twilio Media Streams and the OpenAI Realtime API (GA)."""
 
-from .errors import ProtocolError
+from voicebridge.edges.protocol.errors import ProtocolError
 
 __all__ = ["ProtocolError"]

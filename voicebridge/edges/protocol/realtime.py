@@ -14,8 +14,8 @@ from typing import Any, Iterable, Union
 
 import attrs
 
-from ._codec import Fields, b64_len, dumps, loads
-from .errors import ProtocolError
+from voicebridge.edges.protocol._codec import Fields, b64_len, dumps, loads
+from voicebridge.edges.protocol.errors import ProtocolError
 
 SOURCE = "realtime"
 MAX_SERVER_FRAME_CHARS = 4 * 1024 * 1024

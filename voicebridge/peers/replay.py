@@ -1,6 +1,6 @@
 """`voicebridge replay`: play the peers' side of a recorded call against the daemon, and compare.
 
-A recording (`voicebridge.recording`) holds every message of a call on both of its sockets.
+A recording (`voicebridge.edges.recording`) holds every message of a call on both of its sockets.
 The replay runs the real daemon in-process on 127.0.0.1, exactly as `voicebridge demo` does
 (`Daemon` + `serve_daemon`, a temporary SQLite file, unsigned Twilio requests, a public https
 origin mapped to the loopback port), with the call settings of the recording's meta line, no
@@ -58,10 +58,10 @@ from typing import Any, Awaitable, Callable
 import attrs
 import trio
 
-from .config import Config
-from .recording import read_recording_lines
-from .transport import close_quietly
-from .peers.wakeup import Wakeup as _Signal
+from voicebridge.config import Config
+from voicebridge.edges.recording import read_recording_lines
+from voicebridge.edges.transport import close_quietly
+from voicebridge.peers.wakeup import Wakeup as _Signal
 
 REPLAY_PUBLIC_URL = "https://voicebridge-replay.invalid"  # a reserved name: never resolves, never leaves the machine
 REPLAY_API_KEY = "replay-local-key"  # what the bridge presents to the replay server; never a real key
@@ -379,7 +379,7 @@ class ReplayRealtimeServer:
     async def _handle(self, request: Any) -> None:
         from trio_websocket import ConnectionClosed
 
-        from .peers import realtime_events as ev
+        from voicebridge.peers import realtime_events as ev
 
         target = urllib.parse.urlsplit(request.path)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
@@ -425,7 +425,7 @@ class ReplayRealtimeServer:
 
 
 def _session_update(text: str | bytes) -> dict[str, Any] | None:
-    from .protocol.realtime import ClientEventError, SessionUpdate, parse_client
+    from voicebridge.edges.protocol.realtime import ClientEventError, SessionUpdate, parse_client
 
     try:
         event = parse_client(text)
@@ -553,9 +553,9 @@ class _StartTogether:
 
 async def _run_replay(recording: Recording, config: Config, *, tolerance_s: float, grace_s: float,
                       start: _StartTogether | None = None) -> _Replayed:
-    from .daemon import Daemon, serve_daemon
-    from .domain.menu import load_menu
-    from .store import Store
+    from voicebridge.business import SCHEMAS, build_job
+    from voicebridge.daemon import Daemon, serve_daemon
+    from voicebridge.ops.store import Store
 
     plan = plan_replay(recording)
     report = ReplayReport(recording.name, connections_recorded=plan.connections,
@@ -576,9 +576,9 @@ async def _run_replay(recording: Recording, config: Config, *, tolerance_s: floa
         async with trio.open_nursery() as nursery:
             realtime_url = await nursery.start(server.serve)
             cfg = replay_config(config, recording, realtime_url=realtime_url, db_path=Path(tmp) / "replay.sqlite3")
-            store = await Store.open(cfg.db_path)
+            store = await Store.open(cfg.db_path, schemas=SCHEMAS)
             try:
-                daemon = Daemon(cfg, menu=load_menu(cfg.menu_path), store=store)
+                daemon = Daemon(cfg, job=build_job(cfg), store=store)
                 daemon.observers.append(observe)
                 stop = trio.Event()
                 async with trio.open_nursery() as daemon_nursery:
@@ -636,7 +636,7 @@ class _ReplayCaller:
                   ready: Callable[[], Awaitable[None]]) -> None:
         import httpx
 
-        from .peers import twiml
+        from voicebridge.peers import twiml
 
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, trust_env=False, follow_redirects=False) as client:
             await ready()
@@ -672,7 +672,7 @@ class _ReplayCaller:
     async def _fetch(self, client: Any, base: str, path: str, status: str) -> Any:
         import httpx
 
-        from .peers import twiml
+        from voicebridge.peers import twiml
 
         try:
             response = await client.post(base + path, data=self._form(status))
@@ -692,7 +692,7 @@ class _ReplayCaller:
         from trio_websocket import (ConnectionClosed, ConnectionRejected, DisconnectionTimeout, HandshakeError,
                                     open_websocket_url)
 
-        from .protocol import twilio_media as tm
+        from voicebridge.edges.protocol import twilio_media as tm
 
         try:
             async with open_websocket_url(url, connect_timeout=HTTP_TIMEOUT_S, disconnect_timeout=CLOSE_TIMEOUT_S,
@@ -1118,7 +1118,7 @@ def run_replay_command(config: Config, files: list[Path], *, json_out: bool, tol
         for error in errors:
             print(f"voicebridge replay: {error}", file=sys.stderr)
         return 2
-    from .domain.menu import load_menu
+    from voicebridge.jobs.pizza.menu import load_menu
 
     load_menu(config.menu_path)  # a bad menu stops here with one line (cli: MenuError, exit 2)
     logging.basicConfig(level=logging.ERROR, format="  [%(levelname)s] %(name)s: %(message)s")

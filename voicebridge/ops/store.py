@@ -1,12 +1,15 @@
-"""SQLite storage: calls, transcripts, confirmed orders and the webhook outbox.
+"""SQLite storage plumbing: calls, transcripts, the webhook outbox, and the jobs' own tables.
 
 One connection in WAL mode. Every public method is async and runs its SQL in a worker
 thread (`trio.to_thread.run_sync`), one at a time behind a lock, so a slow disk never
-blocks a call. A confirmed order, its items and its outbox row commit in one transaction.
+blocks a call. A job's commit (`Store.commit`) runs in ONE transaction with the outbox
+events it queues, so a confirmed order or booking and its webhook delivery are never apart.
 
-The schema is a list of migrations applied in order, each in its own transaction, with
-the version kept in `PRAGMA user_version`. A database written by a newer voicebridge
-refuses to open. Datetimes are stored as ISO-8601 UTC text (`2025-01-31T18:04:05.000000Z`).
+The store knows no job: each job hands its own migrations (`Job.schema`) to `Store.open`.
+The engine's schema is a list of migrations applied in order, each in its own transaction,
+with the version kept in `PRAGMA user_version`; each job's version is kept in the
+`schema_versions` table. A database written by a newer voicebridge refuses to open.
+Datetimes are stored as ISO-8601 UTC text (`2025-01-31T18:04:05.000000Z`).
 """
 
 from __future__ import annotations
@@ -18,13 +21,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import attrs
 import trio
 
-from voicebridge.domain.menu import Menu
-from voicebridge.domain.order import FULFILLMENTS, Order, OrderError
 
 T = TypeVar("T")
 
@@ -103,6 +104,36 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX outbox_due ON outbox (state, next_attempt_at)",
         "CREATE INDEX outbox_by_order ON outbox (order_id)",
     ),
+    # 2: the outbox carries any job's events (order.created, booking.created, ...) to any target
+    # (the webhook, a calendar); each job's own tables are versioned in schema_versions.
+    (
+        """CREATE TABLE outbox_events (
+            id INTEGER PRIMARY KEY,
+            event TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            target TEXT NOT NULL DEFAULT 'webhook',
+            idempotency_key TEXT NOT NULL UNIQUE,
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,
+            last_error TEXT,
+            delivered_at TEXT,
+            created_at TEXT NOT NULL
+        )""",
+        """INSERT INTO outbox_events (id, event, subject, target, idempotency_key, payload, state, attempts,
+            next_attempt_at, last_error, delivered_at, created_at)
+           SELECT id, 'order.created', 'order:' || order_id, 'webhook', idempotency_key, payload, state, attempts,
+            next_attempt_at, last_error, delivered_at, created_at FROM outbox""",
+        "DROP TABLE outbox",
+        "ALTER TABLE outbox_events RENAME TO outbox",
+        "CREATE INDEX outbox_due ON outbox (state, target, next_attempt_at)",
+        "CREATE INDEX outbox_by_subject ON outbox (subject)",
+        """CREATE TABLE schema_versions (
+            component TEXT PRIMARY KEY,
+            version INTEGER NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -141,7 +172,9 @@ class TranscriptRow:
 @attrs.frozen
 class OutboxRow:
     id: int
-    order_id: int
+    event: str  # "order.created", "booking.created", ...
+    subject: str  # what it is about: "order:12", "booking:3"
+    target: str  # where it goes: "webhook", or another sender the daemon has (a calendar)
     idempotency_key: str
     payload: str  # the exact JSON body sent, the same on every attempt
     state: str
@@ -150,55 +183,6 @@ class OutboxRow:
     last_error: str | None
     delivered_at: datetime | None
     created_at: datetime
-
-
-@attrs.frozen
-class OrderRow:
-    """One line of `voicebridge orders`."""
-
-    id: int
-    call_sid: str | None
-    created_at: datetime
-    status: str
-    customer: str
-    fulfillment: str
-    total_cents: int
-    delivery_state: str | None  # the outbox row's state
-    attempts: int
-    last_error: str | None
-
-
-@attrs.frozen
-class OrderItemRow:
-    line: int
-    item: str
-    name: str
-    size: str | None
-    quantity: int
-    toppings: tuple[str, ...]  # display names
-    notes: str | None
-    unit_cents: int
-    line_cents: int
-
-
-@attrs.frozen
-class OrderDetail:
-    """Everything stored about one order."""
-
-    id: int
-    call_sid: str | None
-    created_at: datetime
-    status: str
-    customer: str
-    fulfillment: str
-    address: str | None
-    phone: str | None
-    subtotal_cents: int
-    tax_cents: int
-    total_cents: int
-    items: tuple[OrderItemRow, ...]
-    payload: dict[str, Any]
-    outbox: OutboxRow | None
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -247,7 +231,9 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 def _outbox_row(r: sqlite3.Row) -> OutboxRow:
     return OutboxRow(
         id=r["id"],
-        order_id=r["order_id"],
+        event=r["event"],
+        subject=r["subject"],
+        target=r["target"],
         idempotency_key=r["idempotency_key"],
         payload=r["payload"],
         state=r["state"],
@@ -259,7 +245,10 @@ def _outbox_row(r: sqlite3.Row) -> OutboxRow:
     )
 
 
-def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+Schemas = Mapping[str, Sequence[Sequence[str]]]  # component (a job's name) -> its migrations
+
+
+def _connect(path: Path, busy_timeout_ms: int, schemas: Schemas) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
@@ -270,6 +259,8 @@ def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = FULL")  # a confirmed order survives a power cut
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn, path)
+        for component, migrations in schemas.items():
+            _migrate_component(conn, path, component, migrations)
     except BaseException:
         conn.close()
         raise
@@ -292,6 +283,58 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(f"PRAGMA user_version = {version + 1}")
 
 
+def _migrate_component(conn: sqlite3.Connection, path: Path, component: str, migrations: Sequence[Sequence[str]]) -> None:
+    """Apply a job's own migrations after the engine's; its version lives in schema_versions."""
+    for _ in range(len(migrations) + 1):
+        with _transaction(conn):
+            row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
+            version = 0 if row is None else row[0]
+            if version > len(migrations):
+                raise StoreError(
+                    f"database {path}: the {component} tables have schema version {version}, newer than this "
+                    f"voicebridge (which knows up to {len(migrations)}); upgrade voicebridge or use another VOICEBRIDGE_DB"
+                )
+            if version == len(migrations):
+                return
+            for statement in migrations[version]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_versions (component, version) VALUES (?, ?)"
+                         " ON CONFLICT (component) DO UPDATE SET version = excluded.version", (component, version + 1))
+
+
+class _SqliteTransaction:
+    """`voicebridge.engine.job.Transaction` on an open SQLite transaction (or a read-only connection)."""
+
+    def __init__(self, conn: sqlite3.Connection, now: datetime, *, writable: bool) -> None:
+        self._conn = conn
+        self._now = utc_text(now, "now")
+        self._writable = writable
+        self.enqueued = 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self._conn.execute(sql, tuple(params))
+        return [dict(r) for r in cur.fetchall()] if cur.description else []
+
+    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if not self._writable:
+            raise StoreError("a read cannot insert")
+        cur = self._conn.execute(sql, tuple(params))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def enqueue(self, event: str, subject: str, payload: dict[str, Any], target: str = "webhook") -> None:
+        if not self._writable:
+            raise StoreError("a read cannot queue a delivery")
+        body = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_json_default)
+        key = f"{subject.replace(':', '-')}-{secrets.token_hex(8)}"
+        self._conn.execute(
+            "INSERT INTO outbox (event, subject, target, idempotency_key, payload, state, attempts, next_attempt_at,"
+            " created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+            (event, subject, target, key, body, self._now, self._now),
+        )
+        self.enqueued += 1
+
+
 # -- the store --------------------------------------------------------------------------
 
 
@@ -305,9 +348,11 @@ class Store:
         self._lock = trio.Lock()
 
     @classmethod
-    async def open(cls, path: Path, *, threaded: bool = True, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Store:
+    async def open(cls, path: Path, *, threaded: bool = True, busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+                   schemas: Schemas | None = None) -> Store:
         """Open (creating and migrating) the database at `path`; its directory must exist.
 
+        `schemas` are the jobs' own migrations (`{job.name: job.schema}`), applied after the engine's.
         `busy_timeout_ms` is how long a write waits for another process's lock.
         `threaded=False` runs SQL on the event loop itself: only for tests on a mock clock,
         never in the daemon.
@@ -319,9 +364,9 @@ class Store:
             raise StoreError(f"database {path}: not a regular file")
         try:
             if threaded:
-                conn = await trio.to_thread.run_sync(_connect, path, busy_timeout_ms)
+                conn = await trio.to_thread.run_sync(_connect, path, busy_timeout_ms, dict(schemas or {}))
             else:
-                conn = _connect(path, busy_timeout_ms)
+                conn = _connect(path, busy_timeout_ms, dict(schemas or {}))
         except sqlite3.Error as exc:
             raise StoreError(f"database {path}: {exc}") from None
         return cls(conn, path, threaded)
@@ -485,179 +530,62 @@ class Store:
 
         return await self._run(query)
 
-    # -- orders
+    # -- a job's commit, and its reads
 
-    async def save_confirmed_order(
-        self, call_sid: str | None, order: Order, menu: Menu, *, tax_rate_bp: int, created_at: datetime
-    ) -> int:
-        """Store a confirmed order, its items and its pending outbox row in ONE transaction.
+    async def commit(self, fn: Callable[[_SqliteTransaction], T], *, now: datetime | None = None) -> T:
+        """Run a job's commit in ONE transaction: its rows and the outbox events it queues land together
+        or not at all. `fn` runs in the store's thread; an exception rolls everything back."""
+        at = now or datetime.now(timezone.utc)
 
-        Returns the new order id. The webhook payload (with `order_id`) is built here and
-        stored as the exact body every delivery attempt sends.
-        """
-        call_sid = _text(call_sid, "call_sid", optional=True, max_len=64)
-        created = utc_text(created_at, "created_at")
-        missing = order.missing()
-        if missing:
-            raise StoreError(f"the order is not complete: missing {', '.join(missing)}")
-        assert order.fulfillment in FULFILLMENTS and order.customer_name
-        try:
-            payload = order.to_json(menu, tax_rate_bp, call_sid=call_sid, created_at=created_at)
-        except (OrderError, ValueError) as exc:
-            raise StoreError(f"the order does not match the menu: {exc}") from None
-        key_suffix = secrets.token_hex(8)
-
-        def insert(conn: sqlite3.Connection) -> int:
+        def run(conn: sqlite3.Connection) -> T:
             with _transaction(conn):
-                cur = conn.execute(
-                    "INSERT INTO orders (call_sid, created_at, status, customer, fulfillment, address, phone,"
-                    " subtotal_cents, tax_cents, total_cents, payload)"
-                    " VALUES (?, ?, 'confirmed', ?, ?, ?, ?, ?, ?, ?, '')",
-                    (
-                        call_sid,
-                        created,
-                        order.customer_name,
-                        order.fulfillment,
-                        payload["delivery_address"],
-                        order.phone,
-                        payload["subtotal_cents"],
-                        payload["tax_cents"],
-                        payload["total_cents"],
-                    ),
-                )
-                order_id = cur.lastrowid
-                assert order_id is not None
-                body = json.dumps({**payload, "order_id": order_id}, sort_keys=True, separators=(",", ":"))
-                conn.execute("UPDATE orders SET payload = ? WHERE id = ?", (body, order_id))
-                conn.executemany(
-                    "INSERT INTO order_items (order_id, line, item, name, size, quantity, toppings, notes,"
-                    " unit_cents, line_cents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            order_id,
-                            it["line"],
-                            it["item"],
-                            it["name"],
-                            it["size"],
-                            it["quantity"],
-                            json.dumps([t["name"] for t in it["toppings"]]),
-                            it["notes"],
-                            it["unit_price_cents"],
-                            it["line_total_cents"],
-                        )
-                        for it in payload["items"]
-                    ],
-                )
-                conn.execute(
-                    "INSERT INTO outbox (order_id, idempotency_key, payload, state, attempts, next_attempt_at,"
-                    " created_at) VALUES (?, ?, ?, 'pending', 0, ?, ?)",
-                    (order_id, f"order-{order_id}-{key_suffix}", body, created, created),
-                )
-                return order_id
+                return fn(_SqliteTransaction(conn, at, writable=True))
 
-        return await self._run(insert)
+        return await self._run(run)
 
-    async def list_orders(self, limit: int = 20) -> list[OrderRow]:
-        """The most recent orders first, with their delivery state."""
-        _limit(limit)
+    async def read(self, fn: Callable[[_SqliteTransaction], T]) -> T:
+        """Run a job's query (`fn` sees a Transaction that can only read)."""
 
-        def query(conn: sqlite3.Connection) -> list[OrderRow]:
-            rows = conn.execute(
-                "SELECT o.*, x.state, x.attempts, x.last_error FROM orders o"
-                " LEFT JOIN outbox x ON x.order_id = o.id ORDER BY o.id DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-            return [
-                OrderRow(
-                    id=r["id"],
-                    call_sid=r["call_sid"],
-                    created_at=_req_dt(r["created_at"]),
-                    status=r["status"],
-                    customer=r["customer"],
-                    fulfillment=r["fulfillment"],
-                    total_cents=r["total_cents"],
-                    delivery_state=r["state"],
-                    attempts=r["attempts"] or 0,
-                    last_error=r["last_error"],
-                )
-                for r in rows
-            ]
+        def run(conn: sqlite3.Connection) -> T:
+            return fn(_SqliteTransaction(conn, datetime.now(timezone.utc), writable=False))
 
-        return await self._run(query)
-
-    async def get_order(self, order_id: int) -> OrderDetail | None:
-        """One order with items, payload and outbox row; None if there is no such order."""
-        _order_id(order_id)
-
-        def query(conn: sqlite3.Connection) -> OrderDetail | None:
-            r = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
-            if r is None:
-                return None
-            items = conn.execute("SELECT * FROM order_items WHERE order_id = ? ORDER BY line", (order_id,)).fetchall()
-            box = conn.execute("SELECT * FROM outbox WHERE order_id = ? ORDER BY id LIMIT 1", (order_id,)).fetchone()
-            return OrderDetail(
-                id=r["id"],
-                call_sid=r["call_sid"],
-                created_at=_req_dt(r["created_at"]),
-                status=r["status"],
-                customer=r["customer"],
-                fulfillment=r["fulfillment"],
-                address=r["address"],
-                phone=r["phone"],
-                subtotal_cents=r["subtotal_cents"],
-                tax_cents=r["tax_cents"],
-                total_cents=r["total_cents"],
-                items=tuple(
-                    OrderItemRow(
-                        line=i["line"],
-                        item=i["item"],
-                        name=i["name"],
-                        size=i["size"],
-                        quantity=i["quantity"],
-                        toppings=tuple(json.loads(i["toppings"])),
-                        notes=i["notes"],
-                        unit_cents=i["unit_cents"],
-                        line_cents=i["line_cents"],
-                    )
-                    for i in items
-                ),
-                payload=json.loads(r["payload"]),
-                outbox=None if box is None else _outbox_row(box),
-            )
-
-        return await self._run(query)
+        return await self._run(run)
 
     # -- outbox
 
-    async def next_due(self, now: datetime) -> OutboxRow | None:
-        """The pending outbox row due soonest at or before `now`, or None."""
+    async def next_due(self, now: datetime, targets: Sequence[str] = ("webhook",)) -> OutboxRow | None:
+        """The pending outbox row for one of `targets` due soonest at or before `now`, or None."""
         at = utc_text(now, "now")
+        marks = ", ".join("?" for _ in targets)
 
         def query(conn: sqlite3.Connection) -> OutboxRow | None:
             r = conn.execute(
-                "SELECT * FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?"
+                f"SELECT * FROM outbox WHERE state = 'pending' AND target IN ({marks}) AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, id LIMIT 1",
-                (at,),
+                (*targets, at),
             ).fetchone()
             return None if r is None else _outbox_row(r)
 
         return await self._run(query)
 
-    async def next_due_time(self) -> datetime | None:
-        """When the next pending row is due, or None if nothing is pending."""
+    async def next_due_time(self, targets: Sequence[str] = ("webhook",)) -> datetime | None:
+        """When the next pending row for one of `targets` is due, or None if nothing is pending."""
+        marks = ", ".join("?" for _ in targets)
 
         def query(conn: sqlite3.Connection) -> datetime | None:
-            r = conn.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'").fetchone()
+            r = conn.execute(f"SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending' AND target IN ({marks})",
+                             tuple(targets)).fetchone()
             return _dt(r[0])
 
         return await self._run(query)
 
-    async def outbox_for_order(self, order_id: int) -> OutboxRow | None:
-        """The outbox row of an order, or None."""
-        _order_id(order_id)
+    async def outbox_for(self, subject: str, target: str = "webhook") -> OutboxRow | None:
+        """The first outbox row about `subject` ("order:12") for `target`, or None."""
+        _text(subject, "subject", max_len=200)
 
         def query(conn: sqlite3.Connection) -> OutboxRow | None:
-            r = conn.execute("SELECT * FROM outbox WHERE order_id = ? ORDER BY id LIMIT 1", (order_id,)).fetchone()
+            r = conn.execute("SELECT * FROM outbox WHERE subject = ? AND target = ? ORDER BY id LIMIT 1",
+                             (subject, target)).fetchone()
             return None if r is None else _outbox_row(r)
 
         return await self._run(query)
@@ -699,22 +627,25 @@ class Store:
             (error[:500],),
         )
 
-    async def resend(self, order_id: int, *, force: bool = False, now: datetime | None = None) -> bool:
-        """Put an order's dead delivery (or a delivered one, with `force`) back to pending, due `now`.
+    async def resend(self, subject: str, *, force: bool = False, now: datetime | None = None,
+                     target: str = "webhook") -> bool:
+        """Put the dead delivery about `subject` (or a delivered one, with `force`) back to pending, due `now`.
 
         The attempt count restarts at zero; the last error is kept. Returns False when the
         delivery is in another state (already pending, or delivered without `force`);
-        StoreError when the order has no delivery row.
+        StoreError when there is no delivery about `subject`.
         """
-        _order_id(order_id)
+        _text(subject, "subject", max_len=200)
         due = utc_text(now or datetime.now(timezone.utc), "now")
         states = ("dead", "delivered") if force else ("dead",)
 
         def update(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
-                r = conn.execute("SELECT id, state FROM outbox WHERE order_id = ?", (order_id,)).fetchone()
+                r = conn.execute("SELECT id, state FROM outbox WHERE subject = ? AND target = ? ORDER BY id LIMIT 1",
+                                 (subject, target)).fetchone()
                 if r is None:
-                    raise StoreError(f"order #{order_id} does not exist or has no webhook delivery")
+                    kind, _, number = subject.partition(":")
+                    raise StoreError(f"{kind} #{number} does not exist or has no webhook delivery")
                 if r["state"] not in states:
                     return False
                 conn.execute(

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from voicebridge.domain.menu import Menu, format_amount, format_money, join_words
+from voicebridge.jobs.pizza.menu import Menu, format_amount, format_money, join_words
 
 FULFILLMENTS = ("pickup", "delivery")
 MAX_QUANTITY = 20  # of one line

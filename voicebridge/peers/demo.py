@@ -20,9 +20,11 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from .config import Config
-from .domain.menu import format_money, load_menu
-from .peers.scenario import Scenario, load_scenario
+from voicebridge.config import Config
+from voicebridge.business import SCHEMAS, build_job
+from voicebridge.jobs.pizza.menu import format_money
+from voicebridge.jobs.pizza.records import get_order
+from voicebridge.peers.scenario import Scenario, load_scenario
 
 DEMO_PUBLIC_URL = "https://voicebridge-demo.invalid"  # a reserved name: never resolves, never leaves the machine
 ROLE = {"caller": "caller", "assistant": "AI    "}
@@ -62,8 +64,8 @@ class LiveView:
             return f"-- tool {f['name']}: {'ok' if f['ok'] else 'rejected'}" + (f" ({f['intent']})" if f.get("intent") else "")
         if kind == "state":
             return f"-- state: {f['state']}"
-        if kind == "order_confirmed":
-            return (f"== order #{f['order_id']} saved: subtotal {format_money(f['subtotal_cents'])}, tax "
+        if kind == "committed" and "total_cents" in f:
+            return (f"== order #{f['id']} saved: subtotal {format_money(f['subtotal_cents'])}, tax "
                     f"{format_money(f['tax_cents'])}, total {format_money(f['total_cents'])}")
         if kind == "first_audio":
             return f"-- first greeting audio {f['ms']:.1f} ms after the stream started"
@@ -85,13 +87,13 @@ class DemoResult:
 
 async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sys.stdout, quiet: bool = False,
                          realtime_speed: float = 4.0) -> DemoResult:
-    from .daemon import Daemon, serve_daemon
-    from .peers.realtime_server import RealtimePeer, serve_realtime_peer
-    from .peers.twilio_caller import place_call
-    from .peers.webhook_receiver import serve_webhook_receiver
-    from .store import Store
+    from voicebridge.daemon import Daemon, serve_daemon
+    from voicebridge.peers.realtime_server import RealtimePeer, serve_realtime_peer
+    from voicebridge.peers.twilio_caller import place_call
+    from voicebridge.peers.webhook_receiver import serve_webhook_receiver
+    from voicebridge.ops.store import Store
 
-    menu = load_menu(config.menu_path)
+    job = build_job(config)
     view = LiveView(out, quiet)
     async with trio.open_nursery() as nursery:
         receiver = None
@@ -109,9 +111,9 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
         config = attrs.evolve(config, host="127.0.0.1", port=port, public_url=DEMO_PUBLIC_URL,
                               realtime_url=realtime_url, openai_api_key=config.openai_api_key or "local-peer",
                               allow_unsigned=config.twilio_auth_token is None)
-        store = await Store.open(config.db_path)
+        store = await Store.open(config.db_path, schemas=SCHEMAS)
         try:
-            daemon = Daemon(config, menu=menu, store=store)
+            daemon = Daemon(config, job=job, store=store)
             daemon.observers.append(view)
             stop = trio.Event()
             await nursery.start(lambda task_status: serve_daemon(daemon, shutdown=stop, task_status=task_status))
@@ -127,12 +129,12 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
             if order_id is not None:
                 with trio.move_on_after(15):
                     while True:
-                        row = await store.outbox_for_order(order_id)
+                        row = await store.outbox_for(f"order:{order_id}")
                         state = row.state if row is not None else None
                         if state != "pending":
                             break
                         await trio.sleep(0.1)
-                detail = await store.get_order(order_id)
+                detail = await store.read(lambda tx: get_order(tx, order_id))
                 if detail is not None:
                     print(f"  order #{order_id} in {config.db_path}: total "
                           f"{format_money(detail.total_cents)}, webhook delivery: {state}", file=out)
@@ -146,8 +148,8 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
 
 def daemon_order_id(view: LiveView) -> int | None:
     for kind, fields in view.events:
-        if kind == "order_confirmed":
-            return int(fields["order_id"])
+        if kind == "committed":
+            return int(fields["id"])
     return None
 
 

@@ -41,9 +41,9 @@ from typing import IO, Any, Iterator
 import attrs
 import trio
 
-from .transport import MessageStream, StreamClosed
+from voicebridge.edges.transport import MessageStream, StreamClosed
 
-log = logging.getLogger("voicebridge.recording")
+log = logging.getLogger("voicebridge.edges.recording")
 
 REDACTED = "<redacted>"
 RAW_CHARS = 2000

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import attrs
 
-from voicebridge.domain.menu import Item, Menu, format_money, join_words, normalize
-from voicebridge.domain.order import (
+from voicebridge.jobs.pizza.menu import Item, Menu, format_money, join_words, normalize
+from voicebridge.jobs.pizza.order import (
     FULFILLMENTS,
     MAX_LINES,
     MAX_QUANTITY,

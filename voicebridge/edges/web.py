@@ -3,7 +3,7 @@
 Routes:
 - `POST /incoming-call` (Twilio voice webhook): TwiML `<Connect action=/stream-ended><Stream>`
   with the call's parameters and a single-use stream token; pre-warms the Realtime session.
-- `WS /media-stream`: one call, run by `voicebridge.session.run_call`.
+- `WS /media-stream`: one call, run by `voicebridge.engine.session.run_call`.
 - `POST /stream-ended` (the `<Connect>` action): continues the call by its outcome: hang up,
   dial the shop, or apologise and take a message. No other route changes a live call.
 - `GET /healthz`, `GET /readyz`, `GET /metrics`.
@@ -19,12 +19,12 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from twilio.twiml.voice_response import VoiceResponse
 
-from .transport import QuartWebSocketStream
+from voicebridge.edges.transport import QuartWebSocketStream
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from voicebridge.daemon import Daemon
 
-log = logging.getLogger("voicebridge.web")
+log = logging.getLogger("voicebridge.edges.web")
 
 HANGUP_OUTCOMES = frozenset({"completed", "ended_no_order", "caller_hung_up", "silence_timeout", "max_duration",
                              "refused", "shutdown"})
@@ -195,7 +195,7 @@ async def serve_front(daemon: "Daemon", listener: Any, backend: str, nursery: An
 async def _front_connection(daemon: "Daemon", conn: Any, backend: str) -> None:
     import trio
 
-    from .transport import RawWebSocket, close_quietly, ws_accept_value
+    from voicebridge.edges.transport import RawWebSocket, close_quietly, ws_accept_value
 
     conn.setblocking(False)
     head = bytearray()

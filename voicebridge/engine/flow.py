@@ -2,12 +2,13 @@
 
 The call's tasks turn what arrives (Twilio frames, Realtime events, timer expiries) into method
 calls here, passing the time as `now`; the flow updates its state, drives the `transitions`
-machine, and queues effects (`voicebridge.effects`) that the tasks perform. Nothing here awaits.
+machine, and queues effects (`voicebridge.engine.effects`) that the tasks perform. Nothing here awaits.
 
 States: greeting -> ordering -> confirming -> done, plus `transfer` (the caller wants a person)
 and `failed` (the AI side is gone); `ended` is terminal for every path. The business states say
-where the order is; barge-in, timeouts and reconnection are internal transitions that act on the
-playout accounting (`voicebridge.playout`) and on the response in flight.
+where the job's task is (an order, a booking request: "ordering" is gathering it, "confirming" is
+its read-back, "done" is committed after the caller's yes); barge-in, timeouts and reconnection are internal transitions that act on the
+playout accounting (`voicebridge.engine.playout`) and on the response in flight.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any, Callable
 import attrs
 from transitions import Machine
 
-from . import prompts
-from .effects import ArmTimer, DisarmTimer, Effect, Hangup, Notice, Rotate, SaveOrder, SendCaller, SendModel, Transcript
-from .playout import Playout
-from .protocol import realtime as rt
-from .protocol import twilio_media as tw
+from voicebridge.engine import prompts
+from voicebridge.engine.effects import ArmTimer, Commit, DisarmTimer, Effect, Hangup, Notice, Rotate, SendCaller, SendModel, Transcript
+from voicebridge.engine.job import JobPrompts, ToolResult
+from voicebridge.engine.playout import Playout
+from voicebridge.edges.protocol import realtime as rt
+from voicebridge.edges.protocol import twilio_media as tw
 
 STATES = ["greeting", "ordering", "confirming", "done", "transfer", "failed", "ended"]
 LIVE = ["greeting", "ordering", "confirming", "done", "transfer"]
@@ -57,10 +59,9 @@ class FlowSettings:
     response_stall_timeout_s: float = 8.0
     reconnect_budget_s: float = 15.0
     session_rotate_s: float = 55 * 60.0
-    tax_rate_bp: int = 800
 
 
-ToolRunner = Callable[[str, str], Any]  # (name, arguments json) -> ToolResult (domain.tools)
+ToolRunner = Callable[[str, str], ToolResult]  # (name, arguments json) -> the job's answer
 
 _MACHINE: Machine | None = None
 
@@ -86,14 +87,15 @@ class CallFlow:
     state: str
     trigger: Callable[..., bool]
 
-    def __init__(self, *, call_sid: str, stream_sid: str, settings: FlowSettings, order: Any,
-                 run_tool: ToolRunner, order_state: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, *, call_sid: str, stream_sid: str, settings: FlowSettings, task: Any,
+                 run_tool: ToolRunner, task_state: Callable[[], dict[str, Any]], job_prompts: JobPrompts) -> None:
         self.call_sid = call_sid
         self.stream_sid = stream_sid
         self.settings = settings
-        self.order = order
+        self.task = task  # the job's task: the order, the booking request
         self._run_tool = run_tool
-        self._order_state = order_state
+        self._task_state = task_state
+        self.job_prompts = job_prompts
         self.playout = Playout()
         self.effects: list[Effect] = []
         self.response_active: str | None = None  # response id between response.created and .done
@@ -104,7 +106,7 @@ class CallFlow:
         self.reprompts = 0
         self.ending: str | None = None  # hang up with this outcome once the last words were heard
         self.outcome: str | None = None
-        self.order_id: int | None = None
+        self.committed_id: int | None = None  # the job's commit (order number, booking number)
         self.link_up = False
         self.resume_needed = False
         self.rotate_due = False
@@ -156,12 +158,12 @@ class CallFlow:
         self.link_up = True
         self._arm(MAX_CALL, self.settings.max_call_s)
         self._arm(ROTATE, self.settings.session_rotate_s)
-        self._respond("greeting", prompts.GREETING)
+        self._respond("greeting", self.job_prompts.greeting)
 
     def caller_hung_up(self) -> None:
         if self.state == "ended":
             return
-        self._finish(self.ending or ("completed" if self.order_id is not None else "caller_hung_up"))
+        self._finish(self.ending or ("completed" if self.committed_id is not None else "caller_hung_up"))
 
     def _finish(self, outcome: str) -> None:
         self.outcome = outcome
@@ -285,10 +287,9 @@ class CallFlow:
         if result.ok and result.intent == "confirm":
             if self.state == "confirming":
                 self._fire("confirm")
-                self.effects.append(SaveOrder(call_id))  # answered once the order is committed
+                self.effects.append(Commit(call_id))  # answered once the task is committed
                 return
-            result_output = {"ok": False, "error": "The order has not been read back yet. Call review_order "
-                             "and read its read_back to the caller, then ask them to confirm."}
+            result_output = {"ok": False, "error": self.job_prompts.not_read_back}
             self._tool_output(call_id, result_output, respond=not interrupted)
             return
         if result.ok and result.intent == "review":
@@ -302,7 +303,7 @@ class CallFlow:
             self._transfer("tool")
             return
         if result.ok and result.intent == "end_call":
-            outcome = "completed" if self.order_id is not None else "ended_no_order"
+            outcome = "completed" if self.committed_id is not None else "ended_no_order"
             self._end_when_heard(outcome)
             return
         if not interrupted:
@@ -315,26 +316,26 @@ class CallFlow:
         if respond:
             self._respond(None, None)
 
-    def order_saved(self, call_id: str | None, order_id: int, summary: dict[str, Any]) -> None:
-        self.order_id = order_id
-        self._notice("order_confirmed", order_id=order_id, **summary)
+    def committed(self, call_id: str | None, committed_id: int, summary: dict[str, Any]) -> None:
+        self.committed_id = committed_id
+        self._notice("committed", id=committed_id, **summary)
         if call_id is not None:
-            self._tool_output(call_id, {"ok": True, "status": "confirmed", "order_id": order_id, **summary},
-                              respond=True)
+            self._tool_output(call_id, {"ok": True, "status": "confirmed", **summary}, respond=True)
         else:
-            self._model(rt.item_message("system", f"The order is saved as number {order_id}."),
+            self._model(rt.item_message("system", self.job_prompts.saved_as.format(id=committed_id)),
                         "conversation.item.create")
-            self._respond("confirmed", prompts.CONFIRMED_BY_KEYPAD)
+            self._respond("confirmed", self.job_prompts.confirmed_by_keypad)
 
-    def order_save_failed(self, call_id: str | None, error: str) -> None:
+    def commit_failed(self, call_id: str | None, error: str, reason: str | None = None) -> None:
+        """The commit did not happen. `reason` is the job's own refusal, said to the caller (a slot
+        taken meanwhile); without one the failure is internal and the job's apology is used."""
         self._fire("save_failed")
-        self._notice("order_save_failed", error=error)
+        self._notice("commit_failed", error=error)
+        say = reason or self.job_prompts.save_failed
         if call_id is not None:
-            self._tool_output(call_id, {"ok": False, "error": "The order could not be saved. Apologise and "
-                                        "offer to connect the caller with the shop."}, respond=True)
+            self._tool_output(call_id, {"ok": False, "error": say}, respond=True)
         else:
-            self._respond(None, "The order could not be saved. Apologise and offer to connect the caller "
-                          "with the shop.")
+            self._respond(None, say)
 
     # -- keypad ---------------------------------------------------------------------------
 
@@ -344,7 +345,7 @@ class CallFlow:
             self._transfer("keypad")
         elif digit == "1" and self.state == "confirming":
             self._fire("confirm")
-            self.effects.append(SaveOrder(None))
+            self.effects.append(Commit(None))
 
     def _transfer(self, via: str) -> None:
         if self.state not in ("greeting", "ordering", "confirming", "done"):
@@ -353,7 +354,7 @@ class CallFlow:
         self._notice("transfer", via=via)
         if self.response_active is not None and via == "keypad":
             self._cancel_active("transfer")
-        self._respond("transfer", prompts.TRANSFER)
+        self._respond("transfer", self.job_prompts.transfer)
         self._end_when_heard("transferred")
 
     # -- transcripts ----------------------------------------------------------------------
@@ -400,11 +401,11 @@ class CallFlow:
         self.link_up = True
         self._disarm(RECONNECT)
         self._arm(ROTATE, self.settings.session_rotate_s)
-        context = prompts.restore_context(self._order_state(), list(self.turns))
+        context = prompts.restore_context(self._task_state(), list(self.turns))
         self._model(rt.item_message("system", context), "conversation.item.create")
         self._notice("session_rotated" if rotated else "realtime_restored")
         if self.ending == "transferred" or self.state == "transfer":
-            self._respond("transfer", prompts.TRANSFER)
+            self._respond("transfer", self.job_prompts.transfer)
         elif self.resume_needed:
             self._respond("resume", prompts.RESUME)
         self.resume_needed = False

@@ -6,7 +6,7 @@ Tasks of a call (all in the call's nursery; none outlives it):
 - model_link: opens, configures, reads and (on a drop) reopens the Realtime session;
 - model_writer: the model channel -> the current Realtime socket (caller audio, control events);
 - timers: named deadlines the flow arms, fired back into the flow.
-The flow (`voicebridge.flow.CallFlow`) decides; tasks only move data and perform its effects.
+The flow (`voicebridge.engine.flow.CallFlow`) decides; tasks only move data and perform its effects.
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ from typing import Any, Awaitable, Callable
 import attrs
 import trio
 
-from . import audio
-from .effects import ArmTimer, DisarmTimer, Effect, Hangup, Notice, Rotate, SaveOrder, SendCaller, SendModel, Transcript
-from .flow import CallFlow, FlowSettings
-from .protocol import realtime as rt
-from .protocol import twilio_media as tw
-from .protocol._codec import b64_decode, b64_encode
-from .protocol.errors import ProtocolError
-from .recording import CallRecorder
-from .transport import MessageStream, StreamClosed, close_quietly
+from voicebridge.edges import audio
+from voicebridge.engine.effects import ArmTimer, Commit, DisarmTimer, Effect, Hangup, Notice, Rotate, SendCaller, SendModel, Transcript
+from voicebridge.engine.flow import CallFlow, FlowSettings
+from voicebridge.engine.job import CommitError, Committed, Job
+from voicebridge.edges.protocol import realtime as rt
+from voicebridge.edges.protocol import twilio_media as tw
+from voicebridge.edges.protocol._codec import b64_decode, b64_encode
+from voicebridge.edges.protocol.errors import ProtocolError
+from voicebridge.edges.recording import CallRecorder
+from voicebridge.edges.transport import MessageStream, StreamClosed, close_quietly
 
 log = logging.getLogger("voicebridge.call")
 
@@ -61,7 +62,7 @@ class CallHooks:
     on_event: Callable[[str, str, dict[str, Any]], None] | None = None  # (call_sid, kind, fields): notices, transcripts
     on_started: Callable[[tw.Start], Awaitable[None]] | None = None
     on_transcript: Callable[[str, str, str, str | None], Awaitable[None]] | None = None  # sid, role, text, item
-    save_order: Callable[[str, Any], Awaitable[tuple[int, dict[str, Any]]]] | None = None  # sid, order -> id, summary
+    commit: Callable[[str, Any], Awaitable[Committed]] | None = None  # (sid, task): the job's commit, in the store
     on_ended: Callable[["CallResult"], Awaitable[None]] | None = None
     on_live: Callable[["Call"], None] | None = None  # the call is running (the daemon keeps it for shutdown)
     # The outcome is known: called before the Twilio socket closes, because Twilio asks the
@@ -80,7 +81,7 @@ class CallResult:
     ended_at: datetime | None = None
     duration_s: float = 0.0
     first_audio_s: float | None = None
-    order_id: int | None = None
+    committed_id: int | None = None  # the job's commit of this call (order or booking number)
     counts: dict[str, int] = attrs.field(factory=dict)
     usage: list[dict[str, Any]] = attrs.field(factory=list)
     custom_parameters: dict[str, str] = attrs.field(factory=dict)
@@ -93,9 +94,7 @@ class CallSetup:
     connect: Connector
     session: rt.SessionSettings
     flow: FlowSettings
-    new_order: Callable[[str | None], Any]  # caller number -> empty Order
-    run_tool: Callable[[Any, str, str], Any]  # (order, name, arguments) -> ToolResult
-    order_state: Callable[[Any], dict[str, Any]]
+    job: Job  # what the call is for: its tools, words, task and commit
     connect_timeout_s: float = 10.0
     check_start: Callable[[tw.Start], None] | None = None  # raises StreamRefused
     record_dir: Any = None  # Path | None
@@ -126,6 +125,11 @@ async def open_session(stream: MessageStream, settings: rt.SessionSettings, time
         raise SetupError(f"Realtime sent a malformed event during setup: {exc}") from None
 
 
+def session_settings(setup: CallSetup) -> rt.SessionSettings:
+    """The session's settings for a call starting now: the job's instructions carry its local time."""
+    return attrs.evolve(setup.session, instructions=setup.job.instructions(datetime.now(timezone.utc)))
+
+
 async def connect_session(setup: CallSetup, nursery: trio.Nursery) -> MessageStream:
     """Open and configure one Realtime session, within the connect deadline."""
     with trio.move_on_after(setup.connect_timeout_s) as scope:
@@ -138,7 +142,7 @@ async def connect_session(setup: CallSetup, nursery: trio.Nursery) -> MessageStr
     if scope.cancelled_caught:
         raise SetupError(f"Realtime connect took longer than {setup.connect_timeout_s:g} s")
     try:
-        await open_session(stream, setup.session, setup.connect_timeout_s)
+        await open_session(stream, session_settings(setup), setup.connect_timeout_s)
     except BaseException:
         await close_quietly(stream)
         raise
@@ -157,11 +161,11 @@ class Call:
         self.recorder = recorder
         self.sid = start.call_sid
         caller_number = start.custom_parameters.get("From") or start.custom_parameters.get("from")
-        self.order = setup.new_order(caller_number)
+        self.task = setup.job.new_task(caller_number)
         self.flow = CallFlow(
-            call_sid=start.call_sid, stream_sid=start.stream_sid, settings=setup.flow, order=self.order,
-            run_tool=lambda name, args: setup.run_tool(self.order, name, args),
-            order_state=lambda: setup.order_state(self.order),
+            call_sid=start.call_sid, stream_sid=start.stream_sid, settings=setup.flow, task=self.task,
+            run_tool=lambda name, args: setup.job.run_tool(self.task, name, args, datetime.now(timezone.utc)),
+            task_state=lambda: setup.job.state_for_model(self.task), job_prompts=setup.job.prompts,
         )
         self.pcm16 = setup.session.audio_format == "pcm16"
         self._up = audio.Resampler(8000, 24000) if self.pcm16 else None
@@ -212,9 +216,9 @@ class Call:
                 self.timers_changed.set()
         elif isinstance(e, Hangup):
             await self._hangup(e.outcome)
-        elif isinstance(e, SaveOrder):
+        elif isinstance(e, Commit):
             assert self.nursery is not None
-            self.nursery.start_soon(self._save_order, e.call_id)
+            self.nursery.start_soon(self._commit, e.call_id)
         elif isinstance(e, Rotate):
             assert self.nursery is not None
             self._held = deque(maxlen=HOLD_FRAMES)
@@ -278,17 +282,20 @@ class Call:
         if self.nursery is not None:
             self.nursery.cancel_scope.cancel()
 
-    async def _save_order(self, call_id: str | None) -> None:
-        if self.hooks.save_order is None:
-            self.flow.order_save_failed(call_id, "no order store configured")
+    async def _commit(self, call_id: str | None) -> None:
+        if self.hooks.commit is None:
+            self.flow.commit_failed(call_id, "no store configured")
         else:
             try:
-                order_id, summary = await self.hooks.save_order(self.sid, self.order)
-            except Exception as exc:  # the caller must not hear "confirmed" for an order we lost
-                log.error("order save failed: %s", type(exc).__name__, extra={"error": str(exc)[:300]})
-                self.flow.order_save_failed(call_id, f"{type(exc).__name__}")
+                done = await self.hooks.commit(self.sid, self.task)
+            except CommitError as exc:  # the job refused (a slot taken meanwhile): the caller hears why
+                log.warning("commit refused: %s", str(exc)[:300], extra={"event": "commit_refused"})
+                self.flow.commit_failed(call_id, "refused", str(exc))
+            except Exception as exc:  # the caller must not hear "confirmed" for something we lost
+                log.error("commit failed: %s", type(exc).__name__, extra={"error": str(exc)[:300]})
+                self.flow.commit_failed(call_id, f"{type(exc).__name__}")
             else:
-                self.flow.order_saved(call_id, order_id, summary)
+                self.flow.committed(call_id, done.id, done.summary)
         await self.perform()
 
     # -- tasks -----------------------------------------------------------------------------
@@ -549,7 +556,7 @@ async def run_call(twilio: MessageStream, setup: CallSetup, hooks: CallHooks | N
     if setup.record_dir is not None:
         from pathlib import Path
 
-        from . import __version__
+        from voicebridge import __version__
 
         meta = {"version": __version__, "call_sid": start.call_sid,
                 "settings": {**attrs.asdict(setup.flow), "audio_format": setup.session.audio_format,
@@ -638,7 +645,7 @@ async def _finish_call(call: Call | None, result: CallResult, twilio: MessageStr
         if call.outcome is None and call.flow.outcome is None:
             call.outcome = "caller_hung_up"  # cancelled from outside: the caller's socket is gone
         result.outcome = call.outcome or call.flow.outcome or result.outcome
-        result.order_id = call.flow.order_id
+        result.committed_id = call.flow.committed_id
         result.counts = {**call.flow.counts, "frames_dropped": call.frames_dropped,
                          "protocol_errors": call.protocol_errors}
         result.usage = call.usage

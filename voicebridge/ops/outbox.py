@@ -1,8 +1,9 @@
-"""Webhook delivery of confirmed orders from the outbox table.
+"""Webhook delivery of the jobs' events (a confirmed order, a booking, ...) from the outbox table.
 
-`OutboxWorker.run` lives in the app's nursery. It POSTs each pending row's stored JSON
+`OutboxWorker.run` lives in the app's nursery. It POSTs each pending webhook row's stored JSON
 body to ORDER_WEBHOOK_URL, signed:
 
+    X-Voicebridge-Event: <event, e.g. order.created>
     Idempotency-Key: <row key>
     X-Voicebridge-Timestamp: <unix seconds>
     X-Voicebridge-Signature: sha256=<hex HMAC-SHA256(secret, f"{timestamp}.{body}")>
@@ -28,9 +29,9 @@ from typing import Callable
 import httpx
 import trio
 
-from voicebridge.store import OutboxRow, Store, StoreError
+from voicebridge.ops.store import OutboxRow, Store, StoreError
 
-log = logging.getLogger("voicebridge.outbox")
+log = logging.getLogger("voicebridge.ops.outbox")
 
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 300.0
@@ -78,6 +79,17 @@ def redact_url(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or "?"
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def _what(row: OutboxRow) -> str:
+    """"order #12" for the subject "order:12"."""
+    kind, _, number = row.subject.partition(":")
+    return f"{kind} #{number}" if number else row.subject
+
+
+def _resend_hint(row: OutboxRow) -> str:
+    kind, _, number = row.subject.partition(":")
+    return f"`voicebridge resend {number}`" if kind == "order" else f"`voicebridge resend {row.subject}`"
 
 
 class OutboxWorker:
@@ -164,22 +176,15 @@ class OutboxWorker:
         error = await self._post(client, row)
         if error is None:
             await self.store.mark_delivered(row.id, delivered_at=self._now())
-            log.info("order #%d delivered to the webhook (attempt %d)", row.order_id, attempt)
+            log.info("%s delivered to the webhook (attempt %d)", _what(row), attempt)
         elif attempt >= self.max_attempts:
             await self.store.mark_dead(row.id, error=error)
-            log.error(
-                "order #%d webhook delivery failed %d times, giving up (%s); `voicebridge resend %d` retries it",
-                row.order_id,
-                attempt,
-                error,
-                row.order_id,
-            )
+            log.error("%s webhook delivery failed %d times, giving up (%s); %s retries it",
+                      _what(row), attempt, error, _resend_hint(row))
         else:
             delay = backoff_delay_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s, rand=self._rand)
             await self.store.mark_retry(row.id, next_attempt_at=self._now() + timedelta(seconds=delay), error=error)
-            log.warning(
-                "order #%d webhook attempt %d failed (%s); retrying in %.1f s", row.order_id, attempt, error, delay
-            )
+            log.warning("%s webhook attempt %d failed (%s); retrying in %.1f s", _what(row), attempt, error, delay)
 
     async def _post(self, client: httpx.AsyncClient, row: OutboxRow) -> str | None:
         """POST one row; None on 2xx, else a short error for the table and the log."""
@@ -188,6 +193,7 @@ class OutboxWorker:
         timestamp = int(self._now().timestamp())
         headers = {
             "Content-Type": "application/json",
+            "X-Voicebridge-Event": row.event,
             "Idempotency-Key": row.idempotency_key,
             "X-Voicebridge-Timestamp": str(timestamp),
             "X-Voicebridge-Signature": sign(self._secret, timestamp, body),

@@ -1,0 +1,1 @@
+"""The edges: wire protocols, sockets, the web front, security, audio codecs, the Twilio REST client."""

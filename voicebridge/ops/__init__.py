@@ -1,0 +1,1 @@
+"""The operations side: store, outbox, metrics, logs, systemd notify, cost."""
