@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 import attrs
-import pytest
 import trio
 from trio.testing import MockClock
 

@@ -135,7 +135,7 @@ async def test_stream_start_with_a_bad_token_is_refused_before_any_realtime_sess
         tmp_path: Path, lean: bool, token: str) -> None:
     """A start whose token is missing, malformed, reused or bound to another call gets 1008; no AI session."""
     with trio.fail_after(20):
-        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:  # noqa: F841
             call_sid = new_sid("CA")
             if token in ("reuse", "other-call"):
                 bound_to = call_sid if token == "reuse" else new_sid("CA")

@@ -15,7 +15,7 @@ from voicebridge.config import Config
 from voicebridge.jobs.pizza.menu import load_menu
 from voicebridge.jobs.pizza.order import Order, OrderLine
 from voicebridge.ops.store import OutboxRow, Store
-from pizza_records import order_detail, orders, outbox_for_order, save_order
+from pizza_records import outbox_for_order, save_order
 
 MENU = load_menu(None)
 T0 = datetime(2025, 5, 2, 18, 0, tzinfo=timezone.utc)

@@ -23,7 +23,7 @@ SESSION_KEYS_ADDED_BY_SERVICE = {"id", "object", "expires_at"}  # protocols.md s
 def validate_server_event(event: dict[str, Any]) -> BaseModel:
     """Validate as `RealtimeServerEvent` with no unknown key anywhere; the model must round-trip."""
     model = SERVER.validate_python(event)
-    assert getattr(model, "type") == event["type"]
+    assert model.type == event["type"]
     allowed: set[str] = set()
     if event["type"] in ("session.created", "session.updated"):
         allowed = {f".session.{k}" for k in SESSION_KEYS_ADDED_BY_SERVICE}

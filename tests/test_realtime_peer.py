@@ -16,7 +16,7 @@ import trio
 import trio_websocket
 from openai.types.realtime import RealtimeServerEvent
 from openai.types.realtime.realtime_session_create_response import RealtimeSessionCreateResponse
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from openai_strict import extra_keys
 from voicebridge.edges.audio import Resampler, pcm16_to_ulaw, ulaw_to_pcm16

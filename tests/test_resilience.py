@@ -8,7 +8,7 @@ import attrs
 import trio
 from trio.testing import MockClock
 
-from calls import MENU, call_setup, run_in_memory
+from calls import call_setup, run_in_memory
 from voicebridge.peers.clips import load_clip
 from voicebridge.peers.realtime_server import RealtimePeer
 from voicebridge.peers.scenario import load_scenario, parse_scenario

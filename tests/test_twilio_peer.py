@@ -611,7 +611,7 @@ async def test_stream_url_with_a_query_string_is_rejected() -> None:
         standin = StandIn(stream_url=url)
         results = []
 
-        async def body(base_url: str) -> None:
+        async def body(base_url: str, results: list[Any] = results) -> None:
             results.append(await place_call(base_url, scenario(max_s=10), public_url=PUBLIC, auth_token=TOKEN))
 
         await with_standin(standin, body)

@@ -117,8 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     for module in ("orders", "calls", "call"):
-        register: Callable[[argparse._SubParsersAction], None] = getattr(
-            __import__(f"voicebridge.commands.{module}", fromlist=["register"]), "register")
+        register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = __import__(f"voicebridge.commands.{module}", fromlist=["register"]).register
         register(sub)
     return parser
 

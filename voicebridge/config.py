@@ -330,7 +330,7 @@ def _url(raw: str, schemes: tuple[str, ...]) -> urllib.parse.SplitResult:
     if parts.scheme not in schemes or not parts.hostname:
         raise ValueError(f"expected a {' or '.join(s + '://' for s in schemes)} URL")
     try:
-        parts.port
+        _ = parts.port  # raises for a port that is not a number
     except ValueError:
         raise ValueError("the URL's port is not a number from 0 to 65535") from None
     return parts

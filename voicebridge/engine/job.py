@@ -84,10 +84,21 @@ class CommitError(Exception):
 class Job(Protocol):
     """One job of the phone line. Implementations live in `voicebridge.jobs.<name>`."""
 
-    name: str  # "pizza", "appointments"
-    business_name: str
-    prompts: JobPrompts
-    schema: tuple[tuple[str, ...], ...]  # the job's own migrations, in order; never edit a released one
+    @property
+    def name(self) -> str:
+        """"pizza", "appointments": the key of the job's tables and settings."""
+        ...
+
+    @property
+    def business_name(self) -> str: ...
+
+    @property
+    def prompts(self) -> JobPrompts: ...
+
+    @property
+    def schema(self) -> tuple[tuple[str, ...], ...]:
+        """The job's own migrations, in order; never edit a released one."""
+        ...
 
     def instructions(self, now: datetime) -> str:
         """The session instructions, given the business's local time when the call starts."""

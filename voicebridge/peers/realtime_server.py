@@ -100,6 +100,12 @@ def vad_level_dbfs(threshold: float) -> float:
 # -- observations -------------------------------------------------------------------------
 
 
+def _setting(settings: dict[str, Any], key: str, default: float) -> Any:
+    """A session setting the client may send as null: null (or absent) means the default."""
+    value = settings.get(key)
+    return default if value is None else value
+
+
 @attrs.define
 class VadEvent:
     """A VAD event as sent, with where it was detected (ms of input audio)."""
@@ -651,7 +657,7 @@ class _Session:
 
     def _vad_window(self, vad: dict[str, Any], chunk: bytes, start_ms: float) -> None:
         semantic = vad.get("type") == "semantic_vad"
-        threshold = 0.5 if semantic else float(vad.get("threshold") if vad.get("threshold") is not None else 0.5)
+        threshold = 0.5 if semantic else float(_setting(vad, "threshold", 0.5))
         speech = window_dbfs(chunk, self.in_fmt) > vad_level_dbfs(threshold)
         end_ms = start_ms + WINDOW_MS
         if not self.speaking:
@@ -673,7 +679,7 @@ class _Session:
         if semantic:
             needed = SEMANTIC_SILENCE_MS.get(str(vad.get("eagerness") or "auto"), 600)
         else:
-            needed = int(vad.get("silence_duration_ms") if vad.get("silence_duration_ms") is not None else 500)
+            needed = int(_setting(vad, "silence_duration_ms", 500))
         if self.silence_ms >= needed:
             self._speech_stopped(vad, end_ms)
 
@@ -691,7 +697,7 @@ class _Session:
         self.silence_ms = 0.0
         self.last_speech_end_ms = self.vad_ms
         self.turn_item = self.ids.item()
-        padding = int(vad.get("prefix_padding_ms") if vad.get("prefix_padding_ms") is not None else 300)
+        padding = int(_setting(vad, "prefix_padding_ms", 300))
         self.turn_start_ms = int(max(self.buf_start_ms, self.onset_ms - padding, 0))
         now = trio.current_time()
         self.log.vad.append(VadEvent(now, "speech_started", self.turn_item, self.turn_start_ms, int(self.onset_ms)))

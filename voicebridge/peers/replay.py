@@ -776,7 +776,7 @@ def _with_token(text: str, token: str | None) -> str:
     if not isinstance(start, dict):
         return text
     start = msg["start"] = copy.deepcopy(start)
-    params = start.get("customParameters") if isinstance(start.get("customParameters"), dict) else {}
+    params: dict[str, Any] = start["customParameters"] if isinstance(start.get("customParameters"), dict) else {}
     if token is not None:
         params["token"] = token
     else:
@@ -905,8 +905,8 @@ def compare(plan: Plan, got: dict[str, Any], t0: float, tolerance_s: float, repo
         for lane in sorted(set(exp_lanes) | set(obs_lanes)):
             ei, oi = exp_lanes.get(lane, []), obs_lanes.get(lane, [])
 
-            def at(i: int) -> int:  # a lane position -> the message's index on the socket
-                return ei[i] if i < len(ei) else len(exp)
+            def at(i: int, ei: list[int] = ei, n_exp: int = len(exp)) -> int:  # lane position -> socket index
+                return ei[i] if i < len(ei) else n_exp
 
             ops = align([exp[i].key for i in ei], [obs[j].key for j in oi])
             for op, i, j in ops:
@@ -984,8 +984,8 @@ def describe(item: _Item) -> str:
         purpose = _get(msg, "response", "metadata", "purpose")
         return f"{kind}" + (f" (purpose {purpose})" if purpose else "")
     if kind == "conversation.item.create":
-        item = msg.get("item") or {}
-        return f"{kind} ({item.get('type')})" if isinstance(item, dict) else kind
+        created: Any = msg.get("item") or {}
+        return f"{kind} ({created.get('type')})" if isinstance(created, dict) else kind
     return kind
 
 
@@ -1084,12 +1084,12 @@ async def replay_all(recordings: list[Recording], config: Config, *, tolerance_s
             start = _StartTogether(len(batch))
             done: list[_Replayed | None] = [None] * len(batch)
 
-            async def one(n: int, recording: Recording) -> None:
+            async def one(n: int, recording: Recording, done: list[_Replayed | None], start: _StartTogether) -> None:
                 done[n] = await _run_replay(recording, config, tolerance_s=tolerance_s, grace_s=grace_s, start=start)
 
             async with trio.open_nursery() as nursery:
                 for n, recording in enumerate(batch):
-                    nursery.start_soon(one, n, recording)
+                    nursery.start_soon(one, n, recording, done, start)
             runs += [run for run in done if run is not None]
     finally:
         gc.unfreeze()

@@ -20,7 +20,7 @@ from voicebridge.edges.protocol.errors import ProtocolError
 SOURCE = "realtime"
 MAX_SERVER_FRAME_CHARS = 4 * 1024 * 1024
 MAX_CLIENT_FRAME_CHARS = 16 * 1024 * 1024  # append takes up to 15 MiB of audio
-AUDIO_FORMATS = {"pcmu": {"type": "audio/pcmu"}, "pcm16": {"type": "audio/pcm", "rate": 24000}}
+AUDIO_FORMATS: dict[str, dict[str, Any]] = {"pcmu": {"type": "audio/pcmu"}, "pcm16": {"type": "audio/pcm", "rate": 24000}}
 
 
 # -- client events (bridge -> OpenAI) ---------------------------------------------------------
@@ -274,7 +274,8 @@ def parse_server(text: str | bytes) -> ServerEvent:
     parse = _SERVER_PARSERS.get(kind)
     if parse is None:
         return OtherServerEvent(kind)
-    return parse(Fields(SOURCE, kind), msg)
+    event: ServerEvent = parse(Fields(SOURCE, kind), msg)
+    return event
 
 
 def _audio_delta(f: Fields, m: dict[str, Any]) -> AudioDelta:
@@ -284,7 +285,7 @@ def _audio_delta(f: Fields, m: dict[str, Any]) -> AudioDelta:
 
 def _response_done(f: Fields, m: dict[str, Any]) -> ResponseDone:
     r = f.obj(m, "response")
-    details = r.get("status_details") if isinstance(r.get("status_details"), dict) else {}
+    details: dict[str, Any] = r["status_details"] if isinstance(r.get("status_details"), dict) else {}
     usage = r.get("usage") if isinstance(r.get("usage"), dict) else None
     reason = f.opt_str(details, "reason", "response.status_details.")
     return ResponseDone(f.str(r, "id", "response."), f.str(r, "status", "response."), reason, usage)

@@ -147,7 +147,7 @@ def parse_twilio(text: str | bytes) -> TwilioEvent:
             raise ProtocolError(SOURCE, f"dtmf: digit {digit[:4]!r} is not one of 0-9 * # A-D")
         return Dtmf(f.str(msg, "streamSid"), digit)
     if kind == "stop":
-        stop = msg.get("stop") if isinstance(msg.get("stop"), dict) else {}
+        stop: dict[str, Any] = msg["stop"] if isinstance(msg.get("stop"), dict) else {}
         return Stop(f.str(msg, "streamSid"), f.opt_str(stop, "callSid", "stop."))
     return UnknownTwilioEvent(kind)
 

@@ -11,8 +11,8 @@ import json
 import re
 from typing import Any, Callable
 
-import attrs
 
+from voicebridge.engine.job import ToolResult
 from voicebridge.jobs.pizza.menu import Item, Menu, format_money, join_words, normalize
 from voicebridge.jobs.pizza.order import (
     FULFILLMENTS,
@@ -26,7 +26,6 @@ from voicebridge.jobs.pizza.order import (
     read_back,
 )
 
-INTENTS = ("review", "confirm", "reject", "transfer", "end_call")
 MAX_NAME = 80
 MAX_ADDRESS = 200
 MAX_NOTES = 140
@@ -50,20 +49,6 @@ READ_EXACTLY = (
     "Read read_back to the caller exactly as written, then wait. Call confirm_order only after a "
     "clear yes (or the caller pressing 1); call reject_order if they want a change."
 )
-
-
-@attrs.frozen
-class ToolResult:
-    """The outcome of one tool call."""
-
-    output: dict[str, Any]  # JSON-able; sent as the function_call_output's `output` (a JSON string)
-    ok: bool  # False when arguments were invalid; output then has "error": text the model can say back
-    intent: str | None  # None | "review" | "confirm" | "reject" | "transfer" | "end_call"
-    changed: bool  # True when the order was modified
-
-    def output_json(self) -> str:
-        """`output` as the JSON string the Realtime API expects."""
-        return json.dumps(self.output, ensure_ascii=False)
 
 
 class _BadArgument(Exception):
