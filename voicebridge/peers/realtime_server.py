@@ -72,6 +72,10 @@ from voicebridge.edges.transport import MessageStream, StreamClosed, TrioWebSock
 
 log = logging.getLogger(__name__)
 
+# Events queued for a client that does not read them. Past this the connection is dropped (as a
+# real server drops a client whose socket buffer stays full), so the queue never grows without end.
+OUT_QUEUE_EVENTS = 4096
+
 REALTIME_PATH = "/v1/realtime"
 DEFAULT_MODEL = "gpt-realtime"
 WINDOW_MS = 20
@@ -444,7 +448,7 @@ class _Session:
                            audio=bytearray() if peer.record_audio else None)
         peer.connections.append(self.log)
         self.config = ev.default_session(handshake.model)
-        self.out_send, self.out_recv = trio.open_memory_channel[Any](math.inf)
+        self.out_send, self.out_recv = trio.open_memory_channel[Any](OUT_QUEUE_EVENTS)
         self.closing = False
         self.nursery: trio.Nursery | None = None
         # conversation
@@ -497,12 +501,20 @@ class _Session:
 
     def emit(self, event: dict[str, Any]) -> None:
         if not self.closing:
-            self.out_send.send_nowait(event)
+            self._queue(event)
 
     def _close(self, code: int, reason: str) -> None:
         if not self.closing:
-            self.out_send.send_nowait(_Close(code, reason))
+            self._queue(_Close(code, reason))
             self.closing = True
+
+    def _queue(self, item: dict[str, Any] | _Close) -> None:
+        try:
+            self.out_send.send_nowait(item)
+        except trio.WouldBlock:  # the client stopped reading: drop it rather than queue forever
+            log.warning("realtime peer: connection %d dropped, %d events unread", self.log.index, OUT_QUEUE_EVENTS)
+            self._closed("server", 1006)
+            self._end()
 
     async def _writer(self) -> None:
         async with self.out_recv:
