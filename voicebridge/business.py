@@ -13,7 +13,6 @@ from voicebridge.jobs.pizza.job import PizzaJob
 
 # Every job's own migrations, by job name: a database holds the tables of all of them.
 SCHEMAS: dict[str, tuple[tuple[str, ...], ...]] = {"pizza": PIZZA_SCHEMA}
-JOB_NAMES = tuple(SCHEMAS)
 
 
 def build_job(config: Config) -> Job:

@@ -191,7 +191,6 @@ class Call:
         self._deltas_out = 0
         self._timed: dict[int, tuple[str, float]] = {}  # id(frame text) -> (direction, time received)
         self.protocol_errors = 0
-        self.started_wall = datetime.now(timezone.utc)
         self.started_at = trio.current_time()
 
     # -- effects ---------------------------------------------------------------------------
