@@ -27,7 +27,9 @@ environment (also read from ./.env or $VOICEBRIDGE_ENV_FILE):
   PUBLIC_URL                the https origin Twilio reaches this daemon at (required by serve)
   VOICEBRIDGE_HOST/PORT     listen address, default 127.0.0.1:8080
   VOICEBRIDGE_DB            SQLite file, default ./voicebridge.sqlite3
-  VOICEBRIDGE_MENU          menu TOML file, default: the packaged pizza-shop menu
+  VOICEBRIDGE_JOB           pizza | appointments (default: as the business file says, else pizza)
+  VOICEBRIDGE_BUSINESS      the job's business file (TOML; pizza: its menu), default: the packaged
+                            example of the job (VOICEBRIDGE_MENU is the pizza menu's older name)
   ORDER_WEBHOOK_URL/SECRET  where confirmed orders are POSTed, and the HMAC key that signs them
   TRANSFER_NUMBER           the shop's number for "talk to a person" and failures
   VOICEBRIDGE_RECORD_DIR    record every call as JSONL (for `voicebridge replay`)
@@ -134,11 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from voicebridge.jobs.appointments.business import BusinessError
         from voicebridge.jobs.pizza.menu import MenuError
         from voicebridge.peers.scenario import ScenarioError
         from voicebridge.ops.store import StoreError
 
-        if isinstance(exc, (MenuError, ScenarioError, StoreError)):
+        if isinstance(exc, (BusinessError, MenuError, ScenarioError, StoreError)):
             print(f"voicebridge: {exc}", file=sys.stderr)
             return 2
         raise

@@ -28,7 +28,8 @@ import trio
 from voicebridge.config import Config
 from voicebridge.ops.cost import CallCost
 from voicebridge.engine.flow import FlowSettings
-from voicebridge.engine.job import Committed, Job
+from voicebridge.business import tool_preparer
+from voicebridge.engine.job import BusySource, Committed, Job, PrepareTool
 from voicebridge.ops.logs import call_sid_var
 from voicebridge.ops.metrics import Metrics
 from voicebridge.ops.notify import Notifier, watchdog_task
@@ -74,7 +75,8 @@ def realtime_connector(config: Config) -> Connector:
 
 
 def make_call_setup(config: Config, job: Job, connector: Connector, *,
-                    check_start: Callable[[tw.Start], None] | None = None) -> CallSetup:
+                    check_start: Callable[[tw.Start], None] | None = None,
+                    prepare_tool: PrepareTool | None = None) -> CallSetup:
     """How every call is set up: Realtime session settings, the job's tools and words, timers."""
     return CallSetup(
         connect=connector,
@@ -89,12 +91,14 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         connect_timeout_s=config.realtime_connect_timeout_s,
         check_start=check_start,
         record_dir=config.record_dir,
+        prepare_tool=prepare_tool,
     )
 
 
 class Daemon:
     def __init__(self, config: Config, *, job: Job, store: Store, metrics: Metrics | None = None,
-                 connector: Connector | None = None, notifier: Notifier | None = None) -> None:
+                 connector: Connector | None = None, notifier: Notifier | None = None,
+                 busy_source: BusySource | None = None) -> None:
         self.config = config
         self.job = job
         self.store = store
@@ -114,7 +118,9 @@ class Daemon:
         self.nursery: trio.Nursery | None = None
         self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret,
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
-        self.setup = make_call_setup(config, job, connector or realtime_connector(config), check_start=self._check_start)
+        # the job's lookups before a tool runs (stored bookings; `busy_source`: a calendar's busy times)
+        self.setup = make_call_setup(config, job, connector or realtime_connector(config), check_start=self._check_start,
+                                     prepare_tool=tool_preparer(job, store, busy_source))
 
     # -- pre-warm ----------------------------------------------------------------------------
 

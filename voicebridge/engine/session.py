@@ -25,7 +25,7 @@ import trio
 from voicebridge.edges import audio
 from voicebridge.engine.effects import ArmTimer, Commit, DisarmTimer, Effect, Hangup, Notice, Rotate, SendCaller, SendModel, Transcript
 from voicebridge.engine.flow import CallFlow, FlowSettings
-from voicebridge.engine.job import CommitError, Committed, Job
+from voicebridge.engine.job import CommitError, Committed, Job, PrepareTool, ToolResult
 from voicebridge.edges.protocol import realtime as rt
 from voicebridge.edges.protocol import twilio_media as tw
 from voicebridge.edges.protocol._codec import b64_decode, b64_encode
@@ -45,6 +45,9 @@ HOLD_FRAMES = 250  # caller audio held while a rotation's new session opens (5 s
 LATENCY_SAMPLE_EVERY = 25  # one frame in 25 (every 0.5 s of caller audio) is timed through the bridge
 FINISH_TIMEOUT_S = 10.0  # recording a call's end may not hang its handler (sockets, store)
 RECONNECT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+PREPARE_TIMEOUT_S = 5.0  # a tool's lookups (store, calendar) may not hold the call up longer
+PREPARE_FAILED = ("The records cannot be checked right now. Apologise, and offer to connect the caller with a person "
+                  "or to call back later.")
 
 
 class SetupError(Exception):
@@ -97,6 +100,9 @@ class CallSetup:
     job: Job  # what the call is for: its tools, words, task and commit
     connect_timeout_s: float = 10.0
     check_start: Callable[[tw.Start], None] | None = None  # raises StreamRefused
+    # Awaited before each tool runs (bounded by PREPARE_TIMEOUT_S): loads what the job's tool needs
+    # from the store or a calendar into the task (see voicebridge.business.tool_preparer).
+    prepare_tool: PrepareTool | None = None
     record_dir: Any = None  # Path | None
 
 
@@ -164,7 +170,7 @@ class Call:
         self.task = setup.job.new_task(caller_number)
         self.flow = CallFlow(
             call_sid=start.call_sid, stream_sid=start.stream_sid, settings=setup.flow, task=self.task,
-            run_tool=lambda name, args: setup.job.run_tool(self.task, name, args, datetime.now(timezone.utc)),
+            run_tool=self._run_tool,
             task_state=lambda: setup.job.state_for_model(self.task), job_prompts=setup.job.prompts,
         )
         self.pcm16 = setup.session.audio_format == "pcm16"
@@ -192,6 +198,25 @@ class Call:
         self._timed: dict[int, tuple[str, float]] = {}  # id(frame text) -> (direction, time received)
         self.protocol_errors = 0
         self.started_at = trio.current_time()
+        self._prepare_failed = False
+
+    def _run_tool(self, name: str, arguments: str) -> ToolResult:
+        if self._prepare_failed:
+            return ToolResult(output={"ok": False, "error": PREPARE_FAILED}, ok=False, intent=None, changed=False)
+        return self.setup.job.run_tool(self.task, name, arguments, datetime.now(timezone.utc))
+
+    async def _prepare_tool(self, name: str, arguments: str) -> None:
+        """Let the job's lookups run before its tool (bounded; a failure is logged and the tool says so)."""
+        self._prepare_failed = False
+        if self.setup.prepare_tool is None:
+            return
+        try:
+            with trio.fail_after(PREPARE_TIMEOUT_S):
+                await self.setup.prepare_tool(self.task, name, arguments)
+        except Exception as exc:
+            self._prepare_failed = True
+            log.error("tool lookup failed: %s", type(exc).__name__, extra={"event": "tool_prepare_failed", "tool": name,
+                                                                           "error": str(exc)[:200]})
 
     # -- effects ---------------------------------------------------------------------------
 
@@ -479,6 +504,7 @@ class Call:
             elif isinstance(ev, rt.ResponseDone):
                 flow.response_done(ev.response_id, ev.status, ev.usage, now)
             elif isinstance(ev, rt.FunctionCall):
+                await self._prepare_tool(ev.name, ev.arguments)
                 flow.function_call(ev.response_id, ev.call_id, ev.name, ev.arguments)
             elif isinstance(ev, rt.TranscriptDone):
                 flow.transcript("assistant", ev.transcript, ev.item_id)
