@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -69,7 +69,8 @@ def build_job(config: Config) -> Job:
     return PizzaJob(menu=load_menu(config.business_file), tax_rate_bp=config.tax_rate_bp)
 
 
-def tool_preparer(job: Job, store: Store, busy_source: BusySource | None = None) -> PrepareTool | None:
+def tool_preparer(job: Job, store: Store, busy_source: BusySource | None = None, *,
+                  clock: Callable[[], datetime] | None = None) -> PrepareTool | None:
     """What the call awaits before a tool runs, for jobs whose tools need the store or a calendar.
 
     For appointments: the stored bookings and the calendar's busy times of the days the tool is
@@ -82,7 +83,7 @@ def tool_preparer(job: Job, store: Store, busy_source: BusySource | None = None)
 
     async def prepare(task: Any, name: str, arguments: str) -> None:
         assert isinstance(task, BookingRequest)
-        now = datetime.now(timezone.utc)
+        now = clock() if clock is not None else datetime.now(timezone.utc)
         lookup = appointments.lookup(task, name, arguments, now)
         if lookup is None:
             return

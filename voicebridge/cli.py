@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from voicebridge.peers.demo import run_demo
 
-    return run_demo(config, scenario=args.scenario, quiet=args.quiet)
+    return run_demo(config, scenario=args.scenario, job=args.job, quiet=args.quiet)
 
 
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
@@ -98,12 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a whole call offline: the daemon plus local Twilio and Realtime peers",
                        description="Run the daemon on loopback with a local Realtime server and a local caller, "
-                                   "and print the call live: transcript, barge-ins, tool calls, the saved order "
-                                   "and its webhook delivery. No keys, no network. Uses VOICEBRIDGE_DB, the menu "
+                                   "and print the call live: transcript, barge-ins, tool calls, the read-back, the "
+                                   "saved order or booking and its webhook delivery. No keys, no network. Uses VOICEBRIDGE_DB, the business file "
                                    "and ORDER_WEBHOOK_URL/SECRET when set; otherwise a local SQLite file and a "
                                    "local webhook receiver that prints what it got.")
-    p.add_argument("--scenario", default="demo", help="a packaged scenario name or a scenario TOML path "
-                                                       "(default: demo, a full order with a barge-in)")
+    p.add_argument("--job", choices=("pizza", "appointments"),
+                   help="the job to demo (default: VOICEBRIDGE_JOB, else the business file's, else pizza)")
+    p.add_argument("--scenario", help="a packaged scenario name or a scenario TOML path (default: for pizza "
+                                      "`demo`, a full order with a barge-in; for appointments `appointments`, "
+                                      "a haircut booked for Tuesday at two)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=cmd_demo)
 

@@ -37,7 +37,7 @@ from voicebridge.ops.outbox import OutboxWorker
 from voicebridge.edges.protocol import realtime as rt
 from voicebridge.edges.protocol import twilio_media as tw
 from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures
-from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call
+from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call, utc_now
 from voicebridge.ops.store import Store
 from voicebridge.edges.transport import MessageStream, TrioWebSocketStream, close_quietly, ws_connect
 
@@ -76,12 +76,13 @@ def realtime_connector(config: Config) -> Connector:
 
 def make_call_setup(config: Config, job: Job, connector: Connector, *,
                     check_start: Callable[[tw.Start], None] | None = None,
-                    prepare_tool: PrepareTool | None = None) -> CallSetup:
+                    prepare_tool: PrepareTool | None = None,
+                    wall_clock: Callable[[], datetime] | None = None) -> CallSetup:
     """How every call is set up: Realtime session settings, the job's tools and words, timers."""
     return CallSetup(
         connect=connector,
         session=rt.SessionSettings(
-            instructions=job.instructions(datetime.now(timezone.utc)),  # re-made for each session
+            instructions=job.instructions((wall_clock or utc_now)()),  # re-made for each session
             tools=tuple(job.tool_definitions()), voice=config.voice, audio_format=config.audio_format),
         flow=FlowSettings(
             silence_timeout_s=config.silence_timeout_s, max_call_s=config.max_call_s,
@@ -92,13 +93,14 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         check_start=check_start,
         record_dir=config.record_dir,
         prepare_tool=prepare_tool,
+        wall_clock=wall_clock or utc_now,
     )
 
 
 class Daemon:
     def __init__(self, config: Config, *, job: Job, store: Store, metrics: Metrics | None = None,
                  connector: Connector | None = None, notifier: Notifier | None = None,
-                 busy_source: BusySource | None = None) -> None:
+                 busy_source: BusySource | None = None, wall_clock: Callable[[], datetime] | None = None) -> None:
         self.config = config
         self.job = job
         self.store = store
@@ -120,7 +122,8 @@ class Daemon:
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
         # the job's lookups before a tool runs (stored bookings; `busy_source`: a calendar's busy times)
         self.setup = make_call_setup(config, job, connector or realtime_connector(config), check_start=self._check_start,
-                                     prepare_tool=tool_preparer(job, store, busy_source))
+                                     prepare_tool=tool_preparer(job, store, busy_source, clock=wall_clock),
+                                     wall_clock=wall_clock)
 
     # -- pre-warm ----------------------------------------------------------------------------
 
@@ -200,7 +203,7 @@ class Daemon:
 
     async def _commit(self, call_sid: str, task: Any) -> Committed:
         """The caller said yes: the job writes its task and outbox events in one transaction."""
-        now = datetime.now(timezone.utc)
+        now = self.setup.wall_clock()
         done = await self.store.commit(lambda tx: self.job.commit(tx, call_sid, task, now), now=now)
         self.outbox.wake()
         return done

@@ -50,6 +50,11 @@ PREPARE_FAILED = ("The records cannot be checked right now. Apologise, and offer
                   "or to call back later.")
 
 
+def utc_now() -> datetime:
+    """The wall clock, UTC-aware (a CallSetup's default `wall_clock`)."""
+    return datetime.now(timezone.utc)
+
+
 class SetupError(Exception):
     """The Realtime session could not be opened or configured."""
 
@@ -103,6 +108,9 @@ class CallSetup:
     # Awaited before each tool runs (bounded by PREPARE_TIMEOUT_S): loads what the job's tool needs
     # from the store or a calendar into the task (see voicebridge.business.tool_preparer).
     prepare_tool: PrepareTool | None = None
+    # The business's "now" for a job (its instructions, tools, commit): the wall clock, except in
+    # a replay, which runs a recorded call at the time it was recorded.
+    wall_clock: Callable[[], datetime] = utc_now
     record_dir: Any = None  # Path | None
 
 
@@ -133,7 +141,7 @@ async def open_session(stream: MessageStream, settings: rt.SessionSettings, time
 
 def session_settings(setup: CallSetup) -> rt.SessionSettings:
     """The session's settings for a call starting now: the job's instructions carry its local time."""
-    return attrs.evolve(setup.session, instructions=setup.job.instructions(datetime.now(timezone.utc)))
+    return attrs.evolve(setup.session, instructions=setup.job.instructions(setup.wall_clock()))
 
 
 async def connect_session(setup: CallSetup, nursery: trio.Nursery) -> MessageStream:
@@ -203,7 +211,7 @@ class Call:
     def _run_tool(self, name: str, arguments: str) -> ToolResult:
         if self._prepare_failed:
             return ToolResult(output={"ok": False, "error": PREPARE_FAILED}, ok=False, intent=None, changed=False)
-        return self.setup.job.run_tool(self.task, name, arguments, datetime.now(timezone.utc))
+        return self.setup.job.run_tool(self.task, name, arguments, self.setup.wall_clock())
 
     async def _prepare_tool(self, name: str, arguments: str) -> None:
         """Let the job's lookups run before its tool (bounded; a failure is logged and the tool says so)."""
@@ -586,9 +594,9 @@ async def run_call(twilio: MessageStream, setup: CallSetup, hooks: CallHooks | N
 
         from voicebridge import __version__
 
-        meta = {"version": __version__, "call_sid": start.call_sid,
+        meta = {"version": __version__, "call_sid": start.call_sid, "wall_clock": setup.wall_clock().isoformat(),
                 "settings": {**attrs.asdict(setup.flow), "audio_format": setup.session.audio_format,
-                             "connect_timeout_s": setup.connect_timeout_s}}
+                             "connect_timeout_s": setup.connect_timeout_s, "job": setup.job.name}}
         recorder = CallRecorder(Path(setup.record_dir) / f"{start.call_sid}-{int(time.time())}.jsonl", meta)
         recorder.add("twilio", "in", text)
         recorder.started(trio.current_time())
