@@ -1,4 +1,4 @@
-"""The `voicebridge` command: serve | demo | replay | orders | resend | call.
+"""The `voicebridge` command: serve | demo | replay | orders | bookings | resend | calls | call.
 
 Configuration comes from the environment and an optional `.env` file (see README); a bad value
 stops the command with one line naming the variable, exit status 2.
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timing difference (seconds) still counted as the same behaviour (default 0.25)")
     p.set_defaults(func=cmd_replay)
 
-    for module in ("orders", "calls", "call"):
+    for module in ("orders", "bookings", "calls", "call"):
         register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = __import__(f"voicebridge.commands.{module}", fromlist=["register"]).register
         register(sub)
     return parser
