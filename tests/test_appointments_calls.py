@@ -199,3 +199,25 @@ async def test_a_slot_taken_by_another_call_before_the_yes_is_offered_elsewhere(
             "8th of December at 3:15 pm.") in call.said()
     rows = await store.read(lambda tx: tx.execute("SELECT customer FROM bookings"))
     assert rows == [{"customer": "Alex"}]
+
+
+async def test_a_lookup_that_hangs_is_cut_off_and_the_tool_says_it_cannot_check(autojump_clock: MockClock) -> None:
+    """The engine bounds the lookup before a tool (5 s); the tool then answers an error the caller hears."""
+    from calls import call_setup, run_in_memory
+    from voicebridge.engine.session import PREPARE_FAILED
+
+    started: list[float] = []
+
+    async def hang(task: Any, name: str, arguments: str) -> None:
+        started.append(trio.current_time())
+        if name == "add_item":
+            await trio.sleep_forever()
+
+    peer = RealtimePeer(load_scenario("full_order"))
+    setup = attrs.evolve(call_setup(peer), prepare_tool=hang)
+    call = await run_in_memory("full_order", peer=peer, setup=setup)
+    tools = [(f["name"], f["ok"]) for k, f in call.events if k == "tool"]
+    assert ("add_item", False) in tools and ("set_customer", True) in tools
+    said = [f["text"] for k, f in call.events if k == "transcript" and f["role"] == "assistant"]
+    assert PREPARE_FAILED in said
+    assert len(started) == len(tools)  # every tool waited for its lookup first
