@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from functools import partial
@@ -104,10 +105,10 @@ class CalDavCalendar:
         return f"CalDavCalendar({parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''})"
 
     def _client(self) -> Any:
-        import caldav
+        from caldav.davclient import DAVClient
 
-        return caldav.DAVClient(url=self.url, username=self._username, password=self._password,
-                                timeout=self.timeout_s, enable_rfc6764=False, rate_limit_handle=False)
+        return DAVClient(url=self.url, username=self._username, password=self._password,
+                         timeout=math.ceil(self.timeout_s), enable_rfc6764=False, rate_limit_handle=False)
 
     async def _run(self, what: str, fn: Callable[[], T]) -> T:
         try:

@@ -86,13 +86,24 @@ def _short(value: object, name: str, *, optional: bool = False) -> str:
     return value[:MAX_TEXT]
 
 
+def _written(local: datetime) -> datetime:
+    """`local` as it goes into the text: its zone's wall-clock time, unless that names another instant.
+
+    A TZID time that occurs twice (the hour the clocks go back) means the first one (RFC 5545
+    3.3.5), so the second occurrence is written in UTC instead.
+    """
+    if local.replace(fold=0).astimezone(timezone.utc) != local.astimezone(timezone.utc):
+        return local.astimezone(timezone.utc)
+    return local
+
+
 def vevent(event: BookingEvent, *, stamp: datetime) -> icalendar.Event:
     """The VEVENT of one booking; `stamp` (aware) is its DTSTAMP."""
     ev = icalendar.Event()
     ev.add("uid", event.uid)
     ev.add("dtstamp", stamp.astimezone(timezone.utc))
-    ev.add("dtstart", event.start)
-    ev.add("dtend", event.end)
+    ev.add("dtstart", _written(event.start))
+    ev.add("dtend", _written(event.end))
     ev.add("sequence", event.sequence)
     ev.add("summary", event.summary)
     if event.description:
@@ -121,7 +132,8 @@ def _calendar(events: list[BookingEvent], *, stamp: datetime, name: str | None =
 
 def event_calendar(event: BookingEvent, *, stamp: datetime) -> bytes:
     """The iCalendar object a CalDAV server stores for one booking: VTIMEZONE + VEVENT."""
-    return _calendar([event], stamp=stamp).to_ical()
+    text: bytes = _calendar([event], stamp=stamp).to_ical()
+    return text
 
 
 def feed_calendar(payloads: Iterable[Mapping[str, Any]], *, stamp: datetime,
@@ -137,7 +149,8 @@ def feed_calendar(payloads: Iterable[Mapping[str, Any]], *, stamp: datetime,
         except ValueError as exc:
             problems.append(str(exc))
     events.sort(key=lambda e: (e.start, e.uid))
-    return _calendar(events, stamp=stamp, name=name).to_ical(), problems
+    text: bytes = _calendar(events, stamp=stamp, name=name).to_ical()
+    return text, problems
 
 
 FeedSource = Callable[[], Awaitable[Sequence[Mapping[str, Any]]]]

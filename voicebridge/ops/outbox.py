@@ -319,12 +319,15 @@ class CalendarWorker(_Delivery):
             raise Undeliverable("the payload is not JSON") from None
         if not isinstance(payload, dict):
             raise Undeliverable("the payload is not a JSON object")
+        uid = payload.get("uid")
+        if not isinstance(uid, str) or not uid:
+            raise Undeliverable(f"the payload has no uid (got {uid!r})")
         try:
             with trio.fail_after(self.timeout_s * 3):  # the calendar bounds each request; this bounds it all
                 if row.event == "calendar.put":
                     await self.calendar.put_event(payload)
                 else:
-                    await self.calendar.delete_event(payload.get("uid"))
+                    await self.calendar.delete_event(uid)
         except ValueError as exc:
             raise Undeliverable(str(exc)) from None
         except trio.TooSlowError:
