@@ -21,9 +21,10 @@ import hashlib
 import logging
 import math
 import re
+from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from functools import partial
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 import trio
@@ -96,6 +97,7 @@ class CalDavCalendar:
         self.timeout_s = timeout_s
         self._username = username
         self._password = password
+        self._auth_type: str | None = None  # learnt from the first 401, then sent up front
         self._limiter = trio.CapacityLimiter(MAX_THREADS)
         # caldav logs request and response bodies at DEBUG: callers' names and numbers.
         logging.getLogger("caldav").setLevel(max(logging.getLogger("caldav").level, logging.INFO))
@@ -104,11 +106,26 @@ class CalDavCalendar:
         parts = urlsplit(self.url)
         return f"CalDavCalendar({parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''})"
 
-    def _client(self) -> Any:
+    @contextmanager
+    def _client(self) -> Iterator[Any]:
+        """A DAVClient for one operation. The login scheme the server asked for the first time is
+        then sent with the first request, saving a 401 round trip (and the pause some servers add
+        after one) on every later operation."""
         from caldav.davclient import DAVClient
+        from caldav.lib.error import AuthorizationError
 
-        return DAVClient(url=self.url, username=self._username, password=self._password,
-                         timeout=math.ceil(self.timeout_s), enable_rfc6764=False, rate_limit_handle=False)
+        client = DAVClient(url=self.url, username=self._username, password=self._password,
+                           auth_type=self._auth_type if self._username else None,
+                           timeout=math.ceil(self.timeout_s), enable_rfc6764=False, rate_limit_handle=False)
+        with client:
+            try:
+                yield client
+            except AuthorizationError:
+                self._auth_type = None  # ask the server again next time
+                raise
+            kind = type(getattr(client, "auth", None)).__name__
+            if self._username and kind in ("HTTPBasicAuth", "HTTPDigestAuth"):
+                self._auth_type = "basic" if kind == "HTTPBasicAuth" else "digest"
 
     async def _run(self, what: str, fn: Callable[[], T]) -> T:
         try:
