@@ -80,7 +80,7 @@ class Clock:
 
 
 def worker(store: Store, calendar: Any, clock: Clock, **kw: Any) -> CalendarWorker:
-    return CalendarWorker(store, calendar, now=clock, rand=lambda: 0.5, timeout_s=5.0, **kw)
+    return CalendarWorker(store, calendar, now=clock, rand=lambda: 0.5, **{"timeout_s": 5.0, **kw})
 
 
 async def enqueue(store: Store, event: str, payload: Mapping[str, Any], subject: str = "booking:1") -> None:
@@ -340,7 +340,8 @@ async def test_a_calendar_that_is_down_keeps_the_rows_pending_until_it_is_back(t
         assert await w.deliver_due() == 1
         (row,) = await outbox(store)
         assert row["state"] == "pending" and row["attempts"] == 1
-        assert "ConnectionError" in row["last_error"] and "writing event booking-1@shop.example" in row["last_error"]
+        assert row["last_error"] == ("writing event booking-1@shop.example: ConnectionError: cannot reach the calendar"
+                                     " server (Connection refused)")
         with pytest.raises(CalendarError, match="reading the calendar"):
             await cal.busy(datetime(2026, 3, 30, tzinfo=BERLIN), datetime(2026, 3, 31, tzinfo=BERLIN))
 
@@ -399,3 +400,27 @@ async def test_the_daemon_runs_the_calendar_worker_only_with_a_calendar_url(
     async with httpx.AsyncClient() as http:  # the daemon is gone: nothing listens any more
         with pytest.raises(httpx.ConnectError):
             await http.get(f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_a_calendar_that_never_answers_is_given_up_on_within_the_bound(store: Store) -> None:
+    """A server that accepts the connection and then says nothing: the attempt ends, the row waits."""
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        held: list[trio.SocketStream] = []
+
+        async def hold(stream: trio.SocketStream) -> None:
+            held.append(stream)
+            await trio.sleep_forever()
+
+        nursery.start_soon(partial(trio.serve_listeners, hold, listeners))
+        clock = Clock()
+        w = worker(store, client(f"http://127.0.0.1:{port}/shop/cal/", timeout_s=0.5), clock, timeout_s=0.5)
+        await enqueue(store, "calendar.put", booking())
+        with trio.fail_after(5):
+            assert await w.deliver_due() == 1
+        (row,) = await outbox(store)
+        assert row["state"] == "pending" and row["attempts"] == 1
+        assert "did not answer" in row["last_error"] or "no answer within" in row["last_error"], row["last_error"]
+        assert held  # it did connect
+        nursery.cancel_scope.cancel()

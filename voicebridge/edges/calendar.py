@@ -213,7 +213,17 @@ class CalDavCalendar:
         return str(obj.url)
 
 
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+
+
 def _describe(exc: BaseException) -> str:
-    """A short reason for the outbox's last_error and the log: the exception's kind and first line."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+    """A short reason for the outbox's last_error and the log, without the HTTP stack's nesting."""
+    text = str(exc).strip()
+    kind = type(exc).__name__
+    if "Timeout" in kind:
+        return f"{kind}: the calendar server did not answer in time"
+    if kind == "ConnectionError" or "NewConnectionError" in text:
+        reason = _ERRNO.search(text)
+        return f"ConnectionError: cannot reach the calendar server ({reason.group(1).strip() if reason else kind})"
+    first = text.splitlines()[0] if text else ""
+    return f"{kind}: {first}"[:300] if first else kind
