@@ -379,9 +379,14 @@ async def test_the_daemon_runs_the_calendar_worker_only_with_a_calendar_url(
     assert Daemon(Config(db_path=tmp_path / "vb.sqlite3"), job=job, store=store).calendar_outbox is None
 
     port = free_port()
+    token = "daemon-feed-token-0123456789"
     config = Config(host="127.0.0.1", port=port, db_path=tmp_path / "vb.sqlite3", caldav_url=calendar_url,
-                    caldav_username=USER, caldav_password=PASSWORD)
-    daemon = Daemon(config, job=job, store=store, calendar_zone=BERLIN)
+                    caldav_username=USER, caldav_password=PASSWORD, calendar_feed_token=token)
+
+    async def feed_events() -> list[dict[str, Any]]:
+        return [booking()]
+
+    daemon = Daemon(config, job=job, store=store, calendar_zone=BERLIN, feed_events=feed_events)
     assert daemon.calendar is not None and daemon.calendar.zone is BERLIN
     stop = trio.Event()
     with trio.fail_after(30):
@@ -394,6 +399,10 @@ async def test_the_daemon_runs_the_calendar_worker_only_with_a_calendar_url(
                 if [r["state"] for r in await outbox(store)] == ["delivered"]:
                     break
                 await trio.sleep(0.01)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:  # the feed is served too
+                feed = await http.get(f"/calendar/{token}.ics")
+                assert feed.status_code == 200 and b"UID:booking-1@shop.example" in feed.content
+                assert (await http.get("/calendar/daemon-feed-token-0123456788.ics")).status_code == 404
             stop.set()
     (ev,) = await stored_events(calendar_url)
     assert str(ev["uid"]) == "booking-1@shop.example"
