@@ -61,6 +61,8 @@ async def test_the_feed_shows_the_bookings_at_their_local_time_across_dst() -> N
     assert status == 200 and content_type.startswith("text/calendar")
     cal = icalendar.Calendar.from_ical(body)
     assert str(cal["x-wr-calname"]) == "Salon Ana"
+    assert cal["refresh-interval"].dt == timedelta(minutes=15)  # subscribers see new bookings soon
+    assert str(cal["x-published-ttl"]) == "PT15M"
     assert sorted(str(tz["tzid"]) for tz in cal.walk("VTIMEZONE")) == ["America/New_York", "Europe/Berlin"]
     ev = events_by_uid(body)
     assert ev["a@salon.example"]["dtstart"].params["TZID"] == "Europe/Berlin"

@@ -24,6 +24,7 @@ import icalendar
 
 PRODID = "-//voicebridge//bookings//EN"
 MAX_TEXT = 2_000
+FEED_REFRESH_MIN = 15
 _UID = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
 
 
@@ -117,9 +118,11 @@ def _calendar(events: list[BookingEvent], *, stamp: datetime, name: str | None =
     cal = icalendar.Calendar()
     cal.add("prodid", PRODID)
     cal.add("version", "2.0")
-    if name:
+    if name:  # the feed: its name, and how often subscribers should fetch it again (RFC 7986)
         cal.add("x-wr-calname", name)
         cal.add("name", name)
+        cal.add("refresh-interval", timedelta(minutes=FEED_REFRESH_MIN), parameters={"VALUE": "DURATION"})
+        cal.add("x-published-ttl", f"PT{FEED_REFRESH_MIN}M")
     for event in events:
         cal.add_component(vevent(event, stamp=stamp))
     if events:
