@@ -38,7 +38,7 @@ class Bookings:
 
 
 def app_with(bookings: Bookings | None) -> Any:
-    feed = None if bookings is None else CalendarFeed(TOKEN, bookings.events, name="Salon Ana")
+    feed = None if bookings is None else CalendarFeed(TOKEN, bookings.events, name="The Salon")
     return create_app(SimpleNamespace(config=Config()), feed=feed)  # type: ignore[arg-type]
 
 
@@ -60,7 +60,7 @@ async def test_the_feed_shows_the_bookings_at_their_local_time_across_dst() -> N
     status, content_type, body = await fetch(app_with(bookings), f"/calendar/{TOKEN}.ics")
     assert status == 200 and content_type.startswith("text/calendar")
     cal = icalendar.Calendar.from_ical(body)
-    assert str(cal["x-wr-calname"]) == "Salon Ana"
+    assert str(cal["x-wr-calname"]) == "The Salon"
     assert cal["refresh-interval"].dt == timedelta(minutes=15)  # subscribers see new bookings soon
     assert str(cal["x-published-ttl"]) == "PT15M"
     assert sorted(str(tz["tzid"]) for tz in cal.walk("VTIMEZONE")) == ["America/New_York", "Europe/Berlin"]

@@ -3,7 +3,7 @@
 Pure functions (no I/O). A booking reaches them as the `calendar.put` outbox payload:
 
     {"uid": "booking-12@shop.example", "start": "2026-03-30T14:00:00+02:00",
-     "end": "2026-03-30T14:30:00+02:00", "tz": "Europe/Berlin", "summary": "Haircut: Ana",
+     "end": "2026-03-30T14:30:00+02:00", "tz": "Europe/Berlin", "summary": "Haircut, 30 min",
      "description": "Booked by phone", "sequence": 1}
 
 `start` and `end` are ISO-8601 with an offset; `tz` is the business's IANA time zone. The event
