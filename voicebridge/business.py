@@ -13,9 +13,10 @@ MenuError with one line naming the file and the problem.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Mapping, Sequence
+from zoneinfo import ZoneInfo
 
 import trio
 
@@ -25,7 +26,7 @@ from voicebridge.jobs.appointments.booking import BookingRequest, Found
 from voicebridge.jobs.appointments.business import BusinessError, load_business, parse_toml
 from voicebridge.jobs.appointments.job import SCHEMA as APPOINTMENTS_SCHEMA
 from voicebridge.jobs.appointments.job import AppointmentsJob
-from voicebridge.jobs.appointments.records import booked_between, upcoming_by_name, upcoming_for_phone
+from voicebridge.jobs.appointments.records import booked_between, feed_events, upcoming_by_name, upcoming_for_phone
 from voicebridge.jobs.pizza.job import SCHEMA as PIZZA_SCHEMA
 from voicebridge.jobs.pizza.job import PizzaJob
 from voicebridge.ops.store import Store
@@ -35,6 +36,7 @@ log = logging.getLogger("voicebridge.business")
 # Every job's own migrations, by job name: a database holds the tables of all of them.
 SCHEMAS: dict[str, tuple[tuple[str, ...], ...]] = {"pizza": PIZZA_SCHEMA, "appointments": APPOINTMENTS_SCHEMA}
 BUSY_TIMEOUT_S = 3.0  # how long a tool waits for the external calendar's busy times
+FEED_PAST_DAYS = 30  # the iCalendar feed keeps bookings this long after they are over
 
 
 def job_name(config: Config) -> str:
@@ -110,3 +112,20 @@ def tool_preparer(job: Job, store: Store, busy_source: BusySource | None = None,
                                          calendar_error=error, mine=tuple(mine), by_name=tuple(by_name)))
 
     return prepare
+
+
+def job_time_zone(job: Job) -> ZoneInfo | None:
+    """The business's time zone, for jobs that have one (a calendar's all-day events are in it)."""
+    return job.business.tz if isinstance(job, AppointmentsJob) else None
+
+
+def feed_source(job: Job, store: Store) -> Callable[[], Awaitable[Sequence[Mapping[str, Any]]]] | None:
+    """The bookings the iCalendar feed serves (confirmed, not over for FEED_PAST_DAYS), or None for jobs without."""
+    if not isinstance(job, AppointmentsJob):
+        return None
+
+    async def events() -> Sequence[Mapping[str, Any]]:
+        since = datetime.now(timezone.utc) - timedelta(days=FEED_PAST_DAYS)
+        return await store.read(lambda tx: feed_events(tx, since))
+
+    return events

@@ -51,7 +51,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
     config.check_serve()
     setup_logging(config.log_level, config.log_format,
-                  secrets=[config.openai_api_key, config.twilio_auth_token, config.order_webhook_secret])
+                  secrets=[config.openai_api_key, config.twilio_auth_token, config.order_webhook_secret,
+                           config.caldav_password, config.calendar_feed_token])
     job = build_job(config)
     if config.allow_unsigned:
         from voicebridge.edges.security import UNSIGNED_WARNING

@@ -1,6 +1,7 @@
 """The daemon: shared services around the calls, and `serve_daemon()` which runs it all.
 
-One Trio nursery holds Hypercorn (serving the Quart-Trio app), the webhook outbox worker, the
+One Trio nursery holds Hypercorn (serving the Quart-Trio app), the webhook outbox worker (and
+the calendar one when VOICEBRIDGE_CALDAV_URL is set), the
 systemd watchdog and the pre-warmed Realtime sessions waiting for their stream. Each call runs
 in its own nursery inside its WebSocket handler (`voicebridge.engine.session.run_call`).
 SIGTERM (or `shutdown`) stops new calls, lets live calls finish up to the drain deadline, then
@@ -19,7 +20,7 @@ import tempfile
 from functools import partial
 import urllib.parse
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
 from typing import Any, Callable
 
@@ -28,14 +29,16 @@ import trio
 from voicebridge.config import Config
 from voicebridge.ops.cost import CallCost
 from voicebridge.engine.flow import FlowSettings
-from voicebridge.business import tool_preparer
+from voicebridge.business import feed_source, job_time_zone, tool_preparer
 from voicebridge.engine.job import BusySource, Committed, Job, PrepareTool
 from voicebridge.ops.logs import call_sid_var
 from voicebridge.ops.metrics import Metrics
 from voicebridge.ops.notify import Notifier, watchdog_task
-from voicebridge.ops.outbox import OutboxWorker
+from voicebridge.ops.outbox import CalendarWorker, OutboxWorker
 from voicebridge.edges.protocol import realtime as rt
 from voicebridge.edges.protocol import twilio_media as tw
+from voicebridge.edges.calendar import CalDavCalendar
+from voicebridge.edges.ical import CalendarFeed, FeedSource
 from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures
 from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call, utc_now
 from voicebridge.ops.store import Store
@@ -100,6 +103,7 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
 class Daemon:
     def __init__(self, config: Config, *, job: Job, store: Store, metrics: Metrics | None = None,
                  connector: Connector | None = None, notifier: Notifier | None = None,
+                 calendar_zone: tzinfo | None = None, feed_events: FeedSource | None = None,
                  busy_source: BusySource | None = None, wall_clock: Callable[[], datetime] | None = None) -> None:
         self.config = config
         self.job = job
@@ -120,10 +124,28 @@ class Daemon:
         self.nursery: trio.Nursery | None = None
         self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret,
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
-        # the job's lookups before a tool runs (stored bookings; `busy_source`: a calendar's busy times)
-        self.setup = make_call_setup(config, job, connector or realtime_connector(config), check_start=self._check_start,
-                                     prepare_tool=tool_preparer(job, store, busy_source, clock=wall_clock),
-                                     wall_clock=wall_clock)
+        # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day; by
+        # default the job's own time zone), written through the outbox's "calendar" rows; None keeps
+        # bookings local (and the feed).
+        zone = calendar_zone or job_time_zone(job) or timezone.utc
+        self.calendar: CalDavCalendar | None = None
+        self.calendar_outbox: CalendarWorker | None = None
+        if config.caldav_url:
+            self.calendar = CalDavCalendar(config.caldav_url, username=config.caldav_username,
+                                           password=config.caldav_password, zone=zone,
+                                           timeout_s=config.webhook_timeout_s)
+            self.calendar_outbox = CalendarWorker(store, self.calendar, max_attempts=config.webhook_max_attempts,
+                                                  timeout_s=config.webhook_timeout_s)
+        self.calendar_feed: CalendarFeed | None = None
+        feed_events = feed_events or feed_source(job, store)
+        if config.calendar_feed_token and feed_events is not None:
+            self.calendar_feed = CalendarFeed(config.calendar_feed_token, feed_events)
+        # the job's lookups before a tool runs: stored bookings, and the calendar's busy times
+        # (`busy_source`, by default the CalDAV calendar) so events booked by hand block slots too
+        self.setup = make_call_setup(
+            config, job, connector or realtime_connector(config), check_start=self._check_start,
+            prepare_tool=tool_preparer(job, store, busy_source or self.calendar, clock=wall_clock),
+            wall_clock=wall_clock)
 
     # -- pre-warm ----------------------------------------------------------------------------
 
@@ -206,6 +228,8 @@ class Daemon:
         now = self.setup.wall_clock()
         done = await self.store.commit(lambda tx: self.job.commit(tx, call_sid, task, now), now=now)
         self.outbox.wake()
+        if self.calendar_outbox is not None:
+            self.calendar_outbox.wake()
         return done
 
     def _on_event(self, call_sid: str, kind: str, fields: dict[str, Any]) -> None:
@@ -323,7 +347,9 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     from voicebridge.edges.web import create_app, serve_front
 
     cfg = daemon.config
-    app = create_app(daemon)
+    app = create_app(daemon, feed=daemon.calendar_feed)
+    if cfg.calendar_feed_token and daemon.calendar_feed is None:
+        log.warning("VOICEBRIDGE_CALENDAR_FEED_TOKEN is set, but this job has no bookings to publish")
     private = tempfile.mkdtemp(prefix="voicebridge-") if cfg.lean_sockets else None
     backend = os.path.join(private, "http.sock") if private else ""
     hyper = HyperConfig()
@@ -343,6 +369,8 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     async with trio.open_nursery() as nursery:
         daemon.nursery = nursery
         await nursery.start(daemon.outbox.run)
+        if daemon.calendar_outbox is not None:
+            await nursery.start(daemon.calendar_outbox.run)
         served = trio.Event()
 
         async def run_hypercorn(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

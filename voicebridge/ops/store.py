@@ -332,6 +332,11 @@ class _SqliteTransaction:
         )
 
 
+# An outbox row whose subject has no older pending row for its target.
+_HEAD_OF_SUBJECT = (" AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' AND p.target = o.target"
+                    " AND p.subject = o.subject AND p.id < o.id)")
+
+
 # -- the store --------------------------------------------------------------------------
 
 
@@ -550,14 +555,20 @@ class Store:
 
     # -- outbox
 
-    async def next_due(self, now: datetime, targets: Sequence[str] = ("webhook",)) -> OutboxRow | None:
-        """The pending outbox row for one of `targets` due soonest at or before `now`, or None."""
+    async def next_due(self, now: datetime, targets: Sequence[str] = ("webhook",), *,
+                       in_subject_order: bool = False) -> OutboxRow | None:
+        """The pending outbox row for one of `targets` due soonest at or before `now`, or None.
+
+        With `in_subject_order`, a row is not due while an older pending row about the same
+        subject and target waits (a booking's calendar writes land in the order they were made).
+        """
         at = utc_text(now, "now")
         marks = ", ".join("?" for _ in targets)
+        head = _HEAD_OF_SUBJECT if in_subject_order else ""
 
         def query(conn: sqlite3.Connection) -> OutboxRow | None:
             r = conn.execute(
-                f"SELECT * FROM outbox WHERE state = 'pending' AND target IN ({marks}) AND next_attempt_at <= ?"
+                f"SELECT * FROM outbox o WHERE state = 'pending' AND target IN ({marks}) AND next_attempt_at <= ?{head}"
                 " ORDER BY next_attempt_at, id LIMIT 1",
                 (*targets, at),
             ).fetchone()
@@ -565,13 +576,15 @@ class Store:
 
         return await self._run(query)
 
-    async def next_due_time(self, targets: Sequence[str] = ("webhook",)) -> datetime | None:
+    async def next_due_time(self, targets: Sequence[str] = ("webhook",), *,
+                            in_subject_order: bool = False) -> datetime | None:
         """When the next pending row for one of `targets` is due, or None if nothing is pending."""
         marks = ", ".join("?" for _ in targets)
+        head = _HEAD_OF_SUBJECT if in_subject_order else ""
 
         def query(conn: sqlite3.Connection) -> datetime | None:
-            r = conn.execute(f"SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending' AND target IN ({marks})",
-                             tuple(targets)).fetchone()
+            r = conn.execute(f"SELECT MIN(next_attempt_at) FROM outbox o WHERE state = 'pending'"
+                             f" AND target IN ({marks}){head}", tuple(targets)).fetchone()
             return _dt(r[0])
 
         return await self._run(query)

@@ -7,6 +7,7 @@ commit): no I/O here. Times are stored as ISO-8601 UTC text, which sorts as time
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import attrs
@@ -146,3 +147,13 @@ def get_booking(tx: Transaction, booking_id: int) -> BookingDetail | None:
                    for e in tx.execute("SELECT * FROM outbox WHERE subject = ? ORDER BY id", (f"booking:{booking_id}",)))
     return BookingDetail(row=_row(tx, r), uid=r["uid"], sequence=r["sequence"], price_cents=r["price_cents"],
                          call_sid=r["call_sid"], changes=changes, events=events)
+
+
+def feed_events(tx: Transaction, since: dt.datetime, *, limit: int = 2000) -> list[dict[str, Any]]:
+    """Confirmed bookings ending after `since`, soonest first, each as its latest `calendar.put` payload
+    (the iCalendar feed shows exactly what a CalDAV calendar is sent)."""
+    rows = tx.execute(
+        "SELECT b.id, (SELECT o.payload FROM outbox o WHERE o.subject = 'booking:' || b.id AND o.event = 'calendar.put'"
+        " ORDER BY o.id DESC LIMIT 1) AS payload FROM bookings b WHERE b.status = 'confirmed' AND b.ends_at > ?"
+        " ORDER BY b.starts_at LIMIT ?", (stored_time(since), limit))
+    return [json.loads(r["payload"]) for r in rows if r["payload"]]
