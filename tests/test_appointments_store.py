@@ -190,3 +190,24 @@ async def test_the_lookup_before_a_tool_loads_bookings_and_calendar_busy_times(s
     assert down is not None
     await down(t, "check_availability", args)
     assert "cannot be checked right now" in JOB.run_tool(t, "check_availability", args, NOW).output["error"]
+
+
+async def test_the_calendar_feed_serves_each_confirmed_booking_as_its_latest_event(store: Store) -> None:
+    """The subscribable feed shows what the calendar is sent: a moved booking at its new time, no cancelled one."""
+    from voicebridge.business import feed_source
+
+    events = feed_source(JOB, store, clock=lambda: NOW)
+    assert events is not None
+    await commit(store, booking_request("10:00", name="Sam"))
+    second = booking_request("14:00", name="Alex", phone="+15550002222")
+    await commit(store, second)
+    mine = await store.read(lambda tx: booked_between(tx, *loaded(TUESDAY).window))  # type: ignore[misc]
+    second.found = loaded(TUESDAY, booked=tuple(mine), mine=(mine[1],))
+    run(second, "find_my_bookings")
+    assert run(second, "move_appointment", date="2026-12-08", time="16:00").ok
+    await commit(store, second)
+    feed = [(e["summary"], e["start"], e["sequence"]) for e in await events()]
+    assert feed == [("Haircut: Sam", "2026-12-08T10:00:00-05:00", 0), ("Haircut: Alex", "2026-12-08T16:00:00-05:00", 1)]
+    assert run(second, "cancel_appointment").ok
+    await commit(store, second)
+    assert [e["summary"] for e in await events()] == ["Haircut: Sam"]

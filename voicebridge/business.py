@@ -119,13 +119,14 @@ def job_time_zone(job: Job) -> ZoneInfo | None:
     return job.business.tz if isinstance(job, AppointmentsJob) else None
 
 
-def feed_source(job: Job, store: Store) -> Callable[[], Awaitable[Sequence[Mapping[str, Any]]]] | None:
+def feed_source(job: Job, store: Store, *, clock: Callable[[], datetime] | None = None
+                ) -> Callable[[], Awaitable[Sequence[Mapping[str, Any]]]] | None:
     """The bookings the iCalendar feed serves (confirmed, not over for FEED_PAST_DAYS), or None for jobs without."""
     if not isinstance(job, AppointmentsJob):
         return None
 
     async def events() -> Sequence[Mapping[str, Any]]:
-        since = datetime.now(timezone.utc) - timedelta(days=FEED_PAST_DAYS)
+        since = (clock() if clock is not None else datetime.now(timezone.utc)) - timedelta(days=FEED_PAST_DAYS)
         return await store.read(lambda tx: feed_events(tx, since))
 
     return events

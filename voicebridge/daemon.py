@@ -137,7 +137,7 @@ class Daemon:
             self.calendar_outbox = CalendarWorker(store, self.calendar, max_attempts=config.webhook_max_attempts,
                                                   timeout_s=config.webhook_timeout_s)
         self.calendar_feed: CalendarFeed | None = None
-        feed_events = feed_events or feed_source(job, store)
+        feed_events = feed_events or feed_source(job, store, clock=wall_clock)
         if config.calendar_feed_token and feed_events is not None:
             self.calendar_feed = CalendarFeed(config.calendar_feed_token, feed_events)
         # the job's lookups before a tool runs: stored bookings, and the calendar's busy times
