@@ -172,3 +172,23 @@ def test_bookings_without_a_database_says_so(tmp_path: Path, monkeypatch: pytest
                                              capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(tmp_path / "none.sqlite3", monkeypatch, "bookings") == 2
     assert "no database at" in capsys.readouterr().err
+
+
+def test_demo_chooses_the_job_and_its_default_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from voicebridge.peers.demo import choose
+    from voicebridge.peers.scenario import ScenarioError
+
+    config, scenario = choose(Config(), None, "appointments")
+    assert (config.job, scenario.name) == ("appointments", "appointments")
+    config, scenario = choose(Config(job="appointments"), None, None)
+    assert scenario.name == "appointments"
+    config, scenario = choose(Config(), "appointment_keypad", None)
+    assert (config.job, scenario.name) == ("appointments", "appointment_keypad")
+    assert choose(Config(), None, None)[1].name == "demo"
+    with pytest.raises(ScenarioError, match="scenario 'demo' is a pizza call, not appointments"):
+        choose(Config(), "demo", "appointments")
+    menu = tmp_path / "menu.toml"
+    menu.write_text(Path("voicebridge/jobs/pizza/default_menu.toml").read_text(), encoding="utf-8")
+    config, scenario = choose(Config(menu_path=menu), None, "appointments")
+    assert config.business_file is None and scenario.name == "appointments"
+    assert f"{menu} is not a business file for appointments; using the packaged example" in capsys.readouterr().err

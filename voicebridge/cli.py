@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from voicebridge import __version__
-from voicebridge.config import Config, ConfigError
+from voicebridge.config import JOBS, Config, ConfigError
 
 log = logging.getLogger("voicebridge")
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "saved order or booking and its webhook delivery. No keys, no network. Uses VOICEBRIDGE_DB, the business file "
                                    "and ORDER_WEBHOOK_URL/SECRET when set; otherwise a local SQLite file and a "
                                    "local webhook receiver that prints what it got.")
-    p.add_argument("--job", choices=("pizza", "appointments"),
+    p.add_argument("--job", choices=JOBS,
                    help="the job to demo (default: VOICEBRIDGE_JOB, else the business file's, else pizza)")
     p.add_argument("--scenario", help="a packaged scenario name or a scenario TOML path (default: for pizza "
                                       "`demo`, a full order with a barge-in; for appointments `appointments`, "

@@ -184,7 +184,7 @@ def choose(config: Config, scenario: str | None, job: str | None) -> tuple[Confi
         job = job or job_name(config)
         chosen = load_scenario(DEFAULT_SCENARIO[job])
     if config.business_file is not None and job_name(attrs.evolve(config, job=None)) != job:
-        print(f"voicebridge demo: {config.business_file} is not a {job} business file; using the packaged example",
+        print(f"voicebridge demo: {config.business_file} is not a business file for {job}; using the packaged example",
               file=sys.stderr)
         config = attrs.evolve(config, business_path=None, menu_path=None)
     return attrs.evolve(config, job=job), chosen

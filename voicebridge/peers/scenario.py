@@ -40,6 +40,8 @@ from typing import Any
 
 import attrs
 
+from voicebridge.config import JOBS
+
 WAITS = ("heard", "playing", "time")
 CALLER_ACTIONS = ("say", "dtmf", "hangup", "silence")
 FAULT_KINDS = ("drop", "stall", "refuse")
@@ -117,8 +119,8 @@ def parse_scenario(text: str, source: str) -> Scenario:
     p = _P(source)
     p.keys(data, {"name", "description", "job", "from", "to", "caller", "assistant", "faults", "max_s"}, "")
     job = data.get("job", "pizza")
-    if job not in ("pizza", "appointments"):
-        raise p.err("job", f"expected pizza or appointments, got {job!r}")
+    if job not in JOBS:
+        raise p.err("job", f"expected one of {', '.join(JOBS)}, got {job!r}")
     steps = tuple(p.step(s, f"caller[{i}]") for i, s in enumerate(p.list(data, "caller")))
     assistant = data.get("assistant", {})
     p.keys(assistant, {"on_purpose", "on_caller", "fallback"}, "assistant.")

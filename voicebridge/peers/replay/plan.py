@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from voicebridge.config import JOBS
 from voicebridge.edges.recording import read_recording_lines
 
 
@@ -40,7 +41,6 @@ SETTINGS: dict[str, str] = {
     "job": "job",
 }
 AUDIO_FORMATS = ("pcmu", "pcm16")
-JOBS = ("pizza", "appointments")
 
 
 
