@@ -236,3 +236,16 @@ def test_across_the_spring_dst_change_local_times_stay_local() -> None:
     days = run(t, "check_availability", now=now, service="haircut", date="2027-03-13", to_date="2027-03-16")
     free = {d["date"]: d["free_start_times"] for d in days.output["days"]}
     assert free["2027-03-13"] == ["9 am to 3:30 pm"] and free["2027-03-16"] == ["9 am to noon", "1:30 pm to 5:30 pm"]
+
+
+def test_a_day_without_free_times_says_why() -> None:
+    full = tuple(stored(n, local(2026, 12, 12, 9) + dt.timedelta(minutes=40 * n)) for n in range(11))
+    t = JOB.new_task(CALLER)
+    t.found = loaded(dt.date(2026, 12, 3), dt.date(2026, 12, 12), booked=full)
+    days = {d["date"]: d for d in run(t, "check_availability", service="haircut", date="2026-12-06",
+                                      to_date="2026-12-12").output["days"]}
+    assert days["2026-12-06"]["note"] == "We are closed on Sundays."
+    assert days["2026-12-12"]["free_start_times"] == [] and days["2026-12-12"]["note"] == "Nothing is free that day."
+    t.found = loaded(dt.date(2026, 12, 25))
+    assert run(t, "check_availability", service="haircut", date="2026-12-25").output["days"][0]["note"] == (
+        "We are closed on Friday the 25th of December.")

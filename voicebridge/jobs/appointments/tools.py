@@ -269,13 +269,26 @@ def _check_availability(c: _Call) -> ToolResult:
             entry["free_start_times"] = _spans(c.business, starts)
         else:
             entry["free_start_times"] = []
-            start = slots.local_start(c.business, day, dt.time(12)) or dt.datetime.combine(day, dt.time(12), tzinfo=c.business.tz)
-            entry["note"] = (slots.refusal(c.business, service, start, [], c.now) or "Fully booked.")
+            entry["note"] = _day_note(c, day)
         days.append(entry)
         day += dt.timedelta(days=1)
     price = f", {format_money(service.price_cents)}" if service.price_cents is not None else ""
     return _done({"service": f"{service.name} ({service.minutes} minutes{price})",
                   "every_minutes": c.business.slot_minutes, "days": days})
+
+
+def _day_note(c: _Call, day: dt.date) -> str:
+    """Why a day has no free start time."""
+    b = c.business
+    if day in b.closures:
+        return f"We are closed on {say_day(day, c.today)}."
+    if not b.hours[day.weekday()]:
+        return f"We are closed on {say_day(day, c.today).split(' the ')[0]}s."
+    if day < c.today:
+        return f"{say_day(day, c.today)} is in the past."
+    if day > c.today + dt.timedelta(days=b.horizon_days):
+        return f"We only book up to {b.horizon_days} days ahead."
+    return "Nothing is free that day."
 
 
 def _book(c: _Call) -> ToolResult:
