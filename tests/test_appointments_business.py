@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,14 @@ def test_serve_with_a_bad_business_file_stops_with_one_line(tmp_path: Path, caps
            "VOICEBRIDGE_BUSINESS": str(bad), "VOICEBRIDGE_DB": str(tmp_path / "db.sqlite3")}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert cli_main(["serve"]) == 2
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        assert cli_main(["serve"]) == 2
+    finally:  # serve set up the process's logging: give the other tests theirs back
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"voicebridge: {bad}: time_zone: 'Mars/Olympus' is not a known time zone "
                    '(an IANA name like "Europe/London")']
