@@ -192,3 +192,29 @@ def test_demo_chooses_the_job_and_its_default_scenario(tmp_path: Path, capsys: p
     config, scenario = choose(Config(menu_path=menu), None, "appointments")
     assert config.business_file is None and scenario.name == "appointments"
     assert f"{menu} is not a business file for appointments; using the packaged example" in capsys.readouterr().err
+
+
+def test_recordings_carry_the_job_and_the_wall_clock_a_replay_runs_them_at(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The booking fixture says which job and when; its read-back is that day's next Tuesday."""
+    import gzip
+
+    from voicebridge.jobs.appointments.words import parse_day, say_day
+    from voicebridge.peers.replay import load_recording
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "appointments.jsonl.gz"
+    recording = load_recording(fixture)
+    assert recording.settings["job"] == "appointments" and recording.wall_clock is not None
+    local_day = recording.wall_clock.astimezone(JOB.business.tz).date()
+    tuesday = say_day(parse_day("tuesday", local_day), local_day)
+    outputs = [line["msg"]["item"].get("output", "") for line in recording.lines
+               if line["dir"] == "out" and (line.get("msg") or {}).get("type") == "conversation.item.create"]
+    assert any(f"a haircut on {tuesday} at 2 pm, for Sam" in o for o in outputs)
+    lines = gzip.decompress(fixture.read_bytes()).decode().splitlines()
+    meta = json.loads(lines[0])
+    meta["wall_clock"] = "last Tuesday"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([json.dumps(meta), *lines[1:]]) + "\n", encoding="utf-8")
+    assert cli_main(["replay", str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"voicebridge replay: {bad}:1: wall_clock must be an ISO-8601 time with its UTC offset")
