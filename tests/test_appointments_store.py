@@ -211,3 +211,20 @@ async def test_the_calendar_feed_serves_each_confirmed_booking_as_its_latest_eve
     assert run(second, "cancel_appointment").ok
     await commit(store, second)
     assert [e["summary"] for e in await events()] == ["Haircut: Sam"]
+
+
+async def test_a_lookup_about_no_day_keeps_the_calendar_busy_times_of_the_request(store: Store) -> None:
+    """Read back against a hand-booked event, then the caller asks what they have: the commit still
+    knows the calendar's busy times."""
+    event = (local(2026, 12, 8, 15).astimezone(UTC), local(2026, 12, 8, 16).astimezone(UTC))
+    prepare = tool_preparer(JOB, store, Calendar([event]), clock=lambda: NOW)
+    assert prepare is not None
+    t = JOB.new_task(CALLER)
+    args = json.dumps({"service": "haircut", "date": "2026-12-08", "time": "14:00", "name": "Sam"})
+    await prepare(t, "book_appointment", args)
+    assert JOB.run_tool(t, "book_appointment", args, NOW).ok
+    await prepare(t, "find_my_bookings", "{}")
+    assert t.found.external == (event,)
+    t.start = local(2026, 12, 8, 15)  # as if the request had been for the event's hour
+    with pytest.raises(CommitError, match="already taken"):
+        await commit(store, t)

@@ -20,7 +20,7 @@ from voicebridge.jobs.appointments import slots
 from voicebridge.jobs.appointments.booking import BookingRequest, Found, Lookup, StoredBooking
 from voicebridge.jobs.appointments.business import Business
 from voicebridge.jobs.appointments.prompts import PROMPTS, session_instructions
-from voicebridge.jobs.appointments.records import booked_between, stored_time
+from voicebridge.jobs.appointments.records import booked_between, get_stored, stored_time
 from voicebridge.jobs.appointments.tools import execute_tool, lookup_for, tool_definitions
 from voicebridge.jobs.appointments.words import say_when
 from voicebridge.jobs.pizza.menu import join_words
@@ -87,7 +87,12 @@ class AppointmentsJob:
         return lookup_for(self.business, task, name, arguments, now)
 
     def provide(self, task: BookingRequest, found: Found) -> None:
-        """Hand the task what the lookup found."""
+        """Hand the task what the lookup found. A lookup about no day (the caller's bookings only)
+        keeps the days loaded before, so a request already read back keeps its busy times."""
+        if found.window is None and task.found.window is not None:
+            old = task.found
+            found = attrs.evolve(found, window=old.window, booked=old.booked, external=old.external,
+                                 calendar_error=old.calendar_error)
         task.found = found
 
     def run_tool(self, task: BookingRequest, name: str, arguments: str, now: dt.datetime) -> ToolResult:
@@ -163,8 +168,6 @@ class AppointmentsJob:
                                       "customer": customer})
 
     def _current(self, tx: Transaction, booking_id: int) -> StoredBooking:
-        from voicebridge.jobs.appointments.records import get_stored
-
         current = get_stored(tx, booking_id)
         if current is None:
             raise CommitError(f"booking {booking_id} was cancelled meanwhile; there is nothing to change")
