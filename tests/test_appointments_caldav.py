@@ -92,3 +92,22 @@ async def test_hand_booked_events_block_and_phone_bookings_land_in_the_calendar(
     await store.commit(lambda tx: JOB.commit(tx, "CA2", t, NOW))
     assert await worker.deliver_due() == 1
     assert [str(e["uid"]) for e in await stored_events(url)] == ["walk-in@person.example"]
+
+
+async def test_the_daemon_checks_its_caldav_calendar_before_an_appointments_tool(radicale: Radicale,
+                                                                                 store: Store) -> None:
+    """With VOICEBRIDGE_CALDAV_URL the daemon's lookups ask that calendar, in the business's time zone."""
+    from voicebridge.config import Config
+    from voicebridge.daemon import Daemon
+
+    url = radicale.new_calendar()
+    await put_by_hand(url, "walk-in.ics", HAND_BOOKED)
+    config = Config(caldav_url=url, caldav_username=USER, caldav_password=PASSWORD, job="appointments")
+    daemon = Daemon(config, job=JOB, store=store, wall_clock=lambda: NOW)
+    assert daemon.calendar is not None and daemon.calendar.zone == TZ
+    prepare = daemon.setup.prepare_tool
+    assert prepare is not None
+    t = JOB.new_task(CALLER)
+    book = json.dumps({"service": "haircut", "date": "2026-12-08", "time": "10:00", "name": "Sam"})
+    await prepare(t, "book_appointment", book)
+    assert "already taken" in JOB.run_tool(t, "book_appointment", book, daemon.setup.wall_clock()).output["error"]
