@@ -103,7 +103,7 @@ async def front_connection(daemon: CallService, conn: Any, backend: str,
         if daemon.draining:
             await _answer(http, conn, 503, "draining\n")
             return
-        accept = http.send(h11.InformationalResponse(status_code=101, headers=[
+        accept = http.send(h11.InformationalResponse(status_code=101, reason=b"Switching Protocols", headers=[
             (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
             (b"sec-websocket-accept", ws_accept_value(key.decode("latin-1")).encode("ascii"))]))
         conn.sendall(accept)  # a few dozen bytes on a fresh socket: the kernel takes them at once
