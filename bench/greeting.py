@@ -1,9 +1,10 @@
 """Greeting latency: stream start → the caller's first audio, with and without a webhook gap.
 
 The real daemon (in process, on loopback) against a Realtime service scripted here with the
-delays of issue 13: the WebSocket handshake answers after --connect-ms, `session.update` is
-acknowledged --ack-ms after it arrives, and the first audio delta comes --delta-ms after
-`response.create` (events are applied in order, as the service does). The caller POSTs
+delays of issue 13: the WebSocket handshake answers after --connect-ms; every event takes
+--owd-ms to cross the network each way; the service applies events one at a time in order
+(`session.update` in --update-ms, so it is acknowledged 150 ms after it is sent by default) and
+sends the first audio delta --delta-ms after applying `response.create` (300 ms after it is sent). The caller POSTs
 `/incoming-call` (which starts the pre-warm), waits --gap-ms (the time Twilio takes to fetch
 the TwiML and open the stream), opens /media-stream, sends `connected` + `start` and times the
 first `media` frame. Run it from a tree to measure that tree:
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import re
 import statistics
 import sys
@@ -59,25 +61,43 @@ async def realtime_service(args: argparse.Namespace, task_status: Any = trio.TAS
 
         ws = RawWebSocket(_socket.socket(fileno=sock), leftover=head.partition(b"\r\n\r\n")[2])
         session = ev.session_object(ev.default_session("gpt-realtime"), session_id="sess_1", expires_at=0)
-        await ws.send(json.dumps(ev.session_created("event_0", session)))
-        n = 0
+        owd = args.owd_ms / 1000
+        out_send, out_recv = trio.open_memory_channel[tuple[float, str]](64)
+
+        async def sender() -> None:  # each event reaches the bridge one network trip after it is made
+            async for due, text in out_recv:
+                await trio.sleep_until(due)
+                await ws.send(text)
+
+        def emit(event: dict[str, Any]) -> None:
+            out_send.send_nowait((trio.current_time() + owd, json.dumps(event)))
+
         try:
-            while True:  # one event at a time, in order, as the service applies them
-                msg = json.loads(await ws.receive())
-                n += 1
-                if msg["type"] == "session.update":
-                    await trio.sleep(args.ack_ms / 1000)
-                    await ws.send(json.dumps(ev.session_updated(f"event_{n}", session)))
-                elif msg["type"] == "response.create":
-                    resp = ev.response_object("resp_1", conversation_id="conv_1", status="in_progress", output=[],
-                                              output_modalities=["audio"], audio_format={"type": "audio/pcmu"},
-                                              voice="marin", max_output_tokens="inf", metadata=None)
-                    await ws.send(json.dumps(ev.response_created(f"event_{n}a", resp)))
-                    await trio.sleep(args.delta_ms / 1000)
-                    delta = base64.b64encode(b"\xff" * 800).decode()
-                    await ws.send(json.dumps(ev.output_audio_delta(f"event_{n}b", "resp_1", "item_1", 0, delta)))
-        except StreamClosed:
-            pass
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender)
+                emit(ev.session_created("event_0", session))
+                n = 0
+                while True:  # in order, one at a time, each after its trip over the network
+                    try:
+                        msg = json.loads(await ws.receive())
+                    except StreamClosed:
+                        nursery.cancel_scope.cancel()
+                        break
+                    arrived = trio.current_time()
+                    await trio.sleep_until(arrived + owd)
+                    n += 1
+                    if msg["type"] == "session.update":
+                        await trio.sleep(args.update_ms / 1000)
+                        emit(ev.session_updated(f"event_{n}", session))
+                    elif msg["type"] == "response.create":
+                        resp = ev.response_object("resp_1", conversation_id="conv_1", status="in_progress",
+                                                  output=[], output_modalities=["audio"],
+                                                  audio_format={"type": "audio/pcmu"}, voice="marin",
+                                                  max_output_tokens="inf", metadata=None)
+                        emit(ev.response_created(f"event_{n}a", resp))
+                        await trio.sleep(args.delta_ms / 1000)
+                        delta = base64.b64encode(b"\xff" * 800).decode()
+                        emit(ev.output_audio_delta(f"event_{n}b", "resp_1", "item_1", 0, delta))
         finally:
             await ws.aclose()
 
@@ -105,6 +125,7 @@ async def one_call(base: str, port: int, gap_s: float) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
+    logging.disable(logging.WARNING)  # the unsigned-call warnings: this harness sends no signatures
     with tempfile.TemporaryDirectory() as tmp:
         async with trio.open_nursery() as nursery:
             rt_port = await nursery.start(realtime_service, args)
@@ -120,8 +141,10 @@ async def main(args: argparse.Namespace) -> None:
             daemon = Daemon(config, job=PizzaJob(load_menu(None), config.tax_rate_bp), store=store)
             stop = trio.Event()
             await nursery.start(partial(serve_daemon, daemon, shutdown=stop))
-            print(f"Realtime: handshake {args.connect_ms} ms, session ack {args.ack_ms} ms, first delta "
-                  f"{args.delta_ms} ms after response.create")
+            print(f"Realtime: handshake {args.connect_ms} ms; {args.owd_ms} ms each way; session.update applied in "
+                  f"{args.update_ms} ms (acknowledged {2 * args.owd_ms + args.update_ms} ms after it is sent); first "
+                  f"delta {args.delta_ms} ms after response.create is applied ({2 * args.owd_ms + args.delta_ms} ms "
+                  f"after it is sent)")
             print("| gap webhook → stream start | first audio after start, median / max ms (n) |")
             print("|---|---|")
             for gap in [int(g) for g in args.gaps.split(",")]:
@@ -138,8 +161,9 @@ if __name__ == "__main__":
     ap.add_argument("--gaps", default="0,100,1000", help="ms between the webhook and the stream start")
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--connect-ms", type=int, default=250)
-    ap.add_argument("--ack-ms", type=int, default=150)
-    ap.add_argument("--delta-ms", type=int, default=300)
+    ap.add_argument("--owd-ms", type=int, default=60, help="one-way network delay, each direction")
+    ap.add_argument("--update-ms", type=int, default=30, help="time the service takes to apply session.update")
+    ap.add_argument("--delta-ms", type=int, default=180, help="time from applying response.create to the first delta")
     a = ap.parse_args()
     trio.run(main, a)
     sys.exit(0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from functools import partial
 
 import numpy as np
 import soxr
@@ -73,8 +74,9 @@ def main() -> None:
     print("| direction | resampler | µs per chunk | audio held back, max ms | 1 kHz kept, dB | worst spur under a 3.4 kHz tone, dB | 5 kHz left after 24→8, dB |")
     print("|---|---|---|---|---|---|---|")
     for src, dst, chunk in ((8000, 24000, 160), (24000, 8000, 2400)):
-        for name, make in (("voicebridge FIR", lambda: ours(src, dst)), ("soxr HQ", lambda: theirs(src, dst, "HQ")),
-                           ("soxr QQ", lambda: theirs(src, dst, "QQ"))):
+        makers = (("voicebridge FIR", partial(ours, src, dst)), ("soxr HQ", partial(theirs, src, dst, "HQ")),
+                  ("soxr QQ", partial(theirs, src, dst, "QQ")))
+        for name, make in makers:
             y1, us, held = stream(make, tone(1000, src, s), chunk, src, dst)
             y34, _, _ = stream(make, tone(3400, src, s), chunk, src, dst)
             kept = level_db(y1[dst // 10:], dst, 1000) - level_db(tone(1000, src, s), src, 1000)

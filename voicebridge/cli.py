@@ -43,14 +43,14 @@ def serve_config(args: argparse.Namespace, config: Config) -> Config:
     """The settings `serve` runs with: its flags win over the environment."""
     import attrs
 
-    changes: dict[str, object] = {}
     if args.host is not None:
-        changes["host"] = args.host
+        if not args.host.strip():
+            raise ConfigError("--host: empty; give an address such as 127.0.0.1 (or 0.0.0.0 for every interface)")
+        config = attrs.evolve(config, host=args.host.strip())
     if args.port is not None:
-        changes["port"] = _port_arg(args.port)
+        config = attrs.evolve(config, port=_port_arg(args.port))
     if args.log_format is not None:
-        changes["log_format"] = args.log_format
-    config = attrs.evolve(config, **changes)
+        config = attrs.evolve(config, log_format=args.log_format)
     if config.log_format == "auto":
         config = attrs.evolve(config, log_format="text" if sys.stderr.isatty() else "json")
     return config

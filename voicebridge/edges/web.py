@@ -19,7 +19,6 @@ from __future__ import annotations
 import hmac
 import logging
 from datetime import datetime, timezone
-from typing import Any
 
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
