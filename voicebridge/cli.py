@@ -26,7 +26,7 @@ environment (also read from ./.env or $VOICEBRIDGE_ENV_FILE):
                             VOICEBRIDGE_ALLOW_UNSIGNED=1, a development switch that logs loudly)
   PUBLIC_URL                the https origin Twilio reaches this daemon at (required by serve)
   VOICEBRIDGE_HOST/PORT     listen address, default 127.0.0.1:8080
-  VOICEBRIDGE_DB            SQLite file, default ./voicebridge.sqlite3
+  VOICEBRIDGE_DB            SQLite file (default ./voicebridge.sqlite3) or postgresql:// URL
   VOICEBRIDGE_MENU          menu TOML file, default: the packaged pizza-shop menu
   ORDER_WEBHOOK_URL/SECRET  where confirmed orders are POSTed, and the HMAC key that signs them
   TRANSFER_NUMBER           the shop's number for "talk to a person" and failures

@@ -65,7 +65,7 @@ class Config:
     # daemon
     host: str = "127.0.0.1"
     port: int = 8080
-    db_path: Path = Path("voicebridge.sqlite3")
+    db_path: Path | str = Path("voicebridge.sqlite3")  # an SQLite file, or a postgresql:// URL
     record_dir: Path | None = None
     log_level: str = "INFO"
     log_format: str = "json"  # "json" or "text"
@@ -143,7 +143,7 @@ class Config:
             allow_unsigned=g.get("VOICEBRIDGE_ALLOW_UNSIGNED", _bool, False),
             host=g.get("VOICEBRIDGE_HOST", _nonempty, "127.0.0.1"),
             port=g.get("VOICEBRIDGE_PORT", _port, 8080),
-            db_path=g.get("VOICEBRIDGE_DB", _path, Path("voicebridge.sqlite3")),
+            db_path=g.get("VOICEBRIDGE_DB", _db, Path("voicebridge.sqlite3")),
             record_dir=g.get("VOICEBRIDGE_RECORD_DIR", _path, None),
             log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
             log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text")), "json"),
@@ -385,6 +385,17 @@ def _origin(raw: str) -> str:
 
 def _path(raw: str) -> Path:
     return Path(raw).expanduser()
+
+
+def _db(raw: str) -> Path | str:
+    """An SQLite file (a path, or sqlite:///path), or a PostgreSQL URL kept as it is."""
+    if raw.startswith(("postgresql://", "postgres://")):
+        return raw
+    if raw.startswith("sqlite:///"):
+        raw = raw[len("sqlite://"):]
+    elif "://" in raw:
+        raise ValueError("expected a file path, sqlite:///path or postgresql://user@host/dbname")
+    return _path(raw)
 
 
 def _phone(raw: str) -> str:

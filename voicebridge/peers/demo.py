@@ -119,7 +119,7 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
             await nursery.start(lambda task_status: serve_daemon(daemon, shutdown=stop, task_status=task_status))
             print(f"voicebridge demo: scenario {scenario.name!r}: {scenario.description}", file=out)
             print(f"  daemon on 127.0.0.1:{port} (as {DEMO_PUBLIC_URL}), local Realtime server on {realtime_url}, "
-                  f"orders in {config.db_path}", file=out, flush=True)
+                  f"orders in {store.path}", file=out, flush=True)
             with trio.fail_after(scenario.max_s + 30):
                 result = await place_call(f"http://127.0.0.1:{port}", scenario, public_url=DEMO_PUBLIC_URL,
                                           auth_token=config.twilio_auth_token)
@@ -136,7 +136,7 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
                         await trio.sleep(0.1)
                 detail = await store.read(lambda tx: get_order(tx, order_id))
                 if detail is not None:
-                    print(f"  order #{order_id} in {config.db_path}: total "
+                    print(f"  order #{order_id} in {store.path}: total "
                           f"{format_money(detail.total_cents)}, webhook delivery: {state}", file=out)
             outcome = next((f["outcome"] for k, f in reversed(view.events) if k == "ended"), None)
             stop.set()
