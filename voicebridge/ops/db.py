@@ -54,6 +54,11 @@ class Sql(Protocol):
         whose BEGIN IMMEDIATE already is)."""
         ...
 
+    def serialize(self, key: str) -> None:
+        """Inside a transaction: wait until no other transaction serialized on `key` runs (so a
+        read-then-write on it is safe; PostgreSQL: an advisory lock; SQLite: a no-op)."""
+        ...
+
     def engine_version(self) -> int:
         """The engine schema's version (SQLite: PRAGMA user_version; PostgreSQL: a one-row table)."""
         ...

@@ -83,6 +83,9 @@ class PgSql:
     def schema_lock(self) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
 
+    def serialize(self, key: str) -> None:
+        self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
+
     def engine_version(self) -> int:
         exists = self.conn.execute("SELECT to_regclass(%s) AS t", (_VERSION_TABLE,)).fetchone()
         if exists is None or exists["t"] is None:

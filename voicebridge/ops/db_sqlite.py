@@ -59,6 +59,9 @@ class SqliteSql:
     def schema_lock(self) -> None:
         return None
 
+    def serialize(self, key: str) -> None:
+        return None
+
     def engine_version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 

@@ -510,6 +510,7 @@ class Store:
 
         def insert(sql: Sql) -> None:
             with sql.transaction():
+                sql.serialize(f"transcript:{call_sid}")
                 seq = sql.execute(
                     "SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM transcripts WHERE call_sid = ?", (call_sid,)
                 )[0]["seq"]
