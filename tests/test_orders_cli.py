@@ -15,6 +15,7 @@ from voicebridge.config import Config
 from voicebridge.jobs.pizza.menu import load_menu
 from voicebridge.jobs.pizza.order import Order, OrderLine
 from voicebridge.ops.store import OutboxRow, Store
+from pg_server import db_target  # noqa: F401  (a fixture: SQLite and PostgreSQL)
 from pizza_records import outbox_for_order, save_order
 
 MENU = load_menu(None)
@@ -43,9 +44,10 @@ def make_order(name: str, fulfillment: str = "pickup", address: str | None = Non
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    """A config whose database holds three orders: delivered (#1), dead (#2) and pending (#3)."""
-    path = tmp_path / "vb.sqlite3"
+def config(db_target: Path | str) -> Config:
+    """A config whose database (SQLite, or PostgreSQL) holds three orders: delivered (#1), dead (#2)
+    and pending (#3)."""
+    path = db_target
 
     async def fill() -> None:
         store = await Store.open(path)

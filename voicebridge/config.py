@@ -221,6 +221,8 @@ class Config:
             value = getattr(self, f.name)
             if f.name in SECRET_FIELDS:
                 value = "<set>" if value else None
+            elif f.name == "db_path" and isinstance(value, str):
+                value = db_url_redacted(value)
             elif isinstance(value, (Path, Decimal)):
                 value = str(value)
             elif isinstance(value, Prices):
@@ -385,6 +387,17 @@ def _origin(raw: str) -> str:
 
 def _path(raw: str) -> Path:
     return Path(raw).expanduser()
+
+
+def db_url_redacted(url: str) -> str:
+    """A database URL without its password (nor a query, which may carry one)."""
+    parts = urllib.parse.urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
 
 
 def _db(raw: str) -> Path | str:
