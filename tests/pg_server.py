@@ -42,8 +42,9 @@ def _free_port() -> int:
 class PgServer:
     """One running server; `url(dbname)` gives a libpq URL for a database on it."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
         self.bin_dir = bin_dir
+        self.durable = durable  # False (tests): no fsync; True (the benchmark): PostgreSQL's defaults
         self.root = Path(tempfile.mkdtemp(prefix="vb-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -70,8 +71,9 @@ class PgServer:
         log = open(self.root / "server.log", "wb")
         self._proc = subprocess.Popen(
             [str(self.bin_dir / "postgres"), "-D", str(self.data), "-h", "127.0.0.1",
-             "-p", str(self.port), "-k", str(self.root), "-c", "fsync=off",
-             "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
+             "-p", str(self.port), "-k", str(self.root), "-c", "max_connections=200",
+             *([] if self.durable else ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                                        "-c", "full_page_writes=off"])],
             **self._user_kwargs(), stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
