@@ -119,7 +119,7 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-# -- pytest fixtures (import them into a test module: `from pg_server import db_target, pg`) --------
+# -- pytest fixtures (a plugin: tests/conftest.py lists this module in pytest_plugins) -----------
 
 _SHARED: PgServer | None = None
 NOT_INSTALLED = ("PostgreSQL is not installed (Debian: apt-get install postgresql); "

@@ -10,7 +10,6 @@ from trio.testing import MockClock
 
 from voicebridge.ops.live_registry import LiveRegistry
 from voicebridge.ops.store import Store
-from pg_server import db_target  # noqa: F401  (a fixture: SQLite and PostgreSQL)
 
 T0 = datetime(2025, 5, 2, 18, 0, 0, tzinfo=timezone.utc)
 

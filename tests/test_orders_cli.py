@@ -15,7 +15,6 @@ from voicebridge.config import Config
 from voicebridge.jobs.pizza.menu import load_menu
 from voicebridge.jobs.pizza.order import Order, OrderLine
 from voicebridge.ops.store import OutboxRow, Store
-from pg_server import db_target  # noqa: F401  (a fixture: SQLite and PostgreSQL)
 from pizza_records import outbox_for_order, save_order
 
 MENU = load_menu(None)

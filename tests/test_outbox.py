@@ -20,7 +20,6 @@ from voicebridge.jobs.pizza.order import Order, OrderLine
 from voicebridge.ops.outbox import USER_AGENT, OutboxWorker, backoff_delay_s
 from voicebridge.peers.webhook_receiver import Behavior, Receiver, serve_webhook_receiver
 from voicebridge.ops.store import OutboxRow, Store
-from pg_server import db_target  # noqa: F401  (a fixture: SQLite and PostgreSQL)
 from pizza_records import outbox_for_order, save_order
 
 MENU = load_menu(None)

@@ -17,7 +17,7 @@ from voicebridge.business import SCHEMAS
 from voicebridge.jobs.pizza.order import Order, OrderLine
 from voicebridge.ops.db import placeholders, translate_ddl
 from voicebridge.ops.store import SCHEMA_VERSION, Store, StoreError
-from pg_server import db_target, shared_server  # noqa: F401  (db_target is a fixture)
+from pg_server import shared_server
 from pizza_records import order_detail, outbox_for_order, save_order
 
 T0 = datetime(2025, 5, 2, 18, 0, 0, tzinfo=timezone.utc)

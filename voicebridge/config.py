@@ -143,7 +143,7 @@ class Config:
             allow_unsigned=g.get("VOICEBRIDGE_ALLOW_UNSIGNED", _bool, False),
             host=g.get("VOICEBRIDGE_HOST", _nonempty, "127.0.0.1"),
             port=g.get("VOICEBRIDGE_PORT", _port, 8080),
-            db_path=g.get("VOICEBRIDGE_DB", _db, Path("voicebridge.sqlite3")),
+            db_path=g.get("VOICEBRIDGE_DB", _db, _DEFAULT_DB),
             record_dir=g.get("VOICEBRIDGE_RECORD_DIR", _path, None),
             log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
             log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text")), "json"),
@@ -387,6 +387,9 @@ def _origin(raw: str) -> str:
 
 def _path(raw: str) -> Path:
     return Path(raw).expanduser()
+
+
+_DEFAULT_DB: Path | str = Path("voicebridge.sqlite3")
 
 
 def db_url_redacted(url: str) -> str:

@@ -53,7 +53,7 @@ class PgSql:
 
     def _cursor(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor[Any]:
         try:
-            return self.conn.execute(placeholders(sql), tuple(params))  # type: ignore[arg-type]
+            return self.conn.execute(placeholders(sql), tuple(params))
         except psycopg.errors.IntegrityError as exc:
             raise Conflict(str(exc).strip()) from exc
 
