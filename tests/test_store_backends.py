@@ -280,3 +280,25 @@ async def test_live_calls_are_shared_and_stale_ones_expire(store: Store, db_targ
         assert await other.live_calls(now=T0 + timedelta(seconds=150)) == []
     finally:
         await other.aclose()
+
+
+async def test_connections_the_server_dropped_are_replaced_without_an_error() -> None:
+    """A database restart or failover drops the pool's connections: the next operations open new
+    ones and succeed (a statement is retried only when the server never saw it)."""
+    url = shared_server().new_database()
+    store = await Store.open(url, schemas=SCHEMAS)
+    try:
+        async with trio.open_nursery() as nursery:  # several calls at once: the pool opens several connections
+            for i in range(1, 5):
+                nursery.start_soon(lambda i=i: store.call_started(
+                    f"CA{i}", stream_sid=None, from_number=None, to_number=None, direction="inbound",
+                    started_at=T0 + timedelta(seconds=i)))
+        with psycopg.connect(url, autocommit=True) as admin:
+            killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                   " WHERE application_name = 'voicebridge'").fetchall()
+        assert killed and all(k[0] for k in killed)
+        await store.call_ended("CA1", outcome="completed", ended_at=T0, cost_usd=None, cost_details=None)
+        order_id = await save_order(store, "CA1", confirmed_order(), T0)
+        assert [c.outcome for c in await store.list_calls()] == [None, None, None, "completed"] and order_id == 1
+    finally:
+        await store.aclose()

@@ -50,12 +50,15 @@ class PgSql:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
+        self.sent = 0  # statements the server has answered on this connection for this function
 
     def _cursor(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor[Any]:
         try:
-            return self.conn.execute(placeholders(sql), tuple(params))
+            cur = self.conn.execute(placeholders(sql), tuple(params))
         except psycopg.errors.IntegrityError as exc:
             raise Conflict(str(exc).strip()) from exc
+        self.sent += 1
+        return cur
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         cur = self._cursor(sql, params)
@@ -72,6 +75,7 @@ class PgSql:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self.conn.execute("BEGIN")
+        self.sent += 1
         try:
             yield
             self.conn.execute("COMMIT")
@@ -157,8 +161,19 @@ class PostgresBackend:
         if self._conn is not None:
             return fn(PgSql(self._conn))
         assert self._pool is not None
-        with self._pool.connection() as conn:
-            return fn(PgSql(conn))
+        for attempt in (1, 2):
+            with self._pool.connection() as conn:
+                sql = PgSql(conn)
+                try:
+                    return fn(sql)
+                except psycopg.OperationalError:
+                    # A pooled connection the server dropped (a restart, a failover, an idle timeout) fails
+                    # on its first statement: nothing was done, so once, on a fresh connection, is safe.
+                    # The pool discards the broken one when it comes back.
+                    if attempt == 2 or sql.sent or not conn.broken:
+                        raise
+            self._pool.check()  # the other idle connections were most likely dropped too: replace them now
+        raise AssertionError("unreachable")
 
     async def run(self, fn: Callable[[Sql], T]) -> T:
         if self._closed:
