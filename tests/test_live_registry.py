@@ -28,12 +28,12 @@ async def test_calls_are_listed_beat_while_alive_and_vanish_when_the_process_sto
         async with trio.open_nursery() as nursery:
             await nursery.start(registry.run)
             registry.started("CA1", "greeting", {"direction": "inbound"})
-            registry.started("CA2", "greeting")
+            registry.started("CA2", "greeting", business="Salon")
             registry.state("CA1", "ordering")
             await trio.sleep(1)
             listed = await reader.live_calls(now=now())
             assert [(c.call_sid, c.state, c.business, c.instance) for c in listed] == [
-                ("CA1", "ordering", "Tony's", store.instance_id), ("CA2", "greeting", "Tony's", store.instance_id)]
+                ("CA1", "ordering", "Tony's", store.instance_id), ("CA2", "greeting", "Salon", store.instance_id)]
             registry.ended("CA2")
             await trio.sleep(300)  # far past the stale limit: the heartbeat keeps CA1 listed
             listed = await reader.live_calls(now=now())

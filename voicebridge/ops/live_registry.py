@@ -29,6 +29,7 @@ class _Entry:
     state: str
     started_at: datetime
     summary: dict[str, Any]
+    business: str | None
 
 
 class LiveRegistry:
@@ -46,8 +47,10 @@ class LiveRegistry:
         self._dirty: set[str] = set()  # calls whose row must be written (or removed, when not live)
         self._wake = trio.Event()
 
-    def started(self, call_sid: str, state: str, summary: dict[str, Any] | None = None) -> None:
-        self._live[call_sid] = _Entry(state, self._now(), dict(summary or {}))
+    def started(self, call_sid: str, state: str, summary: dict[str, Any] | None = None, *,
+                business: str | None = None) -> None:
+        """A call went live (`business`: whose call it is, if not the registry's default)."""
+        self._live[call_sid] = _Entry(state, self._now(), dict(summary or {}), business or self.business)
         self._note(call_sid)
 
     def state(self, call_sid: str, state: str) -> None:
@@ -75,7 +78,7 @@ class LiveRegistry:
                         await self.store.live_call_remove(sid)
                     else:
                         await self.store.live_call_upsert(sid, state=entry.state, started_at=entry.started_at,
-                                                          business=self.business, summary=entry.summary,
+                                                          business=entry.business, summary=entry.summary,
                                                           now=self._now())
             except (StoreError, trio.TooSlowError) as exc:
                 self._dirty.add(sid)
