@@ -426,6 +426,10 @@ class Store:
         def check(sql: Sql) -> None:
             with sql.transaction():
                 sql.execute("SELECT COUNT(*) AS n FROM schema_versions")
+                if sql.dialect == "postgresql":  # a standby (after a failover, a stale DNS name) takes no writes
+                    ro = sql.execute("SELECT current_setting('transaction_read_only') AS ro")[0]["ro"]
+                    if ro == "on":
+                        raise StoreError(f"database {self.path}: read-only (a standby, or default_transaction_read_only)")
 
         await self._run(check)
 
