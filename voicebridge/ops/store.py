@@ -566,11 +566,15 @@ class Store:
 
     async def commit(self, fn: Callable[[StoreTransaction], T], *, now: datetime | None = None) -> T:
         """Run a job's commit in ONE transaction: its rows and the outbox events it queues land together
-        or not at all. `fn` runs in the store's thread; an exception rolls everything back."""
+        or not at all. `fn` runs in the store's thread; an exception rolls everything back. Commits
+        never overlap, in any number of processes: what `fn` reads stays true until it writes."""
         at = now or datetime.now(timezone.utc)
 
         def run(sql: Sql) -> T:
             with sql.transaction():
+                # Jobs check-then-write (is the slot still free?): commits run one at a time on every
+                # engine, as SQLite's single writer does (on PostgreSQL a lock held to the commit)
+                sql.serialize("job-commit")
                 return fn(StoreTransaction(sql, at, writable=True))
 
         return await self._run(run)
