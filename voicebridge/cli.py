@@ -26,7 +26,7 @@ environment (also read from ./.env or $VOICEBRIDGE_ENV_FILE):
                             VOICEBRIDGE_ALLOW_UNSIGNED=1, a development switch that logs loudly)
   PUBLIC_URL                the https origin Twilio reaches this daemon at (required by serve)
   VOICEBRIDGE_HOST/PORT     listen address, default 127.0.0.1:8080 (serve --host/--port win)
-  VOICEBRIDGE_DB            SQLite file, default ./voicebridge.sqlite3
+  VOICEBRIDGE_DB            SQLite file (default ./voicebridge.sqlite3) or postgresql:// URL
   VOICEBRIDGE_JOB           pizza | appointments (default: as the business file says, else pizza)
   VOICEBRIDGE_BUSINESS      the job's business file (TOML; pizza: its menu), default: the packaged
                             example of the job (VOICEBRIDGE_MENU is the pizza menu's older name)

@@ -42,6 +42,7 @@ from voicebridge.edges.calendar import CalDavCalendar
 from voicebridge.edges.ical import CalendarFeed, FeedSource
 from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures
 from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call, utc_now
+from voicebridge.ops.live_registry import LiveRegistry
 from voicebridge.ops.store import Store
 from voicebridge.edges.transport import MessageStream, TrioWebSocketStream, close_quietly, ws_connect
 
@@ -123,6 +124,8 @@ class Daemon:
         self._prewarmed: dict[str, MessageStream] = {}
         self._prewarming: dict[str, trio.Event] = {}
         self.nursery: trio.Nursery | None = None
+        # every live call, shared through the database with the other processes (the staff page reads it)
+        self.registry = LiveRegistry(store, business=job.business_name)
         self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret,
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
         # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day; by
@@ -201,6 +204,9 @@ class Daemon:
     def _on_live(self, call: Call) -> None:
         self.live[call.sid] = call
         self.metrics.live_calls.inc()
+        params = call.start.custom_parameters
+        self.registry.started(call.sid, call.flow.state,
+                              {"direction": params.get("Direction") or "inbound", "job": self.job.name})
         if self.signatures.unsigned:
             log.warning("call running without Twilio signature checks (VOICEBRIDGE_ALLOW_UNSIGNED=1)",
                         extra={"event": "unsigned_call", "call_sid": call.sid})
@@ -245,6 +251,8 @@ class Daemon:
             m.protocol_errors_total.labels(fields.get("source", "twilio")).inc()
         elif kind == "first_audio":
             m.time_to_first_audio_seconds.observe(fields["ms"] / 1000)
+        elif kind == "state":
+            self.registry.state(call_sid, str(fields.get("state")))
         for observe in self.observers:
             observe(call_sid, kind, fields)
 
@@ -266,6 +274,7 @@ class Daemon:
         self._remember_outcome(sid, result.outcome)
         if self.live.pop(sid, None) is not None:
             self.metrics.live_calls.dec()
+        self.registry.ended(sid)
         if not self.live:
             self.calls_done.set()
         self.metrics.calls_total.labels(result.outcome).inc()
@@ -407,6 +416,7 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     async with trio.open_nursery() as nursery:
         daemon.nursery = nursery
         await nursery.start(daemon.outbox.run)
+        await nursery.start(daemon.registry.run)
         if daemon.calendar_outbox is not None:
             await nursery.start(daemon.calendar_outbox.run)
         served = trio.Event()

@@ -129,7 +129,7 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
             await nursery.start(lambda task_status: serve_daemon(daemon, shutdown=stop, task_status=task_status))
             print(f"voicebridge demo: scenario {scenario.name!r}: {scenario.description}", file=out)
             print(f"  daemon on 127.0.0.1:{port} (as {DEMO_PUBLIC_URL}), local Realtime server on {realtime_url}, "
-                  f"records in {config.db_path}", file=out, flush=True)
+                  f"records in {store.path}", file=out, flush=True)
             with trio.fail_after(scenario.max_s + 30):
                 result = await place_call(f"http://127.0.0.1:{port}", scenario, public_url=DEMO_PUBLIC_URL,
                                           auth_token=config.twilio_auth_token)
@@ -163,13 +163,13 @@ async def print_committed(store: Store, job: str, committed_id: int, state: str 
             r = booking.row
             from zoneinfo import ZoneInfo
 
-            print(f"  booking #{committed_id} in {config.db_path}: {r.status}, {r.service_name} on "
+            print(f"  booking #{committed_id} in {store.path}: {r.status}, {r.service_name} on "
                   f"{say_when(r.start.astimezone(ZoneInfo(r.time_zone)))} ({r.start.astimezone(ZoneInfo(r.time_zone)).isoformat()}, "
                   f"{r.time_zone}) for {r.customer}, webhook delivery: {state}", file=out)
         return
     detail = await store.read(lambda tx: get_order(tx, committed_id))
     if detail is not None:
-        print(f"  order #{committed_id} in {config.db_path}: total "
+        print(f"  order #{committed_id} in {store.path}: total "
               f"{format_money(detail.total_cents)}, webhook delivery: {state}", file=out)
 
 
