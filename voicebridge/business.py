@@ -10,9 +10,11 @@ from voicebridge.config import Config
 from voicebridge.engine.job import Job
 from voicebridge.jobs.pizza.job import SCHEMA as PIZZA_SCHEMA
 from voicebridge.jobs.pizza.job import PizzaJob
+from voicebridge.ops.staff_store import SCHEMA as STAFF_SCHEMA
 
 # Every job's own migrations, by job name: a database holds the tables of all of them.
-SCHEMAS: dict[str, tuple[tuple[str, ...], ...]] = {"pizza": PIZZA_SCHEMA}
+# "staff": the staff page's accounts, event log and menu's day (voicebridge.ops.staff_store).
+SCHEMAS: dict[str, tuple[tuple[str, ...], ...]] = {"pizza": PIZZA_SCHEMA, "staff": STAFF_SCHEMA}
 
 
 def build_job(config: Config) -> Job:

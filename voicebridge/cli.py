@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timing difference (seconds) still counted as the same behaviour (default 0.25)")
     p.set_defaults(func=cmd_replay)
 
-    for module in ("orders", "calls", "call"):
+    for module in ("orders", "calls", "call", "staff"):
         register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = __import__(f"voicebridge.commands.{module}", fromlist=["register"]).register
         register(sub)
     return parser

@@ -30,7 +30,7 @@ from voicebridge.edges.transport import QuartWebSocketStream
 log = logging.getLogger("voicebridge.edges.web")
 
 HANGUP_OUTCOMES = frozenset({"completed", "ended_no_order", "caller_hung_up", "silence_timeout", "max_duration",
-                             "refused", "shutdown"})
+                             "refused", "shutdown", "ended_by_staff"})
 SORRY = "We're sorry, our ordering assistant is having trouble right now."
 
 
@@ -177,6 +177,10 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         return Response(body, content_type="text/calendar; charset=utf-8",
                         headers={"Cache-Control": "private, max-age=60"})
 
+    if getattr(daemon, "staff_tables", False):  # the staff page (voicebridge.edges.staff)
+        from voicebridge.edges.staff.routes import staff_blueprint
+
+        app.register_blueprint(staff_blueprint(daemon))
     return app
 
 
