@@ -124,6 +124,7 @@ class Daemon:
         self.nursery: trio.Nursery | None = None
         self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret,
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
+        self.outbox.on_settled = self._delivery_settled
         # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day),
         # written through the outbox's "calendar" rows; None keeps bookings local (and the feed).
         self.calendar: CalDavCalendar | None = None
@@ -245,6 +246,14 @@ class Daemon:
             m.time_to_first_audio_seconds.observe(fields["ms"] / 1000)
         for observe in self.observers:
             observe(call_sid, kind, fields)
+
+    async def _delivery_settled(self, row: Any, state: str) -> None:
+        """A webhook delivery was made or given up on: the staff board's event, so its card shows it."""
+        if not self.staff_tables:
+            return
+        now = datetime.now(timezone.utc)
+        await self.store.commit(lambda tx: staff_store.record(tx, None, f"delivery.{state}", row.subject, {}, now))
+        self.staff_hub.stored()
 
     def cart_of(self, call_sid: str) -> dict[str, Any] | None:
         """What a live call's task holds now, as the model is told it (the staff page shows it)."""

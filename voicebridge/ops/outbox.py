@@ -30,7 +30,7 @@ import random
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 from importlib import metadata
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 import httpx
 import trio
@@ -138,6 +138,15 @@ class _Delivery:
         self._now = now
         self._rand = rand
         self._wakeup = trio.Event()
+        # Told when a row is delivered or given up on (row, "delivered" | "dead"): the staff board shows it.
+        self.on_settled: Callable[[OutboxRow, str], Awaitable[None]] | None = None
+
+    async def _settled(self, row: OutboxRow, state: str) -> None:
+        if self.on_settled is not None:
+            try:
+                await self.on_settled(row, state)
+            except Exception as exc:  # the delivery is recorded; only the board's news of it is lost
+                log.error("could not report a settled delivery: %s", type(exc).__name__)
 
     def wake(self) -> None:
         """A row was committed or revived: look for due rows now."""
@@ -180,14 +189,17 @@ class _Delivery:
         except Undeliverable as exc:
             await self.store.mark_dead(row.id, error=f"undeliverable: {exc}")
             log.error("%s cannot be delivered to the %s, ever (%s)", _what(row), self.label, exc)
+            await self._settled(row, "dead")
             return
         if error is None:
             await self.store.mark_delivered(row.id, delivered_at=self._now())
             log.info("%s delivered to the %s (attempt %d)", _what(row), self.label, attempt)
+            await self._settled(row, "delivered")
         elif attempt >= self.max_attempts:
             await self.store.mark_dead(row.id, error=error)
             log.error("%s %s delivery failed %d times, giving up (%s)%s", _what(row), self.label, attempt, error,
                       self._resend_hint(row))
+            await self._settled(row, "dead")
         else:
             delay = backoff_delay_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s, rand=self._rand)
             await self.store.mark_retry(row.id, next_attempt_at=self._now() + timedelta(seconds=delay), error=error)

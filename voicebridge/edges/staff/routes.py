@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 import trio
-from quart import Blueprint, Response, g, redirect, render_template, request
+from quart import Blueprint, Response, g, redirect, render_template, request, stream_with_context
 
 from voicebridge.edges.staff import auth
 from voicebridge.edges.staff.hub import StaffHub
@@ -159,11 +159,11 @@ def staff_blueprint(daemon: Any) -> Blueprint:
                 "reason": rows[0]["status_reason"] if rows else None, "placed": _local(detail.created_at),
                 "money": format_money, "labels": board.LABEL}
 
-    async def card(order_id: int) -> str:
+    async def card(order_id: int, csrf: str | None = None) -> str:
         view = await order_view(order_id)
         if view is None:
             return ""
-        return await render_template("staff/_order.html", csrf=g.staff.csrf, **view)
+        return await render_template("staff/_order.html", csrf=csrf or g.staff.csrf, **view)
 
     @bp.get("/")
     async def board_page() -> Any:
@@ -226,13 +226,13 @@ def staff_blueprint(daemon: Any) -> Blueprint:
         head = f"id: {event_id}\n" if event_id is not None else ""
         return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
-    async def stored_since(after: int) -> tuple[list[bytes], int]:
+    async def stored_since(after: int, csrf: str) -> tuple[list[bytes], int]:
         out = []
         for ev in await daemon.store.read(lambda tx: ss.events_after(tx, after)):
             after = ev.id
             kind, _, number = ev.subject.partition(":")
             if kind in ("order", daemon.job.name) and number.isdigit():
-                out.append(sse("order", {"id": int(number), "action": ev.action, "html": await card(int(number))}, ev.id))
+                out.append(sse("order", {"id": int(number), "action": ev.action, "html": await card(int(number), csrf)}, ev.id))
             else:
                 out.append(sse("log", {"action": ev.action, "subject": ev.subject, "actor": ev.actor}, ev.id))
         return out, after
@@ -243,14 +243,16 @@ def staff_blueprint(daemon: Any) -> Blueprint:
         if not raw.isdigit() or len(raw) > 18:
             return refused("Last-Event-ID must be a whole number", 400)
         send, receive = hub.subscribe()
+        csrf = g.staff.csrf
 
+        @stream_with_context  # the cards are rendered with the request's session (its CSRF token)
         async def stream() -> AsyncIterator[bytes]:
             after = int(raw)
             try:
                 yield b"retry: 1000\n\n"
                 yield sse("calls", {"calls": live_calls()})
                 while True:
-                    chunks, after = await stored_since(after)
+                    chunks, after = await stored_since(after, csrf)
                     for chunk in chunks:
                         yield chunk
                     message = None

@@ -139,12 +139,25 @@
     const who = [cart.customer, cart.fulfillment].filter(Boolean).join(", ");
     c.total.textContent = (who ? who + " · " : "") + "so far $" + ((cart.total_cents || 0) / 100).toFixed(2);
   }
+  function dropCall(sid) {
+    const c = calls.get(sid);
+    if (!c) return;
+    c.root.remove();
+    calls.delete(sid);
+    const holder = document.getElementById("live");
+    if (holder && page === "board" && !holder.children.length) holder.hidden = true;
+    const none = document.getElementById("nolive");
+    if (none && !calls.size) none.hidden = false;
+  }
   function onCall(m) {
     if (m.kind === "ended") {
       const c = calls.get(m.sid);
       if (c) {
         c.state.textContent = "ended: " + (m.outcome || "");
-        setTimeout(function () { c.root.remove(); calls.delete(m.sid); }, 4000);
+        c.root.classList.add("ended");
+        c.ended = true;
+        c.root.querySelectorAll("form").forEach(function (f) { f.remove(); });
+        setTimeout(function () { dropCall(m.sid); }, 3000);
       }
       return;
     }
@@ -160,6 +173,7 @@
   }
   setInterval(function () {
     calls.forEach(function (c) {
+      if (c.ended) return;
       const s = Math.max(0, Math.floor((Date.now() - c.started) / 1000));
       c.clock.textContent = Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0");
     });
@@ -188,7 +202,7 @@
     source.addEventListener("calls", function (e) {
       const live = JSON.parse(e.data).calls;
       const seen = new Set(live.map(function (c) { return c.sid; }));
-      calls.forEach(function (c, sid) { if (!seen.has(sid)) { c.root.remove(); calls.delete(sid); } });
+      calls.forEach(function (c, sid) { if (!seen.has(sid)) dropCall(sid); });
       live.forEach(function (l) {
         const c = callCard(l.sid, l.started_ms);
         c.state.textContent = l.state;
