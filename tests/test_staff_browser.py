@@ -1,119 +1,33 @@
 """The staff page as a person uses it, in a real headless Chromium (Debian's chromium + chromedriver).
 
-The daemon runs for real on loopback (Trio in a background thread) with the local Realtime server,
-the local webhook receiver and the local Twilio caller; the browser logs in, watches a call's
-transcript grow and its order appear on the board without a reload, moves the order to ready,
-marks pepperoni sold out and sees the next call refused it. With VOICEBRIDGE_SCREENSHOTS=1 the
-test saves docs/staff-board.png and docs/staff-call.png from the real page.
+The daemon runs for real on loopback with the local Realtime server, the local webhook receiver
+and the local Twilio caller; the browser logs in, watches a call's transcript grow and its order
+appear on the board without a reload, moves the order to ready, marks pepperoni sold out and sees
+the next call refused it. With VOICEBRIDGE_SCREENSHOTS=1 the test saves docs/staff-board.png and
+docs/staff-call.png from the real page.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
+import shutil
 import tempfile
-import threading
-from contextlib import asynccontextmanager
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
-
-import attrs
+from typing import Any, Iterator
 
 import pytest
 import trio
 
-from voicebridge.business import SCHEMAS, build_job
-from voicebridge.config import Config
-from voicebridge.daemon import Daemon, serve_daemon
-from voicebridge.edges.staff.auth import hash_password
-from voicebridge.ops import staff_store as ss
-from voicebridge.ops.store import Store
-from voicebridge.peers.demo import DEMO_PUBLIC_URL, free_port
-from voicebridge.peers.realtime_server import RealtimePeer, serve_realtime_peer
-from voicebridge.peers.scenario import load_scenario
-from voicebridge.peers.twilio_caller import place_call
-from voicebridge.peers.webhook_receiver import serve_webhook_receiver
+from staff_shop import PASSWORD, STAFF, Shop, open_shop
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SCENARIO = Path(__file__).parent / "scenarios" / "quick_pepperoni.toml"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PASSWORD = secrets.token_urlsafe(12)
 
 # Selenium blocks: each browser story runs in a worker thread while Trio serves the shop.
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and DRIVER.exists()),
     reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver): "
            "apt-get install chromium chromium-driver")
-
-
-@attrs.define
-class Shop:
-    """The real daemon and its local peers on loopback; the browser story places calls from its thread."""
-
-    daemon: Daemon
-    nursery: trio.Nursery
-    scenario: Any
-    port: int
-    events: list[tuple[str, str, dict[str, Any]]] = attrs.Factory(list)
-    results: list[Any] = attrs.Factory(list)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def call(self) -> threading.Event:
-        """(From the browser's thread) start one call now; the event is set when the caller has hung up."""
-        done = threading.Event()
-
-        async def one() -> None:
-            try:
-                with trio.fail_after(self.scenario.max_s + 20):
-                    self.results.append(await place_call(self.base, self.scenario, public_url=DEMO_PUBLIC_URL,
-                                                         auth_token=None))
-            finally:
-                done.set()
-
-        trio.from_thread.run_sync(self.nursery.start_soon, one)
-        return done
-
-
-@asynccontextmanager
-async def open_shop(tmp: Path) -> AsyncIterator[Shop]:
-    scenario = load_scenario(str(SCENARIO))
-    stop = trio.Event()
-    secret = secrets.token_hex(16)
-    store: Store | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            receiver = await nursery.start(lambda task_status: serve_webhook_receiver(secret=secret,
-                                                                                      task_status=task_status))
-            realtime_url = await nursery.start(lambda task_status: serve_realtime_peer(
-                RealtimePeer(scenario, speed=4.0), task_status=task_status))
-            port = free_port()
-            config = Config(host="127.0.0.1", port=port, public_url=DEMO_PUBLIC_URL, realtime_url=realtime_url,
-                            openai_api_key="local-peer", allow_unsigned=True, db_path=tmp / "shop.sqlite3",
-                            order_webhook_url=receiver.url, order_webhook_secret=secret,
-                            transfer_number="+15550001111")
-            store = await Store.open(config.db_path, schemas=SCHEMAS)
-            await store.commit(lambda tx: ss.add_account(tx, "counter", hash_password(PASSWORD),
-                                                         datetime.now(timezone.utc)))
-            daemon = Daemon(config, job=build_job(config), store=store)
-            shop = Shop(daemon, nursery, scenario, port)
-            daemon.observers.append(lambda sid, kind, fields: shop.events.append((sid, kind, fields)))
-            await nursery.start(lambda task_status: serve_daemon(daemon, shutdown=stop, task_status=task_status))
-            try:
-                yield shop  # a failing story's exception goes on up from here, never swallowed by a cancel
-            finally:
-                stop.set()
-                with trio.move_on_after(10):
-                    while not daemon.draining:
-                        await trio.sleep(0.05)
-                await trio.sleep(0.3)
-                nursery.cancel_scope.cancel()
-    finally:
-        if store is not None:
-            await store.aclose()
 
 
 @pytest.fixture
@@ -134,8 +48,6 @@ def browser() -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
-        import shutil
-
         shutil.rmtree(profile, ignore_errors=True)
 
 
@@ -160,7 +72,7 @@ def log_in(driver: Any, shop: Shop) -> None:
 
     driver.get(shop.base + "/staff/")
     assert driver.current_url.endswith("/staff/login")  # nothing shown before the login
-    driver.find_element(By.NAME, "name").send_keys("counter")
+    driver.find_element(By.NAME, "name").send_keys(STAFF)
     driver.find_element(By.NAME, "password").send_keys(PASSWORD)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait_for(driver, lambda d: d.current_url.endswith("/staff/"))

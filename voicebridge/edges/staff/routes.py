@@ -29,6 +29,7 @@ log = logging.getLogger("voicebridge.staff")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 KEEPALIVE_S = 15.0
+CATCH_UP_BATCH = 200  # stored events read at a time by a (re)connecting stream
 BOARD_DONE_SHOWN = 12  # finished orders still shown at the foot of the board
 
 
@@ -56,7 +57,7 @@ def staff_blueprint(daemon: Any) -> Blueprint:
         return "application/json" in request.headers.get("Accept", "")
 
     @bp.before_request
-    async def gate() -> Response | None:
+    async def gate() -> Any:
         if request.endpoint in ("staff.static",):
             return None
         session = (await sessions()).read(request.cookies.get(auth.COOKIE))
@@ -98,7 +99,7 @@ def staff_blueprint(daemon: Any) -> Blueprint:
         hub.stored()
         return event_id
 
-    def done(back: str) -> Response:
+    def done(back: str) -> Any:
         return Response("", status=204) if wants_json() else redirect(back)
 
     def refused(message: str, status: int = 409) -> Response:
@@ -228,7 +229,8 @@ def staff_blueprint(daemon: Any) -> Blueprint:
 
     async def stored_since(after: int, csrf: str) -> tuple[list[bytes], int]:
         out = []
-        for ev in await daemon.store.read(lambda tx: ss.events_after(tx, after)):
+        start = after
+        for ev in await daemon.store.read(lambda tx: ss.events_after(tx, start, CATCH_UP_BATCH)):
             after = ev.id
             kind, _, number = ev.subject.partition(":")
             if kind in ("order", daemon.job.name) and number.isdigit():
@@ -255,6 +257,8 @@ def staff_blueprint(daemon: Any) -> Blueprint:
                     chunks, after = await stored_since(after, csrf)
                     for chunk in chunks:
                         yield chunk
+                    if len(chunks) >= CATCH_UP_BATCH:  # more to catch up on: no wait
+                        continue
                     message = None
                     with trio.move_on_after(KEEPALIVE_S):
                         try:
