@@ -70,9 +70,10 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    from voicebridge.peers.demo import run_demo
+    from voicebridge.peers.demo import StaffDemo, run_demo
 
-    return run_demo(config, scenario=args.scenario, quiet=args.quiet)
+    staff = StaffDemo(wait_s=args.staff_wait_s, linger_s=args.staff_linger_s) if args.staff else None
+    return run_demo(config, scenario=args.scenario, quiet=args.quiet, staff=staff)
 
 
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
@@ -104,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", default="demo", help="a packaged scenario name or a scenario TOML path "
                                                        "(default: demo, a full order with a barge-in)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--staff", action="store_true",
+                   help="also serve the staff page (order board, live call) on the demo's port, print its address "
+                        "and a one-time login, start the call once the page is open, and keep the page up "
+                        "afterwards until Ctrl-C")
+    p.add_argument("--staff-wait-s", type=float, default=120.0, metavar="S",
+                   help="with --staff: start the call after S seconds even if no page was opened (default 120)")
+    p.add_argument("--staff-linger-s", type=float, default=None, metavar="S",
+                   help="with --staff: stop S seconds after the call instead of waiting for Ctrl-C")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("replay", help="replay recorded calls against the daemon and report differences",

@@ -110,8 +110,9 @@ def get_account(tx: Transaction, name: str) -> Account | None:
                    _dt(r["expires_at"]) if r["expires_at"] else None)
 
 
-def set_password_hash(tx: Transaction, name: str, password_hash: str) -> None:
-    tx.execute("UPDATE staff_accounts SET password_hash = ? WHERE name = ?", (password_hash, name))
+def remove_account(tx: Transaction, name: str, now: datetime, *, actor: str | None = None) -> None:
+    tx.execute("DELETE FROM staff_accounts WHERE name = ?", (name,))
+    record(tx, actor, "staff.removed", f"staff:{name}", {}, now)
 
 
 def record(tx: Transaction, actor: str | None, action: str, subject: str, detail: dict[str, Any],

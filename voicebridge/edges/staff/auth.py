@@ -42,10 +42,6 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return False
 
 
-def needs_rehash(password_hash: str) -> bool:
-    return _hasher.check_needs_rehash(password_hash)
-
-
 @attrs.frozen
 class Session:
     name: str
