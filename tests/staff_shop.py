@@ -48,7 +48,8 @@ class Shop:
     async def place(self) -> Any:
         """Place one call and wait until the local caller has hung up; returns what Twilio was told."""
         with trio.fail_after(self.scenario.max_s + 20):
-            result = await place_call(self.base, self.scenario, public_url=DEMO_PUBLIC_URL, auth_token=None)
+            result = await place_call(self.base, self.scenario, public_url=DEMO_PUBLIC_URL,
+                                      auth_token=self.daemon.config.twilio_auth_token)
         self.results.append(result)
         return result
 
@@ -67,7 +68,7 @@ class Shop:
 
 
 @asynccontextmanager
-async def open_shop(tmp: Path) -> AsyncIterator[Shop]:
+async def open_shop(tmp: Path, **settings: Any) -> AsyncIterator[Shop]:
     scenario = load_scenario(str(SCENARIO))
     stop = trio.Event()
     secret = secrets.token_hex(16)
@@ -82,7 +83,7 @@ async def open_shop(tmp: Path) -> AsyncIterator[Shop]:
             config = Config(host="127.0.0.1", port=port, public_url=DEMO_PUBLIC_URL, realtime_url=realtime_url,
                             openai_api_key="local-peer", allow_unsigned=True, db_path=tmp / "shop.sqlite3",
                             order_webhook_url=receiver.url, order_webhook_secret=secret,
-                            transfer_number="+15550001111")
+                            transfer_number="+15550001111", **settings)
             store = await Store.open(config.db_path, schemas=SCHEMAS)
             await store.commit(lambda tx: ss.add_account(tx, STAFF, hash_password(PASSWORD),
                                                          datetime.now(timezone.utc)))

@@ -17,6 +17,8 @@ from typing import Any, AsyncIterator
 import trio
 from quart import Blueprint, Response, g, redirect, render_template, request, stream_with_context
 
+from voicebridge.edges import sms
+from voicebridge.edges.outbound import OutboundError
 from voicebridge.edges.staff import auth
 from voicebridge.edges.staff.hub import StaffHub
 from voicebridge.jobs.pizza import board
@@ -154,10 +156,14 @@ def staff_blueprint(daemon: Any) -> Blueprint:
             return None
         rows = await daemon.store.read(lambda tx: tx.execute(
             "SELECT status_reason FROM orders WHERE id = ?", (order_id,)))
+        texts = await daemon.store.read(lambda tx: tx.execute(
+            "SELECT action FROM staff_events WHERE subject = ? AND action IN ('order.text_sent', 'order.text_failed')"
+            " ORDER BY id DESC LIMIT 1", (f"order:{order_id}",)))
         return {"o": detail, "label": board.LABEL.get(detail.status, detail.status),
                 "next": [s for s in board.NEXT.get(detail.status, ()) if s != "cancelled"],
                 "can_cancel": "cancelled" in board.NEXT.get(detail.status, ()),
                 "reason": rows[0]["status_reason"] if rows else None, "placed": _local(detail.created_at),
+                "text": {"order.text_sent": "sent", "order.text_failed": "failed"}.get(texts[0]["action"]) if texts else None,
                 "money": format_money, "labels": board.LABEL}
 
     async def card(order_id: int, csrf: str | None = None) -> str:
@@ -197,7 +203,27 @@ def staff_blueprint(daemon: Any) -> Blueprint:
         except board.StatusError as exc:
             return refused(str(exc))
         hub.stored()
+        if to == "ready" and sms.can_text(daemon.config) and daemon.nursery is not None:
+            daemon.nursery.start_soon(text_ready, order_id)
         return done("/staff/")
+
+    async def text_ready(order_id: int) -> None:
+        """Tell the customer their order is ready (one attempt; the log and board say how it went)."""
+        detail = await daemon.store.read(lambda tx: get_order(tx, order_id))
+        if detail is None or not detail.phone:
+            return
+        what = "is ready for pickup" if detail.fulfillment == "pickup" else "is ready and on its way"
+        body = f"{daemon.job.business_name}: your order #{order_id} {what}. Thank you!"
+        try:
+            sid = await sms.send_text(daemon.config, detail.phone, body)
+        except OutboundError as exc:
+            log.warning("the ready text for order #%d was not sent: %s", order_id, exc,
+                        extra={"event": "sms_failed"})
+            action, info = "order.text_failed", {"error": str(exc)}
+        else:
+            action, info = "order.text_sent", {"message_sid": sid}
+        await daemon.store.commit(lambda tx: ss.record(tx, None, action, f"order:{order_id}", info, now()))
+        hub.stored()
 
     @bp.post("/orders/<int:order_id>/resend")
     async def order_resend(order_id: int) -> Any:
