@@ -128,12 +128,26 @@ def order_story(shop: Shop, browser: Any) -> None:
     wait_for(browser, lambda d: text_of(d, "#item-pepperoni") == "Back in")
     browser.get(shop.base + "/staff/")
     wait_for(browser, lambda d: text_of(d, "#link") == "live")
+    browser.execute_script("window.notReloaded = true;")
     second = shop.call()
     assert second.wait(60)
     refused = [f for _, kind, f in shop.events if kind == "tool" and f["name"] == "add_item"]
     assert [f["ok"] for f in refused] == [True, False]
     assert not browser.find_elements(By.CSS_SELECTOR, "#order-2")
     assert text_of(browser, "#order-1 .badge").upper() == "READY"
+
+    # The connection is lost (the daemon ends every stream) while an order comes in: the page
+    # reconnects with its last event id and shows the order once, still without a reload.
+    from voicebridge.jobs.pizza.order import Order, OrderLine
+
+    order = Order.empty(caller_number="+15550100111")
+    order.lines.append(OrderLine("margherita", "medium", 2))
+    order.customer_name, order.fulfillment = "Robin", "pickup"
+    trio.from_thread.run_sync(shop.daemon.staff_hub.close_all)
+    trio.from_thread.run(shop.daemon._commit, "CArobin", order)
+    wait_for(browser, lambda d: "Robin" in text_of(d, "#board"), 10)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#board .order")) == 2
+    assert browser.execute_script("return window.notReloaded === true")
 
     # The log says who did what.
     browser.get(shop.base + "/staff/log")

@@ -335,6 +335,7 @@ class Daemon:
         """Stop new calls; let live ones finish up to the drain deadline; end the rest."""
         self.draining = True
         self.notifier.stopping()
+        self.staff_hub.close_all()  # staff pages' event streams would otherwise hold the web server open
         log.info("draining", extra={"event": "draining", "live_calls": len(self.live)})
         if self.live:
             self.calls_done = trio.Event()

@@ -32,6 +32,11 @@ class StaffHub:
         self._subscribers.discard(send)
         send.close()
 
+    def close_all(self) -> None:
+        """End every open stream (shutdown): each browser reconnects and catches up by its last event id."""
+        for send in list(self._subscribers):
+            self.unsubscribe(send)
+
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
