@@ -70,6 +70,10 @@ def test_a_closed_shop_takes_no_order_and_says_what_it_offers() -> None:
     assert not j.run_tool(order, "confirm_order", "{}", NOW).ok
     assert "The shop is closed right now" in j.instructions(NOW)
     assert j.run_tool(order, "get_menu", "{}", NOW).ok  # the caller can still ask what there is
+    assert j.prompts.greeting == ("Greet the caller and tell them: The shop is closed right now and cannot take "
+                                  "orders. We open again at 5 pm. Offer a transfer to the shop if they want a person.")
+    j.day.current = Availability()
+    assert j.prompts.greeting.startswith("Greet the caller: thank them for calling")
 
 
 async def test_orders_move_only_forward_and_a_cancel_needs_a_reason(tmp_path: Path) -> None:

@@ -82,10 +82,20 @@ class PizzaJob:
     menu: Menu
     tax_rate_bp: int = 800
     name: str = "pizza"
-    prompts: JobPrompts = PROMPTS
+    base_prompts: JobPrompts = PROMPTS
     schema: tuple[tuple[str, ...], ...] = SCHEMA
     # What is sold out and whether the shop is closed now: a snapshot the daemon replaces.
     day: DayBox = attrs.field(factory=DayBox, eq=False)
+
+    @property
+    def prompts(self) -> JobPrompts:
+        """The fixed prompts; while staff have closed the shop, the greeting says so at once."""
+        day = self.day.current
+        if not day.closed:
+            return self.base_prompts
+        return attrs.evolve(self.base_prompts, greeting=(
+            f"Greet the caller and tell them: {day.closed_text()} Offer a transfer to the shop if they want "
+            "a person."))
 
     @property
     def business_name(self) -> str:
