@@ -167,7 +167,7 @@
       const li = el("li", "role-" + m.role);
       li.append(el("b", "", m.role === "caller" ? "Caller" : "AI"), document.createTextNode(" " + m.text));
       c.lines.append(li);
-      li.scrollIntoView({block: "nearest"});
+      c.lines.scrollTop = c.lines.scrollHeight;  // follow the words, without moving the page
     }
     if (m.cart) showCart(c, m.cart);
   }
@@ -182,7 +182,10 @@
   // -- the stream: reconnects on its own (Last-Event-ID), or anew after an error --------------
   let source = null;
   function connect() {
-    if (page === "menu" || page === "log" || page === "call") { setLink("", true); return; }
+    if (page === "menu" || page === "log" || page === "call") {  // pages without live parts
+      if (linkEl) linkEl.hidden = true;
+      return;
+    }
     source = new EventSource("/staff/events?after=" + lastId);
     source.onopen = function () { setLink("live", true); };
     source.onerror = function () {
