@@ -1,4 +1,4 @@
-"""The `voicebridge` command: serve | demo | replay | orders | resend | call.
+"""The `voicebridge` command: serve | demo | replay | orders | bookings | resend | calls | call.
 
 Configuration comes from the environment and an optional `.env` file (see README); a bad value
 stops the command with one line naming the variable, exit status 2.
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from voicebridge import __version__
-from voicebridge.config import Config, ConfigError
+from voicebridge.config import JOBS, Config, ConfigError
 
 log = logging.getLogger("voicebridge")
 
@@ -27,7 +27,9 @@ environment (also read from ./.env or $VOICEBRIDGE_ENV_FILE):
   PUBLIC_URL                the https origin Twilio reaches this daemon at (required by serve)
   VOICEBRIDGE_HOST/PORT     listen address, default 127.0.0.1:8080
   VOICEBRIDGE_DB            SQLite file, default ./voicebridge.sqlite3
-  VOICEBRIDGE_MENU          menu TOML file, default: the packaged pizza-shop menu
+  VOICEBRIDGE_JOB           pizza | appointments (default: as the business file says, else pizza)
+  VOICEBRIDGE_BUSINESS      the job's business file (TOML; pizza: its menu), default: the packaged
+                            example of the job (VOICEBRIDGE_MENU is the pizza menu's older name)
   ORDER_WEBHOOK_URL/SECRET  where confirmed orders are POSTed, and the HMAC key that signs them
   TRANSFER_NUMBER           the shop's number for "talk to a person" and failures
   VOICEBRIDGE_RECORD_DIR    record every call as JSONL (for `voicebridge replay`)
@@ -73,7 +75,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from voicebridge.peers.demo import StaffDemo, run_demo
 
     staff = StaffDemo(wait_s=args.staff_wait_s, linger_s=args.staff_linger_s) if args.staff else None
-    return run_demo(config, scenario=args.scenario, quiet=args.quiet, staff=staff)
+    return run_demo(config, scenario=args.scenario, job=args.job, quiet=args.quiet, staff=staff)
 
 
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
@@ -98,12 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a whole call offline: the daemon plus local Twilio and Realtime peers",
                        description="Run the daemon on loopback with a local Realtime server and a local caller, "
-                                   "and print the call live: transcript, barge-ins, tool calls, the saved order "
-                                   "and its webhook delivery. No keys, no network. Uses VOICEBRIDGE_DB, the menu "
+                                   "and print the call live: transcript, barge-ins, tool calls, the read-back, the "
+                                   "saved order or booking and its webhook delivery. No keys, no network. Uses VOICEBRIDGE_DB, the business file "
                                    "and ORDER_WEBHOOK_URL/SECRET when set; otherwise a local SQLite file and a "
                                    "local webhook receiver that prints what it got.")
-    p.add_argument("--scenario", default="demo", help="a packaged scenario name or a scenario TOML path "
-                                                       "(default: demo, a full order with a barge-in)")
+    p.add_argument("--job", choices=JOBS,
+                   help="the job to demo (default: VOICEBRIDGE_JOB, else the business file's, else pizza)")
+    p.add_argument("--scenario", help="a packaged scenario name or a scenario TOML path (default: for pizza "
+                                      "`demo`, a full order with a barge-in; for appointments `appointments`, "
+                                      "a haircut booked for Tuesday at two)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("--staff", action="store_true",
                    help="also serve the staff page (order board, live call) on the demo's port, print its address "
@@ -126,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timing difference (seconds) still counted as the same behaviour (default 0.25)")
     p.set_defaults(func=cmd_replay)
 
-    for module in ("orders", "calls", "call", "staff"):
+    for module in ("orders", "bookings", "calls", "call", "staff"):
         register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = __import__(f"voicebridge.commands.{module}", fromlist=["register"]).register
         register(sub)
     return parser
@@ -144,11 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from voicebridge.jobs.appointments.business import BusinessError
         from voicebridge.jobs.pizza.menu import MenuError
         from voicebridge.peers.scenario import ScenarioError
         from voicebridge.ops.store import StoreError
 
-        if isinstance(exc, (MenuError, ScenarioError, StoreError)):
+        if isinstance(exc, (BusinessError, MenuError, ScenarioError, StoreError)):
             print(f"voicebridge: {exc}", file=sys.stderr)
             return 2
         raise

@@ -20,6 +20,7 @@ T = TypeVar("T")
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+JOBS = ("pizza", "appointments")  # VOICEBRIDGE_JOB
 
 
 class ConfigError(Exception):
@@ -70,8 +71,11 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"  # "json" or "text"
     lean_sockets: bool = False  # serve /media-stream and the Realtime client without Quart/trio-websocket layers
+    # the job: which one (None: as the business file says, else pizza), and its business file
+    job: str | None = None
+    business_path: Path | None = None  # VOICEBRIDGE_BUSINESS (for pizza, its menu)
     # ordering
-    menu_path: Path | None = None
+    menu_path: Path | None = None  # VOICEBRIDGE_MENU: the pizza job's business file (an alias)
     tax_rate_bp: int = 800  # 8.00 %
     order_webhook_url: str | None = None
     order_webhook_secret: str | None = None
@@ -148,6 +152,8 @@ class Config:
             log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
             log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text")), "json"),
             lean_sockets=g.get("VOICEBRIDGE_LEAN_SOCKETS", _bool, False),
+            job=g.get("VOICEBRIDGE_JOB", _choice(JOBS), None),
+            business_path=g.get("VOICEBRIDGE_BUSINESS", _path, None),
             menu_path=g.get("VOICEBRIDGE_MENU", _path, None),
             tax_rate_bp=g.get("VOICEBRIDGE_TAX_RATE", _rate_bp, 800),
             order_webhook_url=g.get("ORDER_WEBHOOK_URL", _http_url, None),
@@ -190,6 +196,13 @@ class Config:
             raise ConfigError(f"{missing}: not set, but the other half of the calendar login is")
         if self.caldav_username and not self.caldav_url:
             raise ConfigError("VOICEBRIDGE_CALDAV_URL: not set, but the calendar login is")
+        if self.business_path and self.menu_path and self.business_path != self.menu_path:
+            raise ConfigError("VOICEBRIDGE_MENU: set as well as VOICEBRIDGE_BUSINESS, to another file (use one)")
+
+    @property
+    def business_file(self) -> Path | None:
+        """The business file: VOICEBRIDGE_BUSINESS, else VOICEBRIDGE_MENU (pizza's), else None (packaged)."""
+        return self.business_path or self.menu_path
 
     def check_outbound(self) -> None:
         """Raise ConfigError for what `call` (placing an outbound call) cannot run without."""

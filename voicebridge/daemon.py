@@ -29,7 +29,8 @@ import trio
 from voicebridge.config import Config
 from voicebridge.ops.cost import CallCost
 from voicebridge.engine.flow import FlowSettings
-from voicebridge.engine.job import Committed, Job
+from voicebridge.business import feed_source, job_time_zone, tool_preparer
+from voicebridge.engine.job import BusySource, Committed, Job, PrepareTool
 from voicebridge.ops.logs import call_sid_var
 from voicebridge.ops.metrics import Metrics
 from voicebridge.ops.notify import Notifier, watchdog_task
@@ -39,7 +40,7 @@ from voicebridge.edges.protocol import twilio_media as tw
 from voicebridge.edges.calendar import CalDavCalendar
 from voicebridge.edges.ical import CalendarFeed, FeedSource
 from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures
-from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call
+from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call, utc_now
 from voicebridge.ops import staff_store
 from voicebridge.ops.store import Store
 from voicebridge.edges.staff.hub import StaffHub
@@ -79,12 +80,14 @@ def realtime_connector(config: Config) -> Connector:
 
 
 def make_call_setup(config: Config, job: Job, connector: Connector, *,
-                    check_start: Callable[[tw.Start], None] | None = None) -> CallSetup:
+                    check_start: Callable[[tw.Start], None] | None = None,
+                    prepare_tool: PrepareTool | None = None,
+                    wall_clock: Callable[[], datetime] | None = None) -> CallSetup:
     """How every call is set up: Realtime session settings, the job's tools and words, timers."""
     return CallSetup(
         connect=connector,
         session=rt.SessionSettings(
-            instructions=job.instructions(datetime.now(timezone.utc)),  # re-made for each session
+            instructions=job.instructions((wall_clock or utc_now)()),  # re-made for each session
             tools=tuple(job.tool_definitions()), voice=config.voice, audio_format=config.audio_format),
         flow=FlowSettings(
             silence_timeout_s=config.silence_timeout_s, max_call_s=config.max_call_s,
@@ -94,13 +97,16 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         connect_timeout_s=config.realtime_connect_timeout_s,
         check_start=check_start,
         record_dir=config.record_dir,
+        prepare_tool=prepare_tool,
+        wall_clock=wall_clock or utc_now,
     )
 
 
 class Daemon:
     def __init__(self, config: Config, *, job: Job, store: Store, metrics: Metrics | None = None,
                  connector: Connector | None = None, notifier: Notifier | None = None,
-                 calendar_zone: tzinfo = timezone.utc, feed_events: FeedSource | None = None) -> None:
+                 calendar_zone: tzinfo | None = None, feed_events: FeedSource | None = None,
+                 busy_source: BusySource | None = None, wall_clock: Callable[[], datetime] | None = None) -> None:
         self.config = config
         self.job = job
         self.store = store
@@ -125,20 +131,28 @@ class Daemon:
         self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret,
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
         self.outbox.on_settled = self._delivery_settled
-        # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day),
-        # written through the outbox's "calendar" rows; None keeps bookings local (and the feed).
+        # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day; by
+        # default the job's own time zone), written through the outbox's "calendar" rows; None keeps
+        # bookings local (and the feed).
+        zone = calendar_zone or job_time_zone(job) or timezone.utc
         self.calendar: CalDavCalendar | None = None
         self.calendar_outbox: CalendarWorker | None = None
         if config.caldav_url:
             self.calendar = CalDavCalendar(config.caldav_url, username=config.caldav_username,
-                                           password=config.caldav_password, zone=calendar_zone,
+                                           password=config.caldav_password, zone=zone,
                                            timeout_s=config.webhook_timeout_s)
             self.calendar_outbox = CalendarWorker(store, self.calendar, max_attempts=config.webhook_max_attempts,
                                                   timeout_s=config.webhook_timeout_s)
         self.calendar_feed: CalendarFeed | None = None
+        feed_events = feed_events or feed_source(job, store, clock=wall_clock)
         if config.calendar_feed_token and feed_events is not None:
             self.calendar_feed = CalendarFeed(config.calendar_feed_token, feed_events)
-        self.setup = make_call_setup(config, job, connector or realtime_connector(config), check_start=self._check_start)
+        # the job's lookups before a tool runs: stored bookings, and the calendar's busy times
+        # (`busy_source`, by default the CalDAV calendar) so events booked by hand block slots too
+        self.setup = make_call_setup(
+            config, job, connector or realtime_connector(config), check_start=self._check_start,
+            prepare_tool=tool_preparer(job, store, busy_source or self.calendar, clock=wall_clock),
+            wall_clock=wall_clock)
 
     # -- pre-warm ----------------------------------------------------------------------------
 
@@ -218,7 +232,8 @@ class Daemon:
 
     async def _commit(self, call_sid: str, task: Any) -> Committed:
         """The caller said yes: the job writes its task and outbox events in one transaction."""
-        now = datetime.now(timezone.utc)
+        now = self.setup.wall_clock()
+
         def commit(tx: Any) -> Committed:
             done = self.job.commit(tx, call_sid, task, now)
             # The staff board's event, in the same transaction: a board never misses a committed order.

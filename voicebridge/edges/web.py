@@ -177,7 +177,8 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         return Response(body, content_type="text/calendar; charset=utf-8",
                         headers={"Cache-Control": "private, max-age=60"})
 
-    if getattr(daemon, "staff_tables", False):  # the staff page (voicebridge.edges.staff)
+    # The staff page (voicebridge.edges.staff): the pizza shop's order board, calls and menu.
+    if getattr(daemon, "staff_tables", False) and getattr(getattr(daemon, "job", None), "name", None) == "pizza":
         from voicebridge.edges.staff.routes import staff_blueprint
 
         app.register_blueprint(staff_blueprint(daemon))
