@@ -244,7 +244,7 @@ def main() -> int:
 
     def record(res: dict[str, Any]) -> None:
         res["label"] = args.label
-        res["lean_sockets"] = os.environ.get("VOICEBRIDGE_LEAN_SOCKETS", "0")
+        res["framework_sockets"] = os.environ.get("VOICEBRIDGE_FRAMEWORK_SOCKETS", "0")
         results[:] = [r for r in results if r["calls"] != res["calls"]] + [res]
         results.sort(key=lambda r: r["calls"])
         out_path.write_text(json.dumps(results, indent=1) + "\n")

@@ -25,7 +25,7 @@ environment (also read from ./.env or $VOICEBRIDGE_ENV_FILE):
   TWILIO_AUTH_TOKEN         checks X-Twilio-Signature (required by serve unless
                             VOICEBRIDGE_ALLOW_UNSIGNED=1, a development switch that logs loudly)
   PUBLIC_URL                the https origin Twilio reaches this daemon at (required by serve)
-  VOICEBRIDGE_HOST/PORT     listen address, default 127.0.0.1:8080
+  VOICEBRIDGE_HOST/PORT     listen address, default 127.0.0.1:8080 (serve --host/--port win)
   VOICEBRIDGE_DB            SQLite file, default ./voicebridge.sqlite3
   VOICEBRIDGE_JOB           pizza | appointments (default: as the business file says, else pizza)
   VOICEBRIDGE_BUSINESS      the job's business file (TOML; pizza: its menu), default: the packaged
@@ -41,15 +41,48 @@ def _load_config(args: argparse.Namespace) -> Config:
     return Config.from_env(env_file=getattr(args, "env_file", None))
 
 
+def serve_config(args: argparse.Namespace, config: Config) -> Config:
+    """The settings `serve` runs with: its flags win over the environment."""
+    import attrs
+
+    if args.host is not None:
+        if not args.host.strip():
+            raise ConfigError("--host: empty; give an address such as 127.0.0.1 (or 0.0.0.0 for every interface)")
+        config = attrs.evolve(config, host=args.host.strip())
+    if args.port is not None:
+        config = attrs.evolve(config, port=_port_arg(args.port))
+    if args.log_format is not None:
+        config = attrs.evolve(config, log_format=args.log_format)
+    if config.log_format == "auto":
+        config = attrs.evolve(config, log_format="text" if sys.stderr.isatty() else "json")
+    return config
+
+
+def _port_arg(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"--port: expected a port number from 0 to 65535, got {raw[:40]!r}")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import trio
 
     from voicebridge.business import SCHEMAS, build_job
-    from voicebridge.daemon import Daemon, serve_daemon
+    from voicebridge.daemon import Daemon, ListenError, listen, serve_daemon
     from voicebridge.ops.logs import setup_logging
     from voicebridge.ops.store import Store
 
+    config = serve_config(args, config)
     config.check_serve()
+    try:  # the address is tried before anything else: a port in use is one line, not a traceback
+        listen(config.host, config.port).close()
+    except ListenError as exc:
+        print(f"voicebridge: {exc}", file=sys.stderr)
+        return 1
     setup_logging(config.log_level, config.log_format,
                   secrets=[config.openai_api_key, config.twilio_auth_token, config.order_webhook_secret,
                            config.caldav_password, config.calendar_feed_token])
@@ -67,7 +100,11 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         finally:
             await store.aclose()
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except ListenError as exc:  # taken between the check above and the bind
+        print(f"voicebridge: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -96,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the daemon (Twilio webhooks + media streams)",
                        description="Run the daemon: Twilio's voice webhook, the media-stream WebSocket, "
                                    "health and metrics. Stops on SIGTERM after draining live calls.")
+    p.add_argument("--host", metavar="H", help="listen address (default: VOICEBRIDGE_HOST, else 127.0.0.1)")
+    p.add_argument("--port", metavar="P", help="listen port (default: VOICEBRIDGE_PORT, else 8080)")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="log lines as text or JSON (default: VOICEBRIDGE_LOG_FORMAT, else text on a terminal, "
+                        "JSON otherwise)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="a whole call offline: the daemon plus local Twilio and Realtime peers",

@@ -69,8 +69,10 @@ class Config:
     db_path: Path = Path("voicebridge.sqlite3")
     record_dir: Path | None = None
     log_level: str = "INFO"
-    log_format: str = "json"  # "json" or "text"
-    lean_sockets: bool = False  # serve /media-stream and the Realtime client without Quart/trio-websocket layers
+    log_format: str = "auto"  # "json", "text", or "auto": text on a terminal, json otherwise
+    # Debugging fallback only: media streams served by Hypercorn/Quart, Realtime client trio-websocket.
+    framework_sockets: bool = False
+    ws_max_message_bytes: int = 64 * 1024  # largest WebSocket message a Media Streams peer may send
     # the job: which one (None: as the business file says, else pizza), and its business file
     job: str | None = None
     business_path: Path | None = None  # VOICEBRIDGE_BUSINESS (for pizza, its menu)
@@ -150,8 +152,9 @@ class Config:
             db_path=g.get("VOICEBRIDGE_DB", _path, Path("voicebridge.sqlite3")),
             record_dir=g.get("VOICEBRIDGE_RECORD_DIR", _path, None),
             log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
-            log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text")), "json"),
-            lean_sockets=g.get("VOICEBRIDGE_LEAN_SOCKETS", _bool, False),
+            log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text", "auto")), "auto"),
+            framework_sockets=g.get("VOICEBRIDGE_FRAMEWORK_SOCKETS", _bool, False),
+            ws_max_message_bytes=g.get("VOICEBRIDGE_WS_MAX_MESSAGE_BYTES", _int_range(1024, 16 * 1024 * 1024), 64 * 1024),
             job=g.get("VOICEBRIDGE_JOB", _choice(JOBS), None),
             business_path=g.get("VOICEBRIDGE_BUSINESS", _path, None),
             menu_path=g.get("VOICEBRIDGE_MENU", _path, None),
@@ -184,6 +187,11 @@ class Config:
             raise ConfigError("OPENAI_API_KEY: not set (the key the bridge uses for the Realtime API)")
         if not self.public_url:
             raise ConfigError("PUBLIC_URL: not set (the https origin Twilio reaches this daemon at)")
+        if not self.public_url.startswith("https://"):
+            raise ConfigError(
+                f"PUBLIC_URL: {self.public_url} is not https; Twilio connects media streams only over wss:// and "
+                "signed webhooks must not cross the internet in clear text (terminate TLS in front of the daemon "
+                "and set PUBLIC_URL=https://...)")
         if not self.twilio_auth_token and not self.allow_unsigned:
             raise ConfigError(
                 "TWILIO_AUTH_TOKEN: not set; Twilio signatures cannot be checked "

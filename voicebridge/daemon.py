@@ -10,6 +10,7 @@ ends the rest with the outcome `shutdown` recorded.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -61,7 +62,7 @@ def realtime_connector(config: Config) -> Connector:
     headers = [(b"authorization", f"Bearer {config.openai_api_key or ''}".encode())]
 
     # The connect deadline is the caller's (connect_session), covering handshake and setup.
-    if config.lean_sockets:
+    if not config.framework_sockets:
         async def connect_lean(nursery: trio.Nursery) -> MessageStream:
             # Frames are parsed in the reading task, no background reader (see docs/performance.md).
             return await ws_connect(url, headers, max_message_bytes=4 * 1024 * 1024)
@@ -364,6 +365,36 @@ class Daemon:
                 await self.calls_done.wait()
 
 
+class ListenError(Exception):
+    """The public address cannot be listened on; the message says which and what to change."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on (host, port), or ListenError in one line."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {host!r} is not an address of this machine "
+                          f"({exc.strerror}); set --host or VOICEBRIDGE_HOST") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            hint = "another process is listening there; stop it, or choose another port with --port or VOICEBRIDGE_PORT"
+        elif exc.errno == errno.EACCES:
+            hint = "ports below 1024 need privileges; choose a port >= 1024 with --port or VOICEBRIDGE_PORT"
+        else:
+            hint = f"{exc.strerror}; check --host/--port (VOICEBRIDGE_HOST/VOICEBRIDGE_PORT)"
+        raise ListenError(f"cannot listen on {where}: {hint}") from None
+    return sock
+
+
 async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, freeze_gc: bool = False,
                        task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGTERM/SIGINT (or `shutdown` is set), then drain and stop.
@@ -373,26 +404,34 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     lives as long as the process, and every full collection would otherwise walk it again while
     all calls wait.
 
-    By default Hypercorn serves the Quart-Trio app on the public port, `/media-stream` included.
-    With `VOICEBRIDGE_LEAN_SOCKETS=1` the public port is the daemon's own listener
-    (`web.serve_front`): media streams are served there with no HTTP framework in the audio path,
-    and every other request is piped to Hypercorn on a private Unix socket.
+    The public port is the daemon's own listener (`edges.front.serve_front`): media streams are
+    served there with no HTTP framework in the audio path, and every other request is piped to
+    Hypercorn/Quart-Trio on a private Unix socket. With `VOICEBRIDGE_FRAMEWORK_SOCKETS=1` (a
+    debugging fallback) Hypercorn serves the public port itself, `/media-stream` included.
+
+    The public port is bound before anything starts: if it cannot be, `ListenError` says which
+    address and what to change.
     """
     from hypercorn.config import Config as HyperConfig
     from hypercorn.trio import serve
 
-    from voicebridge.edges.web import create_app, serve_front
+    from voicebridge.edges.front import serve_front
+    from voicebridge.edges.web import create_app
 
     cfg = daemon.config
+    front = listen(cfg.host, cfg.port)
+    host, port = front.getsockname()[:2]
+    binds = [f"http://[{host}]:{port}" if front.family == socket.AF_INET6 else f"http://{host}:{port}"]
     if cfg.calendar_feed_token and daemon.calendar_feed is None:
         log.warning("VOICEBRIDGE_CALENDAR_FEED_TOKEN is set, but this job has no bookings to publish")
-    private = tempfile.mkdtemp(prefix="voicebridge-") if cfg.lean_sockets else None
+    lean = not cfg.framework_sockets
+    private = tempfile.mkdtemp(prefix="voicebridge-") if lean else None
     backend = os.path.join(private, "http.sock") if private else ""
     hyper = HyperConfig()
-    if cfg.lean_sockets:
+    if lean:
         hyper.bind = [f"unix:{backend}"]
     else:
-        hyper.bind = [f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"]
+        hyper.bind = [f"fd://{front.detach()}"]  # Hypercorn owns the listening socket from here
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")
     hyper.graceful_timeout = 2.0
@@ -400,7 +439,6 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     stop_serving = trio.Event()
     if shutdown is None:
         shutdown = trio.Event()
-    front: socket.socket | None = None
     front_scope = trio.CancelScope()
     try:
         await daemon.refresh_day()
@@ -421,20 +459,12 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
             finally:
                 served.set()
 
-        binds = await nursery.start(run_hypercorn)
-        if cfg.lean_sockets:
-            family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-            front = socket.socket(family, socket.SOCK_STREAM)
-            front.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            front.bind((cfg.host, cfg.port))
-            front.listen(1024)
-            host, port = front.getsockname()[:2]
-            binds = [f"http://[{host}]:{port}" if family == socket.AF_INET6 else f"http://{host}:{port}"]
-
+        await nursery.start(run_hypercorn)
+        if lean:
             async def run_front(listener: socket.socket) -> None:
                 with front_scope:
                     async with trio.open_nursery() as conns:
-                        await serve_front(daemon, listener, backend, conns)
+                        await serve_front(daemon, listener, backend, conns, max_message_bytes=cfg.ws_max_message_bytes)
 
             nursery.start_soon(run_front, front)
         nursery.start_soon(partial(watchdog_task, daemon.notifier, healthy=lambda: not daemon.draining))
@@ -443,7 +473,7 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
             gc.freeze()
         daemon.notifier.ready()
         log.info("serving", extra={"event": "serving", "binds": binds, "public_url": cfg.public_url,
-                                   "realtime_url": cfg.realtime_url, "lean_sockets": cfg.lean_sockets})
+                                   "realtime_url": cfg.realtime_url, "framework_sockets": cfg.framework_sockets})
         task_status.started(binds)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as waiter:
@@ -456,7 +486,7 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
                 waiter.cancel_scope.cancel()
         await daemon.drain()
         front_scope.cancel()
-        if front is not None:
+        if lean:
             front.close()
         stop_serving.set()
         with trio.move_on_after(hyper.graceful_timeout + 1):
@@ -467,4 +497,6 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
         nursery.cancel_scope.cancel()
     if private:
         shutil.rmtree(private, ignore_errors=True)
+    if front.fileno() >= 0:
+        front.close()
     log.info("stopped", extra={"event": "stopped"})

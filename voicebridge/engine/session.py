@@ -115,22 +115,22 @@ class CallSetup:
 
 
 async def open_session(stream: MessageStream, settings: rt.SessionSettings, timeout_s: float) -> None:
-    """Wait for session.created, send session.update, wait for session.updated (one deadline)."""
+    """Send session.update, then wait for session.created (one deadline); do not wait for session.updated.
+
+    The Realtime API applies a session's events in order, so the greeting's response.create may
+    follow at once: waiting for the acknowledgement would add a round trip to the caller's first
+    audio (docs/performance.md, "Greeting"). A rejected setting still arrives, as an error event
+    the call's reader reports like any other model error.
+    """
     try:
         with trio.fail_after(timeout_s):
-            created = False
-            while not created:
-                ev = rt.parse_server(await stream.receive())
-                if isinstance(ev, rt.RealtimeError):
-                    raise SetupError(f"Realtime refused the session: {ev.code or ev.type}: {ev.message[:200]}")
-                created = isinstance(ev, rt.SessionCreated)
             await stream.send(rt.session_update(settings))
             while True:
                 ev = rt.parse_server(await stream.receive())
-                if isinstance(ev, rt.SessionUpdated):
-                    return
                 if isinstance(ev, rt.RealtimeError):
-                    raise SetupError(f"Realtime rejected the session settings: {ev.code}: {ev.message[:200]}")
+                    raise SetupError(f"Realtime refused the session: {ev.code or ev.type}: {ev.message[:200]}")
+                if isinstance(ev, rt.SessionCreated):
+                    return
     except trio.TooSlowError:
         raise SetupError(f"Realtime session not ready within {timeout_s:g} s") from None
     except StreamClosed as exc:
