@@ -103,7 +103,8 @@ def test_env_example_defaults_are_the_real_defaults(tmp_path: Path, monkeypatch:
     """Commented values parse, and equal Config's defaults except the documented examples."""
     monkeypatch.chdir(tmp_path)  # no stray ./.env
     values = {k: v for k, v in example_lines().items() if v}
-    examples = {"VOICEBRIDGE_DB", "VOICEBRIDGE_RECORD_DIR", "VOICEBRIDGE_MENU", "ORDER_WEBHOOK_URL", "PUBLIC_URL"}
+    examples = {"VOICEBRIDGE_DB", "VOICEBRIDGE_RECORD_DIR", "VOICEBRIDGE_MENU", "ORDER_WEBHOOK_URL", "PUBLIC_URL",
+                "VOICEBRIDGE_BUSINESSES"}
     documented = Config.from_env({k: v for k, v in values.items() if k not in examples})
     assert documented == Config()
     with_examples = Config.from_env(values)

@@ -70,6 +70,9 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"  # "json" or "text"
     lean_sockets: bool = False  # serve /media-stream and the Realtime client without Quart/trio-websocket layers
+    workers: int = 1  # worker processes behind one port (SO_REUSEPORT) under a supervisor when > 1
+    stream_secret: str | None = None  # signs stream tokens; default: derived from twilio_auth_token
+    businesses: tuple[Path, ...] = ()  # business files (or directories of them): one per set of numbers
     # ordering
     menu_path: Path | None = None
     tax_rate_bp: int = 800  # 8.00 %
@@ -143,6 +146,9 @@ class Config:
             log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
             log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text")), "json"),
             lean_sockets=g.get("VOICEBRIDGE_LEAN_SOCKETS", _bool, False),
+            workers=g.get("VOICEBRIDGE_WORKERS", _int_range(1, 64), 1),
+            stream_secret=g.get("VOICEBRIDGE_STREAM_SECRET", _secret16, None),
+            businesses=g.get("VOICEBRIDGE_BUSINESSES", _paths, ()),
             menu_path=g.get("VOICEBRIDGE_MENU", _path, None),
             tax_rate_bp=g.get("VOICEBRIDGE_TAX_RATE", _rate_bp, 800),
             order_webhook_url=g.get("ORDER_WEBHOOK_URL", _http_url, None),
@@ -209,13 +215,15 @@ class Config:
                 value = "<set>" if value else None
             elif isinstance(value, (Path, Decimal)):
                 value = str(value)
+            elif isinstance(value, tuple):
+                value = [str(v) for v in value]
             elif isinstance(value, Prices):
                 continue
             out[f.name] = value
         return out
 
 
-SECRET_FIELDS = frozenset({"openai_api_key", "twilio_auth_token", "order_webhook_secret"})
+SECRET_FIELDS = frozenset({"openai_api_key", "twilio_auth_token", "order_webhook_secret", "stream_secret"})
 
 
 # -- parsing helpers --------------------------------------------------------------------
@@ -237,7 +245,7 @@ class _Getter:
             raise ConfigError(f"{name}: {exc}{shown}") from None
 
 
-_SECRET_VARS = frozenset({"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "ORDER_WEBHOOK_SECRET"})
+_SECRET_VARS = frozenset({"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "ORDER_WEBHOOK_SECRET", "VOICEBRIDGE_STREAM_SECRET"})
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
@@ -355,6 +363,20 @@ def _origin(raw: str) -> str:
 
 def _path(raw: str) -> Path:
     return Path(raw).expanduser()
+
+
+def _secret16(raw: str) -> str:
+    if len(raw) < 16:
+        raise ValueError("expected at least 16 characters (e.g. `openssl rand -hex 32`)")
+    return raw
+
+
+def _paths(raw: str) -> tuple[Path, ...]:
+    """Files or directories, separated by the OS path separator (`:`) or commas."""
+    parts = [p.strip() for p in raw.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
+    if not parts:
+        raise ValueError("expected a directory or a list of business files")
+    return tuple(Path(p).expanduser() for p in parts)
 
 
 def _phone(raw: str) -> str:

@@ -134,6 +134,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             version INTEGER NOT NULL
         )""",
     ),
+    # 3: stream tokens are single-use across every process sharing the database.
+    (
+        """CREATE TABLE redeemed_tokens (
+            token_hash TEXT PRIMARY KEY,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX redeemed_tokens_expiry ON redeemed_tokens (expires_at)",
+    ),
+    # 4: one deployment answers for many businesses; each call, delivery and order belongs to one.
+    # (`orders` is here, not in the pizza job's migrations, because migration 1 made it for every
+    # database: a store opened without the job's schemas still takes the job's commits.)
+    (
+        "ALTER TABLE calls ADD COLUMN business TEXT NOT NULL DEFAULT 'default'",
+        "CREATE INDEX calls_by_business ON calls (business, started_at)",
+        "ALTER TABLE outbox ADD COLUMN business TEXT NOT NULL DEFAULT 'default'",
+        "ALTER TABLE orders ADD COLUMN business TEXT NOT NULL DEFAULT 'default'",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -157,6 +174,7 @@ class CallRow:
     outcome: str | None
     cost_usd: Decimal | None
     cost_details: dict[str, Any] | None
+    business: str = "default"  # the business (slug) whose number was called
 
 
 @attrs.frozen
@@ -183,6 +201,7 @@ class OutboxRow:
     last_error: str | None
     delivered_at: datetime | None
     created_at: datetime
+    business: str = "default"  # whose webhook it goes to
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -242,6 +261,7 @@ def _outbox_row(r: sqlite3.Row) -> OutboxRow:
         last_error=r["last_error"],
         delivered_at=_dt(r["delivered_at"]),
         created_at=_req_dt(r["created_at"]),
+        business=r["business"],
     )
 
 
@@ -305,7 +325,8 @@ def _migrate_component(conn: sqlite3.Connection, path: Path, component: str, mig
 class _SqliteTransaction:
     """`voicebridge.engine.job.Transaction` on an open SQLite transaction (or a read-only connection)."""
 
-    def __init__(self, conn: sqlite3.Connection, now: datetime, *, writable: bool) -> None:
+    def __init__(self, conn: sqlite3.Connection, now: datetime, *, writable: bool, business: str = "default") -> None:
+        self.business = business  # the business the task is for: jobs write it on their rows
         self._conn = conn
         self._now = utc_text(now, "now")
         self._writable = writable
@@ -329,8 +350,8 @@ class _SqliteTransaction:
         key = f"{subject.replace(':', '-')}-{secrets.token_hex(8)}"
         self._conn.execute(
             "INSERT INTO outbox (event, subject, target, idempotency_key, payload, state, attempts, next_attempt_at,"
-            " created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
-            (event, subject, target, key, body, self._now, self._now),
+            " created_at, business) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            (event, subject, target, key, body, self._now, self._now, self.business),
         )
         self.enqueued += 1
 
@@ -417,8 +438,10 @@ class Store:
         to_number: str | None,
         direction: str,
         started_at: datetime,
+        business: str = "default",
     ) -> None:
         """Record a new call; StoreError if `call_sid` is already recorded."""
+        _text(business, "business", max_len=64)
         _text(call_sid, "call_sid", max_len=64)
         stream_sid = _text(stream_sid, "stream_sid", optional=True, max_len=64)
         from_number = _text(from_number, "from_number", optional=True, max_len=64)
@@ -430,9 +453,9 @@ class Store:
         def insert(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    "INSERT INTO calls (call_sid, stream_sid, from_number, to_number, direction, started_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (call_sid, stream_sid, from_number, to_number, direction, started),
+                    "INSERT INTO calls (call_sid, stream_sid, from_number, to_number, direction, started_at, business)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (call_sid, stream_sid, from_number, to_number, direction, started, business),
                 )
             except sqlite3.IntegrityError:
                 raise StoreError(f"call {call_sid} is already recorded") from None
@@ -493,12 +516,16 @@ class Store:
 
         await self._run(insert)
 
-    async def list_calls(self, limit: int = 20) -> list[CallRow]:
-        """The most recent calls first."""
+    async def list_calls(self, limit: int = 20, *, business: str | None = None) -> list[CallRow]:
+        """The most recent calls first (only `business`'s calls, if given)."""
         _limit(limit)
 
         def query(conn: sqlite3.Connection) -> list[CallRow]:
-            rows = conn.execute("SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,)).fetchall()
+            if business is None:
+                rows = conn.execute("SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,)).fetchall()
+            else:
+                rows = conn.execute("SELECT * FROM calls WHERE business = ? ORDER BY started_at DESC LIMIT ?",
+                                    (business, limit)).fetchall()
             return [
                 CallRow(
                     call_sid=r["call_sid"],
@@ -511,6 +538,7 @@ class Store:
                     outcome=r["outcome"],
                     cost_usd=None if r["cost_usd"] is None else Decimal(r["cost_usd"]),
                     cost_details=None if r["cost_details"] is None else json.loads(r["cost_details"]),
+                    business=r["business"],
                 )
                 for r in rows
             ]
@@ -532,14 +560,17 @@ class Store:
 
     # -- a job's commit, and its reads
 
-    async def commit(self, fn: Callable[[_SqliteTransaction], T], *, now: datetime | None = None) -> T:
+    async def commit(self, fn: Callable[[_SqliteTransaction], T], *, now: datetime | None = None,
+                     business: str = "default") -> T:
         """Run a job's commit in ONE transaction: its rows and the outbox events it queues land together
-        or not at all. `fn` runs in the store's thread; an exception rolls everything back."""
+        or not at all. `fn` runs in the store's thread; an exception rolls everything back.
+        `business` is the business the task is for (`tx.business`; its outbox events go to its webhook)."""
         at = now or datetime.now(timezone.utc)
+        _text(business, "business", max_len=64)
 
         def run(conn: sqlite3.Connection) -> T:
             with _transaction(conn):
-                return fn(_SqliteTransaction(conn, at, writable=True))
+                return fn(_SqliteTransaction(conn, at, writable=True, business=business))
 
         return await self._run(run)
 
@@ -550,6 +581,27 @@ class Store:
             return fn(_SqliteTransaction(conn, datetime.now(timezone.utc), writable=False))
 
         return await self._run(run)
+
+    # -- single-use tokens, shared by every process on the database
+
+    async def redeem_token(self, token_hash: str, expires_at: datetime) -> bool:
+        """Record a stream token (by its hash) as used until `expires_at`; False if it already was.
+
+        One INSERT: whichever process redeems first wins, the others see False. Expired
+        records are pruned in the same transaction (a token is refused as expired anyway).
+        """
+        _text(token_hash, "token_hash", max_len=128)
+        until = utc_text(expires_at, "expires_at")
+        now = utc_text(datetime.now(timezone.utc), "now")
+
+        def insert(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                conn.execute("DELETE FROM redeemed_tokens WHERE expires_at < ?", (now,))
+                cur = conn.execute("INSERT OR IGNORE INTO redeemed_tokens (token_hash, expires_at) VALUES (?, ?)",
+                                   (token_hash, until))
+                return cur.rowcount == 1
+
+        return await self._run(insert)
 
     # -- outbox
 
