@@ -141,7 +141,7 @@ async def test_stream_start_with_a_bad_token_is_refused_before_any_realtime_sess
                 bound_to = call_sid if token == "reuse" else new_sid("CA")
                 token = r.daemon.tokens.mint(bound_to)
                 if bound_to == call_sid:
-                    r.daemon.tokens.redeem(token, call_sid)  # already used once
+                    await r.daemon.redeem_token(token, call_sid)  # already used once
             url = r.base.replace("http", "ws") + "/media-stream"
             sig = RequestValidator(TOKEN).compute_signature("wss://voicebridge-test.invalid/media-stream", {})
             async with trio_websocket.open_websocket_url(url, extra_headers=[(b"x-twilio-signature", sig.encode())]) as ws:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,6 +32,8 @@ environment (also read from ./.env or $VOICEBRIDGE_ENV_FILE):
   ORDER_WEBHOOK_URL/SECRET  where confirmed orders are POSTed, and the HMAC key that signs them
   TRANSFER_NUMBER           the shop's number for "talk to a person" and failures
   VOICEBRIDGE_RECORD_DIR    record every call as JSONL (for `voicebridge replay`)
+  VOICEBRIDGE_WORKERS       worker processes sharing the port (default 1: one process)
+  VOICEBRIDGE_BUSINESSES    business files (or a directory): each number's job, menu and webhook
   more (timeouts, prices, logging): see systemd/voicebridge.env.example
 """
 
@@ -42,15 +45,22 @@ def _load_config(args: argparse.Namespace) -> Config:
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import trio
 
-    from voicebridge.business import SCHEMAS, build_job
+    from voicebridge.business import SCHEMAS, Businesses
     from voicebridge.daemon import Daemon, serve_daemon
     from voicebridge.ops.logs import setup_logging
     from voicebridge.ops.store import Store
+    from voicebridge.ops.supervisor import WORKER_ENV, run_supervisor
 
     config.check_serve()
+    businesses = Businesses.load(config)  # a bad business file or menu stops here, before any worker starts
     setup_logging(config.log_level, config.log_format,
-                  secrets=[config.openai_api_key, config.twilio_auth_token, config.order_webhook_secret])
-    job = build_job(config)
+                  secrets=[config.openai_api_key, config.twilio_auth_token, config.order_webhook_secret,
+                           config.stream_secret, *(b.config.order_webhook_secret for b in businesses)])
+    if config.workers > 1 and not os.environ.get(WORKER_ENV):
+        log.info("starting voicebridge %s with %d workers", __version__, config.workers,
+                 extra={"event": "starting", "config": config.redacted()})
+        env_file = ["--env-file", args.env_file] if getattr(args, "env_file", None) else []
+        return run_supervisor(config, [sys.executable, "-m", "voicebridge", *env_file, "serve"])
     if config.allow_unsigned:
         from voicebridge.edges.security import UNSIGNED_WARNING
 
@@ -60,7 +70,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     async def main() -> None:
         store = await Store.open(config.db_path, schemas=SCHEMAS)
         try:
-            await serve_daemon(Daemon(config, job=job, store=store), freeze_gc=True)
+            await serve_daemon(Daemon(config, businesses=businesses, store=store), freeze_gc=True,
+                               reuse_port=bool(os.environ.get(WORKER_ENV)))
         finally:
             await store.aclose()
 

@@ -10,6 +10,7 @@ ends the rest with the outcome `shutdown` recorded.
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ from typing import Any, Callable
 
 import trio
 
+from voicebridge.business import Business, Businesses
 from voicebridge.config import Config
 from voicebridge.ops.cost import CallCost
 from voicebridge.engine.flow import FlowSettings
@@ -35,7 +37,7 @@ from voicebridge.ops.notify import Notifier, watchdog_task
 from voicebridge.ops.outbox import OutboxWorker
 from voicebridge.edges.protocol import realtime as rt
 from voicebridge.edges.protocol import twilio_media as tw
-from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures
+from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures, stream_token_secret, token_binding
 from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call
 from voicebridge.ops.store import Store
 from voicebridge.edges.transport import MessageStream, TrioWebSocketStream, close_quietly, ws_connect
@@ -74,7 +76,7 @@ def realtime_connector(config: Config) -> Connector:
 
 
 def make_call_setup(config: Config, job: Job, connector: Connector, *,
-                    check_start: Callable[[tw.Start], None] | None = None) -> CallSetup:
+                    check_start: Callable[[tw.Start], Any] | None = None) -> CallSetup:
     """How every call is set up: Realtime session settings, the job's tools and words, timers."""
     return CallSetup(
         connect=connector,
@@ -93,16 +95,26 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
 
 
 class Daemon:
-    def __init__(self, config: Config, *, job: Job, store: Store, metrics: Metrics | None = None,
-                 connector: Connector | None = None, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, *, store: Store, job: Job | None = None, businesses: Businesses | None = None,
+                 metrics: Metrics | None = None, connector: Connector | None = None,
+                 notifier: Notifier | None = None) -> None:
+        """`businesses` answer the calls (by the number called); `job` alone makes the one default business."""
+        if businesses is None:
+            if job is None:
+                raise ValueError("a Daemon needs a job or businesses")
+            businesses = Businesses.single(config, job)
         self.config = config
-        self.job = job
+        self.businesses = businesses
+        self.job = businesses.default.job
         self.store = store
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier()
         self.signatures = TwilioSignatures(config.twilio_auth_token, config.public_url or "http://127.0.0.1",
                                            allow_unsigned=config.allow_unsigned)
-        self.tokens = StreamTokens(ttl_s=config.stream_token_ttl_s)
+        # Any worker (or instance) holding the deployment's secret verifies any token; the database
+        # makes each single-use across all of them (Store.redeem_token).
+        self.tokens = StreamTokens(stream_token_secret(config.stream_secret, config.twilio_auth_token),
+                                   ttl_s=config.stream_token_ttl_s)
         self.observers: list[Observer] = []
         self.draining = False
         self.live: dict[str, Call] = {}
@@ -111,24 +123,34 @@ class Daemon:
         self._prewarmed: dict[str, MessageStream] = {}
         self._prewarming: dict[str, trio.Event] = {}
         self.nursery: trio.Nursery | None = None
-        self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret,
+        self._business_of: dict[str, str] = {}  # live call -> business slug
+        routes = None
+        if businesses.catch_all is None:  # business files: each business's events go to its own webhook
+            routes = {b.slug: (b.config.order_webhook_url, b.config.order_webhook_secret)
+                      for b in businesses if b.config.order_webhook_url and b.config.order_webhook_secret}
+        self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret, routes=routes,
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
-        self.setup = make_call_setup(config, job, connector or realtime_connector(config), check_start=self._check_start)
+        connect = connector or realtime_connector(config)
+        self.setups = {b.slug: make_call_setup(b.config, b.job, connect, check_start=self._check_start)
+                       for b in businesses}
+        self.setup = self.setups[businesses.default.slug]
 
     # -- pre-warm ----------------------------------------------------------------------------
 
-    def prewarm(self, call_sid: str) -> None:
-        """Open and configure the call's Realtime session while Twilio fetches TwiML and connects."""
+    def prewarm(self, call_sid: str, business: Business | None = None) -> None:
+        """Open and configure the call's Realtime session (with its business's job and voice) while
+        Twilio fetches TwiML and connects."""
         if self.nursery is None or call_sid in self._prewarming:
             return
         self._prewarming[call_sid] = trio.Event()
-        self.nursery.start_soon(self._prewarm, call_sid)
+        setup = self.setups[(business or self.businesses.default).slug]
+        self.nursery.start_soon(self._prewarm, call_sid, setup)
 
-    async def _prewarm(self, call_sid: str) -> None:
+    async def _prewarm(self, call_sid: str, setup: CallSetup) -> None:
         assert self.nursery is not None
         ready = self._prewarming[call_sid]
         try:
-            stream = await connect_session(self.setup, self.nursery)
+            stream = await connect_session(setup, self.nursery)
         except SetupError as exc:
             log.warning("pre-warm failed (the call will connect on its own): %s", exc,
                         extra={"event": "prewarm_failed", "call_sid": call_sid})
@@ -140,7 +162,8 @@ class Daemon:
         await trio.sleep(self.config.prewarm_ttl_s)
         self._prewarming.pop(call_sid, None)
         unused = self._prewarmed.pop(call_sid, None)
-        if unused is not None:  # the stream never came: do not leave a session open
+        if unused is not None:  # the stream never came (or went to another worker): do not leave it open
+            self.metrics.prewarm_total.labels("unclaimed").inc()
             log.info("discarded an unused pre-warmed session", extra={"event": "prewarm_discarded", "call_sid": call_sid})
             await close_quietly(unused)
 
@@ -149,15 +172,36 @@ class Daemon:
         if ready is not None:
             with trio.move_on_after(self.config.realtime_connect_timeout_s):
                 await ready.wait()
-        return self._prewarmed.pop(call_sid, None)
+        stream = self._prewarmed.pop(call_sid, None)
+        # "hit": the stream came to the process that pre-warmed; "miss": it connects now, the
+        # greeting waits for that (with several workers, the webhook may have landed elsewhere).
+        self.metrics.prewarm_total.labels("hit" if stream is not None else "miss").inc()
+        return stream
 
     # -- calls -------------------------------------------------------------------------------
 
-    def _check_start(self, start: tw.Start) -> None:
+    async def redeem_token(self, token: str | None, call_sid: str, business: str = "default") -> None:
+        """Use up a stream token for `call_sid` of `business`: valid, and never used before by any
+        process sharing the database; StreamTokenError (with its reason) otherwise."""
+        nonce, expires_at = self.tokens.verify(token, call_sid, bound=token_binding(business))
+        key = hashlib.sha256(nonce.encode("ascii")).hexdigest()
+        if not await self.store.redeem_token(key, datetime.fromtimestamp(expires_at, timezone.utc)):
+            raise StreamTokenError("reused")
+
+    async def _check_start(self, start: tw.Start) -> CallSetup:
+        """The stream's token is for this call and this business, and never used before, anywhere."""
+        slug = start.custom_parameters.get("business") or self.businesses.default.slug
         try:
-            self.tokens.redeem(start.custom_parameters.get("token"), start.call_sid)
+            await self.redeem_token(start.custom_parameters.get("token"), start.call_sid, slug)
         except StreamTokenError as exc:
             raise StreamRefused(exc.reason) from None
+        except Exception as exc:  # the database is unreachable: no call we cannot account for
+            log.error("could not record the stream token as used: %s", exc, extra={"event": "store_error"})
+            raise StreamRefused("store-unavailable") from None
+        setup = self.setups.get(slug)
+        if setup is None:  # signed for a business this deployment no longer has
+            raise StreamRefused("unknown-business")
+        return setup
 
     async def handle_stream(self, twilio: MessageStream) -> CallResult:
         hooks = CallHooks(on_event=self._on_event, on_started=self._on_started, on_transcript=self._on_transcript,
@@ -177,10 +221,12 @@ class Daemon:
         # so each of the call's log lines carries its call_sid.
         call_sid_var.set(start.call_sid)
         params = start.custom_parameters
+        self._business_of[start.call_sid] = params.get("business") or self.businesses.default.slug
         try:
             await self.store.call_started(start.call_sid, stream_sid=start.stream_sid, from_number=params.get("From"),
                                           to_number=params.get("To"), direction=params.get("Direction") or "inbound",
-                                          started_at=datetime.now(timezone.utc))
+                                          started_at=datetime.now(timezone.utc),
+                                          business=self._business_of[start.call_sid])
         except Exception as exc:
             log.error("could not record the call start: %s", exc, extra={"event": "store_error"})
 
@@ -194,7 +240,9 @@ class Daemon:
     async def _commit(self, call_sid: str, task: Any) -> Committed:
         """The caller said yes: the job writes its task and outbox events in one transaction."""
         now = datetime.now(timezone.utc)
-        done = await self.store.commit(lambda tx: self.job.commit(tx, call_sid, task, now), now=now)
+        business = self.businesses.get(self._business_of.get(call_sid)) or self.businesses.default
+        done = await self.store.commit(lambda tx: business.job.commit(tx, call_sid, task, now), now=now,
+                                       business=business.slug)
         self.outbox.wake()
         return done
 
@@ -227,6 +275,7 @@ class Daemon:
         if sid is None:
             return
         self._remember_outcome(sid, result.outcome)
+        self._business_of.pop(sid, None)
         if self.live.pop(sid, None) is not None:
             self.metrics.live_calls.dec()
         if not self.live:
@@ -249,19 +298,27 @@ class Daemon:
             log.error("could not record the call end: %s", exc, extra={"event": "store_error"})
 
     async def outcome_of(self, call_sid: str) -> str | None:
-        """The outcome of a call; if it is still finishing, wait for it (a few seconds at most)."""
+        """The outcome of a call; if it is still finishing, wait for it (a few seconds at most).
+
+        A call this process did not run (its stream went to another worker or instance) is looked
+        up in the shared database, waiting likewise for the process that ran it to record its end.
+        """
         with trio.move_on_after(OUTCOME_WAIT_S):
             while call_sid in self.live and call_sid not in self.outcomes:
                 await trio.sleep(0.02)
         outcome = self.outcomes.get(call_sid)
-        if outcome is None and call_sid:
-            try:
-                for row in await self.store.list_calls(limit=200):
-                    if row.call_sid == call_sid:
-                        return row.outcome
-            except Exception:
-                return None
-        return outcome
+        if outcome is not None or not call_sid:
+            return outcome
+        with trio.move_on_after(OUTCOME_WAIT_S):
+            while True:
+                try:
+                    recorded, outcome = await self.store.call_outcome(call_sid)
+                except Exception:
+                    return None
+                if outcome is not None or not recorded:
+                    return outcome
+                await trio.sleep(0.05)
+        return None
 
     async def not_ready_reason(self) -> str | None:
         if self.draining:
@@ -291,7 +348,7 @@ class Daemon:
 
 
 async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, freeze_gc: bool = False,
-                       task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                       reuse_port: bool = False, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGTERM/SIGINT (or `shutdown` is set), then drain and stop.
 
     `freeze_gc` (the `serve` command; not in tests, which start many daemons in one process):
@@ -303,7 +360,11 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     With `VOICEBRIDGE_LEAN_SOCKETS=1` the public port is the daemon's own listener
     (`web.serve_front`): media streams are served there with no HTTP framework in the audio path,
     and every other request is piped to Hypercorn on a private Unix socket.
+
+    `reuse_port` (a worker of `VOICEBRIDGE_WORKERS`): the public socket is bound with SO_REUSEPORT,
+    shared with the other workers (`voicebridge.edges.listen`).
     """
+    from voicebridge.edges.listen import bind_url, open_listener
     from hypercorn.config import Config as HyperConfig
     from hypercorn.trio import serve
 
@@ -316,6 +377,8 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     hyper = HyperConfig()
     if cfg.lean_sockets:
         hyper.bind = [f"unix:{backend}"]
+    elif reuse_port:  # Hypercorn serves the socket we bound (it owns the descriptor from here on)
+        hyper.bind = [f"fd://{open_listener(cfg.host, cfg.port, reuse_port=True).detach()}"]
     else:
         hyper.bind = [f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"]
     hyper.accesslog = None
@@ -340,13 +403,8 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
 
         binds = await nursery.start(run_hypercorn)
         if cfg.lean_sockets:
-            family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-            front = socket.socket(family, socket.SOCK_STREAM)
-            front.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            front.bind((cfg.host, cfg.port))
-            front.listen(1024)
-            host, port = front.getsockname()[:2]
-            binds = [f"http://[{host}]:{port}" if family == socket.AF_INET6 else f"http://{host}:{port}"]
+            front = open_listener(cfg.host, cfg.port, reuse_port=reuse_port)
+            binds = [bind_url(front)]
 
             async def run_front(listener: socket.socket) -> None:
                 with front_scope:

@@ -52,7 +52,7 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
     if not rows:
         print("No calls yet.")
         return EXIT_OK
-    table = [("Time", "Call", "From", "Length", "Outcome", "Cost")]
+    table: list[tuple[str, ...]] = [("Time", "Call", "From", "Length", "Outcome", "Cost")]
     several = len({r.business for r in rows}) > 1  # many businesses: say whose each call is
     if several:
         table[0] += ("Business",)

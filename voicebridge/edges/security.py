@@ -229,3 +229,20 @@ class StreamTokens:
         message = body.encode("ascii") + (b"\n" + bound.encode("utf-8") if bound else b"")
         mac = hmac.new(self._secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def stream_token_secret(explicit: str | None, twilio_auth_token: str | None) -> bytes | None:
+    """The deployment's stream token key: `VOICEBRIDGE_STREAM_SECRET`, else derived from the Twilio
+    auth token (so every worker and machine of one deployment agrees with no extra setting), else
+    None (a random key for this process only: a single process in development)."""
+    if explicit:
+        return explicit.encode("utf-8")
+    if twilio_auth_token:
+        return hmac.new(twilio_auth_token.encode("utf-8"), b"voicebridge stream tokens v1", hashlib.sha256).digest()
+    return None
+
+
+def token_binding(business: str) -> str:
+    """What a stream token is bound to besides its call: the business (nothing for the default one,
+    so tokens of a single-business deployment are as before)."""
+    return "" if business == "default" else f"business={business}"

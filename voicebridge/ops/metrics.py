@@ -65,6 +65,13 @@ class Metrics:
         self.frames_dropped_total = Counter(
             "voicebridge_frames_dropped", "Audio frames dropped because a queue was full.", ["direction"], registry=r
         )
+        self.prewarm_total = Counter(
+            "voicebridge_prewarm",
+            "Pre-warmed Realtime sessions: hit (claimed by its stream), miss (the stream found none here and "
+            "connected on its own), unclaimed (closed after VOICEBRIDGE_PREWARM_TTL_S).",
+            ["result"], registry=r)
+        self.unknown_numbers_total = Counter(
+            "voicebridge_unknown_numbers", "Calls refused because no business answers the number called.", registry=r)
         # Known label values start at 0 so dashboards and rate() see them before the first event.
         for direction in DIRECTIONS:
             self.forwarding_latency_seconds.labels(direction)
@@ -73,6 +80,8 @@ class Metrics:
             self.protocol_errors_total.labels(source)
         for state in WEBHOOK_STATES:
             self.webhook_deliveries_total.labels(state)
+        for result in ("hit", "miss", "unclaimed"):
+            self.prewarm_total.labels(result)
         self._error_codes: set[str] = set()
 
     def count_realtime_error(self, code: str | None) -> None:

@@ -24,7 +24,7 @@ import random
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 from importlib import metadata
-from typing import Callable
+from typing import Callable, Mapping
 
 import httpx
 import trio
@@ -109,9 +109,15 @@ class OutboxWorker:
         now: Callable[[], datetime] = utc_now,
         rand: Callable[[], float] = random.random,
         transport: httpx.AsyncBaseTransport | None = None,
+        routes: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
+        """`routes` (business slug -> (url, secret)), when given, sends each business's rows to
+        its own webhook and leaves the rows of businesses without one pending; `url` is then unused."""
         if url and not secret:
             raise ValueError("ORDER_WEBHOOK_SECRET is required when ORDER_WEBHOOK_URL is set")
+        for slug, (route_url, route_secret) in (routes or {}).items():
+            if not route_url or not route_secret:
+                raise ValueError(f"business {slug}: a webhook needs both a URL and a secret")
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         if timeout_s <= 0 or backoff_base_s <= 0 or backoff_cap_s <= 0 or poll_s <= 0:
@@ -128,6 +134,8 @@ class OutboxWorker:
         self._rand = rand
         self._transport = transport
         self._wakeup = trio.Event()
+        self._routes = dict(routes) if routes is not None else None
+        self._businesses: tuple[str, ...] | None = tuple(self._routes) if self._routes is not None else None
 
     def wake(self) -> None:
         """A row was committed or revived: look for due rows now."""
@@ -138,12 +146,13 @@ class OutboxWorker:
 
         Without a URL it logs that once and returns: rows stay pending.
         """
-        if not self.url:
+        if not (self._routes if self._routes is not None else self.url):
             log.warning("ORDER_WEBHOOK_URL is not set: confirmed orders stay pending in the outbox")
             task_status.started()
             return
         async with httpx.AsyncClient(transport=self._transport, timeout=self.timeout_s, follow_redirects=False) as client:
-            log.info("webhook delivery to %s started", redact_url(self.url))
+            for where in ([url for url, _ in self._routes.values()] if self._routes is not None else [self.url]):
+                log.info("webhook delivery to %s started", redact_url(where or ""))
             task_status.started()
             while True:
                 self._wakeup = trio.Event()
@@ -157,7 +166,7 @@ class OutboxWorker:
                     await self._wakeup.wait()
 
     async def _sleep_for(self) -> float:
-        due = await self.store.next_due_time()
+        due = await self.store.next_due_time(businesses=self._businesses)
         if due is None:
             return self.poll_s
         return min(self.poll_s, max(0.0, (due - self._now()).total_seconds()))
@@ -165,7 +174,7 @@ class OutboxWorker:
     async def deliver_due(self, client: httpx.AsyncClient) -> int:
         """Attempt every row due now (at most BATCH); returns how many were attempted."""
         for count in range(BATCH):
-            row = await self.store.next_due(self._now())
+            row = await self.store.next_due(self._now(), businesses=self._businesses)
             if row is None:
                 return count
             await self._attempt(client, row)
@@ -188,7 +197,8 @@ class OutboxWorker:
 
     async def _post(self, client: httpx.AsyncClient, row: OutboxRow) -> str | None:
         """POST one row; None on 2xx, else a short error for the table and the log."""
-        assert self.url is not None
+        url, secret = self._routes[row.business] if self._routes is not None else (self.url, self._secret)
+        assert url is not None
         body = row.payload.encode()
         timestamp = int(self._now().timestamp())
         headers = {
@@ -196,12 +206,12 @@ class OutboxWorker:
             "X-Voicebridge-Event": row.event,
             "Idempotency-Key": row.idempotency_key,
             "X-Voicebridge-Timestamp": str(timestamp),
-            "X-Voicebridge-Signature": sign(self._secret, timestamp, body),
+            "X-Voicebridge-Signature": sign(secret, timestamp, body),
             "User-Agent": USER_AGENT,
         }
         try:
             with trio.fail_after(self.timeout_s):  # one deadline for the whole exchange
-                response = await client.post(self.url, content=body, headers=headers)
+                response = await client.post(url, content=body, headers=headers)
         except trio.TooSlowError:
             return f"timed out after {self.timeout_s:g} s"
         except httpx.TimeoutException:

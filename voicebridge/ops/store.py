@@ -545,6 +545,16 @@ class Store:
 
         return await self._run(query)
 
+    async def call_outcome(self, call_sid: str) -> tuple[bool, str | None]:
+        """(whether the call is recorded, its outcome or None while it runs): any process's calls."""
+        _text(call_sid, "call_sid", max_len=64)
+
+        def query(conn: sqlite3.Connection) -> tuple[bool, str | None]:
+            r = conn.execute("SELECT outcome FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
+            return (False, None) if r is None else (True, r["outcome"])
+
+        return await self._run(query)
+
     async def transcript(self, call_sid: str) -> list[TranscriptRow]:
         """A call's transcript in order."""
         _text(call_sid, "call_sid", max_len=64)
@@ -605,28 +615,33 @@ class Store:
 
     # -- outbox
 
-    async def next_due(self, now: datetime, targets: Sequence[str] = ("webhook",)) -> OutboxRow | None:
-        """The pending outbox row for one of `targets` due soonest at or before `now`, or None."""
+    async def next_due(self, now: datetime, targets: Sequence[str] = ("webhook",), *,
+                       businesses: Sequence[str] | None = None) -> OutboxRow | None:
+        """The pending outbox row for one of `targets` (and of `businesses`, if given) due soonest
+        at or before `now`, or None."""
         at = utc_text(now, "now")
         marks = ", ".join("?" for _ in targets)
+        only, whose = _businesses_clause(businesses)
 
         def query(conn: sqlite3.Connection) -> OutboxRow | None:
             r = conn.execute(
-                f"SELECT * FROM outbox WHERE state = 'pending' AND target IN ({marks}) AND next_attempt_at <= ?"
+                f"SELECT * FROM outbox WHERE state = 'pending' AND target IN ({marks}){only} AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, id LIMIT 1",
-                (*targets, at),
+                (*targets, *whose, at),
             ).fetchone()
             return None if r is None else _outbox_row(r)
 
         return await self._run(query)
 
-    async def next_due_time(self, targets: Sequence[str] = ("webhook",)) -> datetime | None:
-        """When the next pending row for one of `targets` is due, or None if nothing is pending."""
+    async def next_due_time(self, targets: Sequence[str] = ("webhook",), *,
+                            businesses: Sequence[str] | None = None) -> datetime | None:
+        """When the next pending row for one of `targets` (and `businesses`) is due, or None if none is pending."""
         marks = ", ".join("?" for _ in targets)
+        only, whose = _businesses_clause(businesses)
 
         def query(conn: sqlite3.Connection) -> datetime | None:
-            r = conn.execute(f"SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending' AND target IN ({marks})",
-                             tuple(targets)).fetchone()
+            r = conn.execute(f"SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending' AND target IN ({marks})"
+                             f"{only}", (*targets, *whose)).fetchone()
             return _dt(r[0])
 
         return await self._run(query)
@@ -708,6 +723,14 @@ class Store:
                 return True
 
         return await self._run(update)
+
+
+def _businesses_clause(businesses: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+    if businesses is None:
+        return "", ()
+    if not businesses:
+        return " AND 0", ()
+    return f" AND business IN ({', '.join('?' for _ in businesses)})", tuple(businesses)
 
 
 def _limit(limit: int) -> None:
