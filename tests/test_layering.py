@@ -175,3 +175,126 @@ def test_checker_follows_package_init_files(tmp_path: Path) -> None:
     path = _write(package, "domain/menu.py", "import attrs\n")
     chains = forbidden_chains(path, package)
     assert chains and all(chain.endswith("-> quart") for chain in chains)
+
+
+# -- the direction of the whole tree ------------------------------------------------------
+
+
+def module_graph(package_dir: Path) -> dict[str, set[str]]:
+    """Every module of the package -> the package modules it imports, in any form (type-only too)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        name = module_name(path, package_dir)
+        targets: set[str] = set()
+        for imported in imported_names(path.read_text(encoding="utf-8"), name, path.name == "__init__.py"):
+            target = internal_file(imported, package_dir)
+            if target is not None and target != path:
+                targets.add(module_name(target, package_dir))
+        graph[name] = targets
+    return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        for nxt in graph.get(stack.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+    counter = 0
+
+    def visit(v: str) -> None:
+        nonlocal counter
+        index[v] = low[v] = counter
+        counter += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def rule_breaks(graph: dict[str, set[str]]) -> list[str]:
+    """The tree's direction: engine -> no job; nothing -> cli; only the CLI (and peers) -> peers."""
+    breaks = []
+    for module, targets in sorted(graph.items()):
+        if module.startswith("voicebridge.engine"):
+            breaks += [f"{module} reaches the job {t}" for t in sorted(reachable(graph, module))
+                       if t.startswith("voicebridge.jobs")]
+        breaks += [f"{module} imports the CLI" for t in targets
+                   if t == "voicebridge.cli" and module != "voicebridge.__main__"]
+        cli_side = module in ("voicebridge.cli",) or module.startswith(("voicebridge.commands", "voicebridge.peers"))
+        breaks += [f"{module} imports the local peers ({t})" for t in sorted(targets)
+                   if t.startswith("voicebridge.peers") and not cli_side]
+    return breaks
+
+
+def test_the_tree_keeps_its_direction() -> None:
+    """The engine reaches no job, nothing imports the CLI, only the CLI imports the local peers."""
+    assert rule_breaks(module_graph(PACKAGE_DIR)) == []
+
+
+def test_no_import_cycle_not_even_type_only() -> None:
+    assert cycles(module_graph(PACKAGE_DIR)) == []
+
+
+def test_the_graph_is_really_read() -> None:
+    """The scan sees the package's real edges, so an empty graph cannot pass silently."""
+    graph = module_graph(PACKAGE_DIR)
+    assert "voicebridge.engine.job" in graph["voicebridge.jobs.pizza.job"]
+    assert "voicebridge.engine.session" in graph["voicebridge.daemon"]
+
+
+def test_checkers_catch_cycles_and_wrong_directions(tmp_path: Path) -> None:
+    """A type-only cycle, an engine module reaching a job, a module importing the CLI or the peers: all caught."""
+    package = tmp_path / "voicebridge"
+    _write(package, "__init__.py", "")
+    _write(package, "cli.py", "from voicebridge.peers import demo\n")
+    _write(package, "peers/__init__.py", "")
+    _write(package, "peers/demo.py", "")
+    _write(package, "engine/__init__.py", "")
+    _write(package, "engine/flow.py", "from voicebridge.engine import helper\n")
+    _write(package, "engine/helper.py", "from voicebridge.jobs.pizza import menu\n")
+    _write(package, "jobs/__init__.py", "")
+    _write(package, "jobs/pizza/__init__.py", "")
+    _write(package, "jobs/pizza/menu.py", "")
+    _write(package, "web.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from voicebridge.daemon import D\n")
+    _write(package, "daemon.py", "from voicebridge import web\nfrom voicebridge.cli import main\n"
+                                 "from voicebridge.peers.demo import run\n")
+    graph = module_graph(package)
+    assert cycles(graph) == [["voicebridge.daemon", "voicebridge.web"]]
+    breaks = rule_breaks(graph)
+    assert "voicebridge.engine.flow reaches the job voicebridge.jobs.pizza.menu" in breaks
+    assert "voicebridge.engine.helper reaches the job voicebridge.jobs.pizza.menu" in breaks
+    assert "voicebridge.daemon imports the CLI" in breaks
+    assert "voicebridge.daemon imports the local peers (voicebridge.peers.demo)" in breaks
+    assert not any(b.startswith("voicebridge.cli") for b in breaks)

@@ -390,9 +390,3 @@ def test_caller_builders_round_trip_through_parse_twilio() -> None:
     assert parse_twilio(tw.dtmf(STREAM, 20, "#")) == Dtmf(STREAM, "#")
     assert parse_twilio(tw.mark_echo(STREAM, 21, "item_1@160#1")) == MarkEcho(STREAM, "item_1@160#1")
     assert parse_twilio(tw.stop(STREAM, 22, ACCOUNT, CALL)) == Stop(STREAM, CALL)
-
-
-def test_event_name_reports_the_event_without_content() -> None:
-    """`event_name` gives the event for logs, or "?" when there is none."""
-    assert tw.event_name(json.loads(tw.caller_media(STREAM, 3, 2, 40, SILENCE_B64))) == "media"
-    assert tw.event_name({"media": {"payload": MARKER}}) == "?"

@@ -27,7 +27,6 @@ from voicebridge.jobs.pizza.job import PizzaJob
 
 # Every job's own migrations, by job name: a database holds the tables of all of them.
 SCHEMAS: dict[str, tuple[tuple[str, ...], ...]] = {"pizza": PIZZA_SCHEMA}
-JOB_NAMES = tuple(SCHEMAS)
 DEFAULT_SLUG = "default"
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 # The keys of a business file that are the deployment's; every other key is the job's own settings.

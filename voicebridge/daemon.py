@@ -118,7 +118,8 @@ class Daemon:
         self.observers: list[Observer] = []
         self.draining = False
         self.live: dict[str, Call] = {}
-        self.calls_done = trio.Event()
+        self.calls_done = trio.Event()  # set whenever the last live call has ended
+        self._outcomes_changed = trio.Event()  # set (and replaced) whenever an outcome is known or a call ends
         self.outcomes: OrderedDict[str, str] = OrderedDict()
         self._prewarmed: dict[str, MessageStream] = {}
         self._prewarming: dict[str, trio.Event] = {}
@@ -269,6 +270,8 @@ class Daemon:
         self.outcomes.move_to_end(call_sid)
         while len(self.outcomes) > MAX_REMEMBERED_OUTCOMES:
             self.outcomes.popitem(last=False)
+        self._outcomes_changed.set()
+        self._outcomes_changed = trio.Event()
 
     async def _on_ended(self, result: CallResult) -> None:
         sid = result.call_sid
@@ -305,7 +308,7 @@ class Daemon:
         """
         with trio.move_on_after(OUTCOME_WAIT_S):
             while call_sid in self.live and call_sid not in self.outcomes:
-                await trio.sleep(0.02)
+                await self._outcomes_changed.wait()
         outcome = self.outcomes.get(call_sid)
         if outcome is not None or not call_sid:
             return outcome
@@ -342,9 +345,10 @@ class Daemon:
                 await self.calls_done.wait()
         for call in list(self.live.values()):
             call.end_now("shutdown")
-        with trio.move_on_after(5):
-            while self.live:
-                await trio.sleep(0.05)
+        if self.live:
+            self.calls_done = trio.Event()
+            with trio.move_on_after(5):
+                await self.calls_done.wait()
 
 
 async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, freeze_gc: bool = False,

@@ -8,7 +8,6 @@ over an in-memory pair on a mock clock (tests), and through a recorder.
 from __future__ import annotations
 
 import contextlib
-import math
 import socket
 from typing import Any, Protocol
 
@@ -75,8 +74,14 @@ class MemoryStream:
             await self._recv.aclose()
 
 
-def memory_stream_pair(buffer: float = math.inf) -> tuple[MemoryStream, MemoryStream]:
-    """Two connected ends; closing one makes the other's receive raise StreamClosed."""
+MEMORY_STREAM_BUFFER = 1024  # messages in flight each way, like a socket's buffer: a sender then waits
+
+
+def memory_stream_pair(buffer: int = MEMORY_STREAM_BUFFER) -> tuple[MemoryStream, MemoryStream]:
+    """Two connected ends; closing one makes the other's receive raise StreamClosed.
+
+    Each direction holds at most `buffer` messages; past that `send` waits for the reader, as a
+    socket's sender does, so a stalled reader cannot make memory grow without end."""
     a_send, b_recv = trio.open_memory_channel[str](buffer)
     b_send, a_recv = trio.open_memory_channel[str](buffer)
     a, b = MemoryStream(a_send, a_recv), MemoryStream(b_send, b_recv)

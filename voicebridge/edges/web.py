@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from twilio.twiml.voice_response import VoiceResponse
 
 from voicebridge.edges.security import token_binding
+from voicebridge.edges.service import CallService
 from voicebridge.edges.transport import QuartWebSocketStream
 from voicebridge.ops.logs import mask_number
-
-if TYPE_CHECKING:
-    from voicebridge.daemon import Daemon
 
 log = logging.getLogger("voicebridge.edges.web")
 
@@ -47,7 +45,7 @@ def _path_qs() -> str:
     return request.path + ("?" + qs if qs else "")
 
 
-def create_app(daemon: "Daemon") -> QuartTrio:
+def create_app(daemon: CallService) -> QuartTrio:
     cfg = daemon.config
     app = QuartTrio("voicebridge")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -182,7 +180,7 @@ MAX_HEAD_BYTES = 16 * 1024
 HEAD_TIMEOUT_S = 10.0
 
 
-async def serve_front(daemon: "Daemon", listener: Any, backend: str, nursery: Any) -> None:
+async def serve_front(daemon: CallService, listener: Any, backend: str, nursery: Any) -> None:
     """Accept on `listener` (a listening stdlib socket) until cancelled.
 
     A WebSocket upgrade for `/media-stream` is served here: signature check (403), draining (503),
@@ -206,7 +204,7 @@ async def serve_front(daemon: "Daemon", listener: Any, backend: str, nursery: An
         nursery.start_soon(_front_connection, daemon, conn, backend)
 
 
-async def _front_connection(daemon: "Daemon", conn: Any, backend: str) -> None:
+async def _front_connection(daemon: CallService, conn: Any, backend: str) -> None:
     import trio
 
     from voicebridge.edges.transport import RawWebSocket, close_quietly, ws_accept_value

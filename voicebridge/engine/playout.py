@@ -151,6 +151,3 @@ class Playout:
         self._anchor_pos, self._anchor_t, self._echoed = self.sent, now, False
         return cuts
 
-    def mute(self, item_id: str) -> None:
-        """Drop any further audio of `item_id` (its response was cancelled before it was heard)."""
-        self.muted.add(item_id)

@@ -175,6 +175,7 @@ class Call:
         self._down = audio.Resampler(24000, 8000) if self.pcm16 else None
         self.model_send, self.model_recv = trio.open_memory_channel[str](MODEL_CHANNEL)
         self.twilio_send, self.twilio_recv = trio.open_memory_channel[str](TWILIO_CHANNEL)
+        self.twilio_flushed = trio.Event()  # set when twilio_writer has sent everything and stopped
         # Caller audio held while the session is being rotated (the link is down, the call is not).
         self._held: deque[str] | None = None
         # Frames in each channel, not yet taken by its writer (cheaper than .statistics() per frame).
@@ -193,7 +194,6 @@ class Call:
         self._deltas_out = 0
         self._timed: dict[int, tuple[str, float]] = {}  # id(frame text) -> (direction, time received)
         self.protocol_errors = 0
-        self.started_wall = datetime.now(timezone.utc)
         self.started_at = trio.current_time()
 
     # -- effects ---------------------------------------------------------------------------
@@ -272,8 +272,7 @@ class Call:
 
     async def _close_twilio_after_flush(self) -> None:
         with trio.move_on_after(2.0):
-            while self.twilio_recv.statistics().current_buffer_used:
-                await trio.sleep(0.01)
+            await self.twilio_flushed.wait()  # the writer sent what was queued (the channel is closed)
         await self.twilio.aclose(1000, "call ended")
         assert self.nursery is not None
         self.nursery.cancel_scope.cancel()
@@ -366,14 +365,17 @@ class Call:
             self._forwarded(*timed)
 
     async def twilio_writer(self) -> None:
-        async for text in self.twilio_recv:
-            self._q_twilio -= 1
-            try:
-                await self.twilio.send(text)
-            except StreamClosed:
-                return
-            if self._timed:
-                self._sent(text)
+        try:
+            async for text in self.twilio_recv:
+                self._q_twilio -= 1
+                try:
+                    await self.twilio.send(text)
+                except StreamClosed:
+                    return
+                if self._timed:
+                    self._sent(text)
+        finally:
+            self.twilio_flushed.set()
 
     async def model_writer(self) -> None:
         async for text in self.model_recv:

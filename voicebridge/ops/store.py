@@ -31,7 +31,6 @@ T = TypeVar("T")
 
 ROLES = ("caller", "assistant")
 DIRECTIONS = ("inbound", "outbound", "outbound-api", "outbound-dial")  # Twilio's Direction values
-OUTBOX_STATES = ("pending", "delivered", "dead")
 BUSY_TIMEOUT_MS = 5_000
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -330,7 +329,6 @@ class _SqliteTransaction:
         self._conn = conn
         self._now = utc_text(now, "now")
         self._writable = writable
-        self.enqueued = 0
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         cur = self._conn.execute(sql, tuple(params))
@@ -353,7 +351,6 @@ class _SqliteTransaction:
             " created_at, business) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
             (event, subject, target, key, body, self._now, self._now, self.business),
         )
-        self.enqueued += 1
 
 
 # -- the store --------------------------------------------------------------------------

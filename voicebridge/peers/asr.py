@@ -183,10 +183,6 @@ class Recognizer:
                 continue  # a silent clip cannot be recognised
             self._refs.append(_Ref(clip, tuple(max(FLOOR_DBFS, e) for e in env), span[0], span[1] - span[0]))
 
-    @property
-    def clip_names(self) -> list[str]:
-        return [r.clip.name for r in self._refs]
-
     def recognise(self, audio: bytes, fmt: str = PCMU) -> Recognition:
         """The caller clip `audio` (one utterance, in Realtime format `fmt`) is, or UNRECOGNISED."""
         env = envelope(audio, fmt)

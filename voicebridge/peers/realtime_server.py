@@ -25,6 +25,13 @@ milliseconds of input audio since the session's first append.
 
 The per-connection logic runs over any `MessageStream`: in memory on trio's mock clock in tests
 (`peer.handle`), or over a real socket (`serve_realtime_peer`).
+
+Why this module is long (about 1,150 lines): `_Session` is one connection of the service, and
+its input audio (VAD, recognition), its conversation items and its responses share one state and
+one order of events, as the real service's do; cutting it into classes would put that state
+behind accessors on every line. What stands apart does live apart: what is observed per
+connection (`realtime_log.py`), the strict checks of client events (`realtime_checks.py`), the
+server events' shapes (`realtime_events.py`).
 """
 
 from __future__ import annotations
@@ -36,7 +43,6 @@ import functools
 import json
 import logging
 import math
-import re
 import socket
 import struct
 import time
@@ -69,8 +75,32 @@ from voicebridge.edges.protocol.realtime import (
     parse_client,
 )
 from voicebridge.edges.transport import MessageStream, StreamClosed, TrioWebSocketStream
+from voicebridge.peers.realtime_checks import (
+    SEMANTIC_SILENCE_MS,
+    WORDS,
+    _raw_type,
+    _response_problem,
+    _session_problem,
+    _spoken_text,
+    _words_upto,
+)
+from voicebridge.peers.realtime_log import (
+    CallLog,
+    CancelLog,
+    ConnLog,
+    ErrorLog,
+    Rejection,
+    ResponseLog,
+    TruncateLog,
+    VadEvent,
+    _setting,
+)
 
 log = logging.getLogger(__name__)
+
+# Events queued for a client that does not read them. Past this the connection is dropped (as a
+# real server drops a client whose socket buffer stays full), so the queue never grows without end.
+OUT_QUEUE_EVENTS = 4096
 
 REALTIME_PATH = "/v1/realtime"
 DEFAULT_MODEL = "gpt-realtime"
@@ -78,11 +108,7 @@ WINDOW_MS = 20
 ONSET_WINDOWS = 4  # 80 ms of speech in a row starts a turn
 KEEP_IDLE_AUDIO_MS = 1000  # audio kept before speech (beyond the prefix padding) while nobody talks
 MIN_COMMIT_MS = 100
-SEMANTIC_SILENCE_MS = {"high": 300, "medium": 600, "auto": 600, "low": 1000}
 ARGS_DELTA_CHARS = 16
-VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
-_FORMATS = ({"type": PCMU}, {"type": PCMA}, {"type": PCM, "rate": 24000})
-_WORDS = re.compile(r"\S+\s*")
 _CLIENT_TYPES = {
     SessionUpdate: "session.update", AppendAudio: "input_audio_buffer.append",
     CommitBuffer: "input_audio_buffer.commit", ClearBuffer: "input_audio_buffer.clear",
@@ -95,121 +121,6 @@ _CLIENT_TYPES = {
 def vad_level_dbfs(threshold: float) -> float:
     """The window level (dBFS) above which the VAD hears speech, for `turn_detection.threshold`."""
     return -65.0 + 40.0 * min(1.0, max(0.0, threshold))
-
-
-# -- observations -------------------------------------------------------------------------
-
-
-def _setting(settings: dict[str, Any], key: str, default: float) -> Any:
-    """A session setting the client may send as null: null (or absent) means the default."""
-    value = settings.get(key)
-    return default if value is None else value
-
-
-@attrs.define
-class VadEvent:
-    """A VAD event as sent, with where it was detected (ms of input audio)."""
-
-    time: float
-    kind: str  # speech_started, speech_stopped, committed, timeout_triggered
-    item_id: str
-    audio_ms: int  # the position on the wire (audio_start_ms / audio_end_ms)
-    detected_ms: int  # where speech really began/ended (no padding, no trailing silence)
-
-
-@attrs.define
-class CallLog:
-    name: str
-    call_id: str
-    arguments: str  # the JSON string as sent
-
-
-@attrs.define
-class ResponseLog:
-    id: str
-    index: int  # 1-based, per connection
-    trigger: str  # purpose, caller, tool_output, fallback, timeout
-    purpose: str | None
-    heard: str | None  # the caller clip recognised, for trigger == "caller"
-    created_at: float
-    says: list[str] = attrs.Factory(list)  # assistant clips spoken
-    calls: list[CallLog] = attrs.Factory(list)
-    items: list[str] = attrs.Factory(list)  # output item ids
-    transcript: str | None = None
-    audio_ms: float = 0.0  # audio generated (sent)
-    first_audio_at: float | None = None  # when the first audio delta was sent
-    status: str = "in_progress"
-    reason: str | None = None
-    done_at: float | None = None
-
-
-@attrs.define
-class TruncateLog:
-    time: float
-    item_id: str
-    audio_end_ms: int
-    generated_ms: int | None  # None when the item is unknown
-    ok: bool
-
-
-@attrs.define
-class CancelLog:
-    time: float
-    response_id: str
-    reason: str  # client_cancelled or turn_detected
-    audio_ms: float  # audio generated when it stopped
-
-
-@attrs.define
-class ErrorLog:
-    time: float
-    type: str
-    code: str | None
-    message: str
-    param: str | None
-    client_event_id: str | None
-
-
-@attrs.define
-class Rejection:
-    time: float
-    status: int
-    path: str
-
-
-@attrs.define
-class ConnLog:
-    """Everything one connection did, for tests and the benchmark. No audio unless asked."""
-
-    index: int
-    model: str
-    opened_at: float
-    session_id: str
-    header_names: list[str]
-    client_events: list[tuple[float, str]] = attrs.Factory(list)  # (time, type) of every event received
-    sent_events: list[tuple[float, str]] = attrs.Factory(list)  # (time, type) of every event sent
-    audio_bytes_in: int = 0
-    audio_ms_in: float = 0.0
-    audio: bytearray | None = None  # the caller audio received, with record_audio=True
-    vad: list[VadEvent] = attrs.Factory(list)
-    transcripts: list[tuple[str, str | None, str]] = attrs.Factory(list)  # (item_id, clip, transcript)
-    responses: list[ResponseLog] = attrs.Factory(list)
-    truncates: list[TruncateLog] = attrs.Factory(list)
-    cancels: list[CancelLog] = attrs.Factory(list)
-    errors_sent: list[ErrorLog] = attrs.Factory(list)
-    items_created: list[dict[str, Any]] = attrs.Factory(list)  # items the client created, as stored
-    session_updates: list[dict[str, Any]] = attrs.Factory(list)  # `session` of each session.update
-    faults: list[str] = attrs.Factory(list)
-    notes: list[str] = attrs.Factory(list)
-    closed_at: float | None = None
-    closed_by: str | None = None  # "server" or "client"
-    close_code: int | None = None
-
-    def types_sent(self) -> list[str]:
-        return [t for _, t in self.sent_events]
-
-    def types_received(self) -> list[str]:
-        return [t for _, t in self.client_events]
 
 
 # -- handshake ------------------------------------------------------------------------------
@@ -444,7 +355,7 @@ class _Session:
                            audio=bytearray() if peer.record_audio else None)
         peer.connections.append(self.log)
         self.config = ev.default_session(handshake.model)
-        self.out_send, self.out_recv = trio.open_memory_channel[Any](math.inf)
+        self.out_send, self.out_recv = trio.open_memory_channel[Any](OUT_QUEUE_EVENTS)
         self.closing = False
         self.nursery: trio.Nursery | None = None
         # conversation
@@ -497,12 +408,20 @@ class _Session:
 
     def emit(self, event: dict[str, Any]) -> None:
         if not self.closing:
-            self.out_send.send_nowait(event)
+            self._queue(event)
 
     def _close(self, code: int, reason: str) -> None:
         if not self.closing:
-            self.out_send.send_nowait(_Close(code, reason))
+            self._queue(_Close(code, reason))
             self.closing = True
+
+    def _queue(self, item: dict[str, Any] | _Close) -> None:
+        try:
+            self.out_send.send_nowait(item)
+        except trio.WouldBlock:  # the client stopped reading: drop it rather than queue forever
+            log.warning("realtime peer: connection %d dropped, %d events unread", self.log.index, OUT_QUEUE_EVENTS)
+            self._closed("server", 1006)
+            self._end()
 
     async def _writer(self) -> None:
         async with self.out_recv:
@@ -1067,7 +986,7 @@ class _Session:
         self._add_output(r, index, item)
         r.log.says.append(part.say)
         r.log.transcript = part.transcript if r.log.transcript is None else f"{r.log.transcript} {part.transcript}"
-        words = _WORDS.findall(part.transcript.strip())
+        words = WORDS.findall(part.transcript.strip())
         sent_words = 0
         if not audio_out:
             self._r_emit(r, ev.content_part_added(self.ids.event(), r.id, item_id, index, {"type": "text", "text": ""}))
@@ -1245,118 +1164,3 @@ class _Session:
         return ev.usage(input_text=text, input_audio=audio, cached_text=cached_text, cached_audio=cached_audio,
                         output_text=ev.text_token_count(r.text_out), output_audio=round(r.audio_ms / 50))
 
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-def _raw_type(text: str) -> str:
-    """The `type` of a raw client frame for the log (never its content)."""
-    try:
-        kind = json.loads(text).get("type")
-    except (ValueError, AttributeError):
-        return "invalid"
-    return kind[:60] if isinstance(kind, str) else "invalid"
-
-
-def _spoken_text(output: str) -> str | None:
-    """`read_back` (or `error`) text of a tool output: what the model reads out next."""
-    try:
-        data = json.loads(output)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    for key in ("read_back", "error"):
-        value = data.get(key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-        if isinstance(value, dict) and isinstance(value.get("message"), str):
-            return str(value["message"])
-    return None
-
-
-def _words_upto(transcript: str, fraction: float) -> str:
-    """The words of `transcript` heard when `fraction` of its audio played."""
-    words = _WORDS.findall(transcript.strip())
-    total = max(1, sum(len(w) for w in words))
-    out, chars = [], 0
-    for word in words:
-        chars += len(word)
-        if chars / total > fraction:
-            break
-        out.append(word)
-    return "".join(out).rstrip()
-
-
-def _session_problem(s: dict[str, Any]) -> tuple[str, str, str] | None:
-    """(message, code, param) for a value the service rejects, beyond what `parse_client` checks."""
-    audio = s.get("audio") or {}
-    audio_in, audio_out = audio.get("input") or {}, audio.get("output") or {}
-    vad = audio_in.get("turn_detection")
-    base = "session.audio.input.turn_detection."
-    if isinstance(vad, dict):
-        if vad.get("type") not in ("server_vad", "semantic_vad"):
-            return "Invalid value for 'turn_detection.type'.", "invalid_value", base + "type"
-        checks = [("threshold", 0.0, 1.0), ("prefix_padding_ms", 0, 10_000), ("silence_duration_ms", 0, 10_000),
-                  ("idle_timeout_ms", 0, 3_600_000)]
-        for key, lo, hi in checks:
-            value = vad.get(key)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return f"Invalid type for '{base}{key}': expected a number.", "invalid_type", base + key
-            if not lo <= value <= hi:
-                return (f"Invalid '{base}{key}': expected a value between {lo} and {hi}, but got {value} instead.",
-                        "invalid_value", base + key)
-        for key in ("create_response", "interrupt_response"):
-            if key in vad and not isinstance(vad[key], bool):
-                return f"Invalid type for '{base}{key}': expected a boolean.", "invalid_type", base + key
-        if vad.get("type") == "semantic_vad" and vad.get("eagerness", "auto") not in SEMANTIC_SILENCE_MS:
-            return "Invalid value for 'turn_detection.eagerness'.", "invalid_value", base + "eagerness"
-    elif vad is not None:
-        return "Invalid type for 'turn_detection': expected an object or null.", "invalid_type", base.rstrip(".")
-    voice = audio_out.get("voice")
-    if voice is not None and not (voice in VOICES or (isinstance(voice, dict) and isinstance(voice.get("id"), str))):
-        return f"Invalid value: '{voice}'. Supported values are: " + ", ".join(f"'{v}'" for v in VOICES) + ".", \
-            "invalid_value", "session.audio.output.voice"
-    speed = audio_out.get("speed")
-    bad_speed = isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 1.5
-    if speed is not None and bad_speed:
-        return "Invalid 'session.audio.output.speed': expected a value between 0.25 and 1.5.", "invalid_value", \
-            "session.audio.output.speed"
-    tools = s.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            return "Invalid type for 'session.tools': expected an array.", "invalid_type", "session.tools"
-        for i, tool in enumerate(tools):
-            if not isinstance(tool, dict) or tool.get("type") != "function":
-                return f"Invalid value for 'session.tools[{i}].type'.", "invalid_value", f"session.tools[{i}].type"
-            if not isinstance(tool.get("name"), str) or not tool["name"]:
-                return (f"Missing required parameter: 'session.tools[{i}].name'.", "missing_required_parameter",
-                        f"session.tools[{i}].name")
-    tokens = s.get("max_output_tokens")
-    if tokens is not None and tokens != "inf" and (isinstance(tokens, bool) or not isinstance(tokens, int)
-                                                   or not 1 <= tokens <= 4096):
-        return "Invalid 'session.max_output_tokens': expected an integer 1-4096 or 'inf'.", "invalid_value", \
-            "session.max_output_tokens"
-    return None
-
-
-def _response_problem(params: dict[str, Any]) -> tuple[str, str, str] | None:
-    """(message, code, param) for response.create parameters the service rejects."""
-    metadata = params.get("metadata")
-    if metadata is not None:
-        if not isinstance(metadata, dict) or len(metadata) > 16 or not all(
-                isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-                for k, v in metadata.items()):
-            return ("Invalid 'response.metadata': expected at most 16 string keys (64 characters) with string values "
-                    "(512 characters).", "invalid_type", "response.metadata")
-    fmt = ((params.get("audio") or {}).get("output") or {}).get("format")
-    if fmt is not None and fmt not in _FORMATS:
-        return "Invalid value for 'response.audio.output.format'.", "invalid_value", "response.audio.output.format"
-    modalities = params.get("output_modalities")
-    if modalities is not None and modalities not in (["audio"], ["text"]):
-        return "Invalid value for 'response.output_modalities'.", "invalid_value", "response.output_modalities"
-    if params.get("conversation", "auto") not in ("auto", "none"):
-        return "Invalid value for 'response.conversation'.", "invalid_value", "response.conversation"
-    return None

@@ -338,8 +338,6 @@ HARMLESS_ERROR_CODES = frozenset({
     "item_truncate_invalid_item_id",
     "input_audio_buffer_commit_empty",
 })
-# Errors after which the session cannot go on (the service closes it, or it is unusable).
-FATAL_ERROR_CODES = frozenset({"session_expired", "insufficient_quota", "invalid_api_key", "beta_api_shape_disabled"})
 
 
 # -- the server's side: parsing client events strictly (local Realtime peer) -------------------

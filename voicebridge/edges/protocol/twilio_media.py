@@ -265,8 +265,3 @@ def stop(stream_sid: str, sequence: int, account_sid: str, call_sid: str) -> str
         {"event": "stop", "sequenceNumber": str(sequence), "streamSid": stream_sid,
          "stop": {"accountSid": account_sid, "callSid": call_sid}}
     )
-
-
-def event_name(msg: dict[str, Any]) -> str:
-    """The `event` of a parsed frame, for logs and reports (never the payload)."""
-    return str(msg.get("event", "?"))
