@@ -22,7 +22,6 @@ from voicebridge.business import Businesses, BusinessError
 from voicebridge.cli import main
 from voicebridge.config import Config
 from voicebridge.daemon import Daemon, serve_daemon
-from voicebridge.jobs.pizza.order import Order
 from voicebridge.ops.outbox import OutboxWorker
 from voicebridge.ops.store import Store
 from voicebridge.peers.demo import free_port
@@ -121,11 +120,6 @@ def test_serve_stops_with_one_line_for_a_bad_business_file(tmp_path: Path, capsy
 
 
 # -- deliveries: each business's events to its own webhook, signed with its own secret ---------------
-
-
-def _order(name: str) -> Order:
-    order = Order.empty(caller_number="+15551230001")
-    return attrs.evolve(order, customer_name=name, fulfillment="pickup")
 
 
 async def test_each_business_orders_go_to_its_own_webhook(tmp_path: Path) -> None:

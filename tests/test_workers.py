@@ -334,6 +334,12 @@ async def test_supervisor_notifies_restarts_a_killed_worker_and_drains(tmp_path:
                 assert [d.digit for d in report.dtmf] == ["0"]
                 assert await outcome(db, call_sid) == "transferred"
                 assert holder in children(sup.process.pid)  # the call's worker was never touched
+                # whichever worker answers the scrape shows every worker's counts
+                async with httpx.AsyncClient(trust_env=False) as http:
+                    for _ in range(6):  # a new connection each time: both workers answer some
+                        scraped = (await http.get(sup.base + "/metrics", headers={"Connection": "close"})).text
+                        assert 'voicebridge_calls_total{outcome="transferred"} 1.0' in scraped
+                        assert 'voicebridge_prewarm_total{result="miss"} 1.0' in scraped  # no webhook: nothing pre-warmed
 
                 # the supervisor starts a new worker; pings resume once both are healthy again
                 second = await workers_of(sup, 2)

@@ -32,8 +32,10 @@ from typing import Mapping, Sequence
 
 import attrs
 import trio
+from prometheus_client.multiprocess import mark_process_dead
 
 from voicebridge.config import Config, ConfigError
+from voicebridge.ops.metrics import MULTIPROCESS_ENV
 from voicebridge.ops.notify import Notifier
 
 log = logging.getLogger("voicebridge.ops.supervisor")
@@ -62,7 +64,8 @@ class Worker:
 def worker_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment every worker shares: ours, minus systemd's notify variables (they are the
     supervisor's), plus the stream token key when the configuration gives none."""
-    env = {k: v for k, v in environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    env = {k: v for k, v in environ.items()
+           if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", MULTIPROCESS_ENV)}
     if not config.stream_secret and not config.twilio_auth_token:
         env["VOICEBRIDGE_STREAM_SECRET"] = secrets.token_hex(32)  # one key for this run's workers
     return env
@@ -88,6 +91,8 @@ class Supervisor:
     async def run(self) -> int:
         """Run the workers until SIGTERM/SIGINT, then drain them; 0 when all stopped by themselves."""
         self._dir = tempfile.mkdtemp(prefix="voicebridge-workers-")
+        self.env[MULTIPROCESS_ENV] = os.path.join(self._dir, "metrics")  # one /metrics for all workers
+        os.mkdir(self.env[MULTIPROCESS_ENV])
         socks: list[trio.socket.SocketType] = []
         try:
             for i in range(1, self.config.workers + 1):
@@ -141,6 +146,8 @@ class Supervisor:
             with trio.CancelScope(shield=True):  # the process is reaped even while we are cancelled
                 code = await process.wait()
             worker.ready = False
+            # its live calls are gone; its counts stay
+            mark_process_dead(process.pid, self.env[MULTIPROCESS_ENV])  # type: ignore[no-untyped-call]
             if self.stopping:
                 log.info("worker %d stopped (exit %s)", worker.index, code,
                          extra={"event": "worker_stopped", "worker": worker.index, "code": code})
