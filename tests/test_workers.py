@@ -159,8 +159,9 @@ async def test_webhook_on_one_daemon_and_stream_on_the_other_completes(tmp_path:
     with trio.fail_after(120):
         async with realtime_peer("dtmf_transfer") as (peer, realtime_url):
             port_a, port_b = free_port(), free_port()
-            async with serving(tmp_path, "a", serve_env(db, port_a, realtime_url)) as a, \
-                    serving(tmp_path, "b", serve_env(db, port_b, realtime_url)) as b:
+            long_ttl = {"VOICEBRIDGE_PREWARM_TTL_S": "60"}  # an unclaimed session closed sooner is not the TTL's doing
+            async with serving(tmp_path, "a", serve_env(db, port_a, realtime_url, **long_ttl)) as a, \
+                    serving(tmp_path, "b", serve_env(db, port_b, realtime_url, **long_ttl)) as b:
                 caller = TwilioCaller(load_scenario("dtmf_transfer"))
                 result = await place_call(a.base, load_scenario("dtmf_transfer"), public_url=PUBLIC, auth_token=TOKEN,
                                           caller=caller, stream_url_override=b.ws)
@@ -169,6 +170,17 @@ async def test_webhook_on_one_daemon_and_stream_on_the_other_completes(tmp_path:
                 assert "+15550001111" in result.action.body  # A read B's outcome ("transferred") from the database
                 assert result.report is not None and result.report.received  # the greeting reached the caller
                 assert await outcome(db, caller.call_sid) == "transferred"
+                # A pre-warmed a session at the webhook; B, running the stream, opened its own. A saw the
+                # call start elsewhere and closed its session within seconds, not after the 60 s TTL.
+                assert len(peer.connections) == 2
+                with trio.fail_after(5):
+                    while any(c.closed_at is None for c in peer.connections):
+                        await trio.sleep(0.05)
+                async with httpx.AsyncClient(trust_env=False) as http:
+                    a_metrics = (await http.get(a.base + "/metrics")).text
+                    b_metrics = (await http.get(b.base + "/metrics")).text
+                assert 'voicebridge_prewarm_total{result="unclaimed"} 1.0' in a_metrics
+                assert 'voicebridge_prewarm_total{result="miss"} 1.0' in b_metrics
                 sessions = len(peer.connections)
                 params = dict(result.report.custom_parameters)
                 assert params["token"].startswith("v1.") and params["business"] == "default"

@@ -47,6 +47,7 @@ log = logging.getLogger("voicebridge.daemon")
 Observer = Callable[[str, str, dict[str, Any]], None]  # (call_sid, kind, fields)
 MAX_REMEMBERED_OUTCOMES = 10_000
 OUTCOME_WAIT_S = 5.0
+PREWARM_CHECK_S = 1.0  # how often a waiting pre-warmed session looks for its call in another process
 
 
 def realtime_connector(config: Config) -> Connector:
@@ -160,13 +161,30 @@ class Daemon:
             return
         self._prewarmed[call_sid] = stream
         ready.set()
-        await trio.sleep(self.config.prewarm_ttl_s)
+        with trio.move_on_after(self.config.prewarm_ttl_s):
+            await self._wait_for_stream_elsewhere(call_sid)
         self._prewarming.pop(call_sid, None)
         unused = self._prewarmed.pop(call_sid, None)
-        if unused is not None:  # the stream never came (or went to another worker): do not leave it open
+        if unused is not None:  # the stream never came, or went to another process: do not leave it open
             self.metrics.prewarm_total.labels("unclaimed").inc()
             log.info("discarded an unused pre-warmed session", extra={"event": "prewarm_discarded", "call_sid": call_sid})
             await close_quietly(unused)
+
+    async def _wait_for_stream_elsewhere(self, call_sid: str) -> None:
+        """Return once the call's stream has started in another process (another worker or instance
+        recorded the call), so the unneeded pre-warmed session here is closed at once rather than at
+        the TTL. One indexed read per second while it waits; once claimed here, it only waits (the
+        caller's scope, the TTL, ends it: the CallSid stays known, and is not pre-warmed twice)."""
+        while True:
+            await trio.sleep(PREWARM_CHECK_S)
+            if call_sid not in self._prewarmed or call_sid in self._business_of:  # claimed, or starting here
+                continue
+            try:
+                recorded, _ = await self.store.call_outcome(call_sid)
+            except Exception:  # the TTL still bounds it
+                continue
+            if recorded and call_sid not in self._business_of and call_sid in self._prewarmed:
+                return
 
     async def claim_prewarmed(self, call_sid: str) -> MessageStream | None:
         ready = self._prewarming.get(call_sid)
