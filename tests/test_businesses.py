@@ -148,8 +148,11 @@ async def test_each_business_orders_go_to_its_own_webhook(tmp_path: Path) -> Non
             await commit("closed-shop", "Cy")  # a business no longer configured: its delivery waits
             routes = {b.slug: (b.config.order_webhook_url, b.config.order_webhook_secret) for b in businesses}
             worker = OutboxWorker(store, None, None, routes=routes, backoff_base_s=0.01, poll_s=0.5)  # type: ignore[arg-type]
-            async with httpx.AsyncClient() as client:
-                assert await worker.deliver_due(client) == 2
+            await nursery.start(worker.run)
+            with trio.fail_after(10):
+                while len(luigi_rx.received) + len(rosa_rx.received) < 2:
+                    await trio.sleep(0.02)
+            await trio.sleep(0.3)  # time enough for a wrong third delivery to show
             assert [p["customer"] for p in luigi_rx.received] == ["Ann"]  # its receiver checked its signature
             assert [p["customer"] for p in rosa_rx.received] == ["Bob"]
             waiting = await store.outbox_for("order:3")

@@ -55,7 +55,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     businesses = Businesses.load(config)  # a bad business file or menu stops here, before any worker starts
     setup_logging(config.log_level, config.log_format,
                   secrets=[config.openai_api_key, config.twilio_auth_token, config.order_webhook_secret,
-                           config.stream_secret, *(b.config.order_webhook_secret for b in businesses)])
+                           config.caldav_password, config.calendar_feed_token, config.stream_secret,
+                           *(b.config.order_webhook_secret for b in businesses)])
     if config.workers > 1 and not os.environ.get(WORKER_ENV):
         log.info("starting voicebridge %s with %d workers", __version__, config.workers,
                  extra={"event": "starting", "config": config.redacted()})

@@ -80,6 +80,11 @@ class Config:
     order_webhook_secret: str | None = None
     webhook_max_attempts: int = 8
     webhook_timeout_s: float = 10.0
+    # the business's calendar: CalDAV (bookings written through the outbox), or the feed
+    caldav_url: str | None = None
+    caldav_username: str | None = None
+    caldav_password: str | None = None
+    calendar_feed_token: str | None = None
     # timing
     silence_timeout_s: float = 12.0
     max_call_s: float = 900.0
@@ -155,6 +160,10 @@ class Config:
             order_webhook_secret=g.get("ORDER_WEBHOOK_SECRET", _nonempty, None),
             webhook_max_attempts=g.get("VOICEBRIDGE_WEBHOOK_MAX_ATTEMPTS", _int_range(1, 100), 8),
             webhook_timeout_s=g.get("VOICEBRIDGE_WEBHOOK_TIMEOUT_S", _seconds, 10.0),
+            caldav_url=g.get("VOICEBRIDGE_CALDAV_URL", _caldav_url, None),
+            caldav_username=g.get("VOICEBRIDGE_CALDAV_USERNAME", _nonempty, None),
+            caldav_password=g.get("VOICEBRIDGE_CALDAV_PASSWORD", _nonempty, None),
+            calendar_feed_token=g.get("VOICEBRIDGE_CALENDAR_FEED_TOKEN", _feed_token, None),
             silence_timeout_s=g.get("VOICEBRIDGE_SILENCE_TIMEOUT_S", _seconds, 12.0),
             max_call_s=g.get("VOICEBRIDGE_MAX_CALL_S", _seconds, 900.0),
             realtime_connect_timeout_s=g.get("VOICEBRIDGE_REALTIME_CONNECT_TIMEOUT_S", _seconds, 10.0),
@@ -182,6 +191,11 @@ class Config:
             )
         if self.order_webhook_url and not self.order_webhook_secret:
             raise ConfigError("ORDER_WEBHOOK_SECRET: not set, but ORDER_WEBHOOK_URL is (deliveries are signed)")
+        if bool(self.caldav_username) != bool(self.caldav_password):
+            missing = "VOICEBRIDGE_CALDAV_PASSWORD" if self.caldav_username else "VOICEBRIDGE_CALDAV_USERNAME"
+            raise ConfigError(f"{missing}: not set, but the other half of the calendar login is")
+        if self.caldav_username and not self.caldav_url:
+            raise ConfigError("VOICEBRIDGE_CALDAV_URL: not set, but the calendar login is")
 
     def check_outbound(self) -> None:
         """Raise ConfigError for what `call` (placing an outbound call) cannot run without."""
@@ -223,7 +237,8 @@ class Config:
         return out
 
 
-SECRET_FIELDS = frozenset({"openai_api_key", "twilio_auth_token", "order_webhook_secret", "stream_secret"})
+SECRET_FIELDS = frozenset({"openai_api_key", "twilio_auth_token", "order_webhook_secret", "caldav_password",
+                           "calendar_feed_token", "stream_secret"})
 
 
 # -- parsing helpers --------------------------------------------------------------------
@@ -245,7 +260,9 @@ class _Getter:
             raise ConfigError(f"{name}: {exc}{shown}") from None
 
 
-_SECRET_VARS = frozenset({"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "ORDER_WEBHOOK_SECRET", "VOICEBRIDGE_STREAM_SECRET"})
+_SECRET_VARS = frozenset({"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "ORDER_WEBHOOK_SECRET", "VOICEBRIDGE_CALDAV_PASSWORD",
+                         "VOICEBRIDGE_CALENDAR_FEED_TOKEN", "VOICEBRIDGE_CALDAV_URL",  # a bad URL may hold a password
+                         "VOICEBRIDGE_STREAM_SECRET"})
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
@@ -352,6 +369,20 @@ def _ws_url(raw: str) -> str:
 def _http_url(raw: str) -> str:
     _url(raw, ("https", "http"))
     return raw.rstrip("/") if urllib.parse.urlsplit(raw).path in ("", "/") else raw
+
+
+def _caldav_url(raw: str) -> str:
+    parts = _url(raw, ("http", "https"))
+    if parts.username or parts.password:
+        raise ValueError("must not carry a user name or password (use VOICEBRIDGE_CALDAV_USERNAME and _PASSWORD)")
+    return raw
+
+
+def _feed_token(raw: str) -> str:
+    if len(raw) < 20 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in raw):
+        raise ValueError("must be at least 20 letters, digits, - or _ (e.g. `python -c 'import secrets; "
+                         "print(secrets.token_urlsafe(24))'`)")
+    return raw
 
 
 def _origin(raw: str) -> str:

@@ -1,6 +1,7 @@
 """The daemon: shared services around the calls, and `serve_daemon()` which runs it all.
 
-One Trio nursery holds Hypercorn (serving the Quart-Trio app), the webhook outbox worker, the
+One Trio nursery holds Hypercorn (serving the Quart-Trio app), the webhook outbox worker (and
+the calendar one when VOICEBRIDGE_CALDAV_URL is set), the
 systemd watchdog and the pre-warmed Realtime sessions waiting for their stream. Each call runs
 in its own nursery inside its WebSocket handler (`voicebridge.engine.session.run_call`).
 SIGTERM (or `shutdown`) stops new calls, lets live calls finish up to the drain deadline, then
@@ -20,7 +21,7 @@ import tempfile
 from functools import partial
 import urllib.parse
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
 from typing import Any, Callable
 
@@ -34,9 +35,11 @@ from voicebridge.engine.job import Committed, Job
 from voicebridge.ops.logs import call_sid_var
 from voicebridge.ops.metrics import Metrics
 from voicebridge.ops.notify import Notifier, watchdog_task
-from voicebridge.ops.outbox import OutboxWorker
+from voicebridge.ops.outbox import CalendarWorker, OutboxWorker
 from voicebridge.edges.protocol import realtime as rt
 from voicebridge.edges.protocol import twilio_media as tw
+from voicebridge.edges.calendar import CalDavCalendar
+from voicebridge.edges.ical import CalendarFeed, FeedSource
 from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures, stream_token_secret, token_binding
 from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call
 from voicebridge.ops.store import Store
@@ -98,7 +101,8 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
 class Daemon:
     def __init__(self, config: Config, *, store: Store, job: Job | None = None, businesses: Businesses | None = None,
                  metrics: Metrics | None = None, connector: Connector | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None,
+                 calendar_zone: tzinfo = timezone.utc, feed_events: FeedSource | None = None) -> None:
         """`businesses` answer the calls (by the number called); `job` alone makes the one default business."""
         if businesses is None:
             if job is None:
@@ -132,6 +136,19 @@ class Daemon:
                       for b in businesses if b.config.order_webhook_url and b.config.order_webhook_secret}
         self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret, routes=routes,
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
+        # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day),
+        # written through the outbox's "calendar" rows; None keeps bookings local (and the feed).
+        self.calendar: CalDavCalendar | None = None
+        self.calendar_outbox: CalendarWorker | None = None
+        if config.caldav_url:
+            self.calendar = CalDavCalendar(config.caldav_url, username=config.caldav_username,
+                                           password=config.caldav_password, zone=calendar_zone,
+                                           timeout_s=config.webhook_timeout_s)
+            self.calendar_outbox = CalendarWorker(store, self.calendar, max_attempts=config.webhook_max_attempts,
+                                                  timeout_s=config.webhook_timeout_s)
+        self.calendar_feed: CalendarFeed | None = None
+        if config.calendar_feed_token and feed_events is not None:
+            self.calendar_feed = CalendarFeed(config.calendar_feed_token, feed_events)
         connect = connector or realtime_connector(config)
         self.setups = {b.slug: make_call_setup(b.config, b.job, connect, check_start=self._check_start)
                        for b in businesses}
@@ -263,6 +280,8 @@ class Daemon:
         done = await self.store.commit(lambda tx: business.job.commit(tx, call_sid, task, now), now=now,
                                        business=business.slug)
         self.outbox.wake()
+        if self.calendar_outbox is not None:
+            self.calendar_outbox.wake()
         return done
 
     def _on_event(self, call_sid: str, kind: str, fields: dict[str, Any]) -> None:
@@ -393,7 +412,9 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     from voicebridge.edges.web import create_app, serve_front
 
     cfg = daemon.config
-    app = create_app(daemon)
+    app = create_app(daemon, feed=daemon.calendar_feed)
+    if cfg.calendar_feed_token and daemon.calendar_feed is None:
+        log.warning("VOICEBRIDGE_CALENDAR_FEED_TOKEN is set, but this job has no bookings to publish")
     private = tempfile.mkdtemp(prefix="voicebridge-") if cfg.lean_sockets else None
     backend = os.path.join(private, "http.sock") if private else ""
     hyper = HyperConfig()
@@ -415,6 +436,8 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     async with trio.open_nursery() as nursery:
         daemon.nursery = nursery
         await nursery.start(daemon.outbox.run)
+        if daemon.calendar_outbox is not None:
+            await nursery.start(daemon.calendar_outbox.run)
         served = trio.Event()
 
         async def run_hypercorn(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -7,18 +7,23 @@ Routes:
 - `POST /stream-ended` (the `<Connect>` action): continues the call by its outcome: hang up,
   dial the shop, or apologise and take a message. No other route changes a live call.
 - `GET /healthz`, `GET /readyz`, `GET /metrics`.
+- `GET /calendar/<token>.ics`: the bookings as an iCalendar feed a calendar app subscribes to,
+  when a `CalendarFeed` is given (404 for any other token, compared in constant time).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
+from datetime import datetime, timezone
 from typing import Any
 
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from twilio.twiml.voice_response import VoiceResponse
 
+from voicebridge.edges.ical import CalendarFeed, feed_calendar
 from voicebridge.edges.security import token_binding
 from voicebridge.edges.service import CallService
 from voicebridge.edges.transport import QuartWebSocketStream
@@ -45,7 +50,7 @@ def _path_qs() -> str:
     return request.path + ("?" + qs if qs else "")
 
 
-def create_app(daemon: CallService) -> QuartTrio:
+def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> QuartTrio:
     cfg = daemon.config
     app = QuartTrio("voicebridge")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -170,6 +175,21 @@ def create_app(daemon: CallService) -> QuartTrio:
     async def metrics() -> Response:
         body, content_type = daemon.metrics.render()
         return Response(body, content_type=content_type)
+
+    @app.get("/calendar/<token>.ics")
+    async def calendar_feed(token: str) -> Response:
+        if feed is None or not hmac.compare_digest(token.encode(), feed.token.encode()):
+            return _plain("not found", 404)
+        try:
+            events = await feed.events()
+        except Exception as exc:
+            log.error("could not read the bookings for the calendar feed: %s", exc, extra={"event": "feed_error"})
+            return _plain("the bookings cannot be read right now", 503)
+        body, problems = feed_calendar(events, stamp=datetime.now(timezone.utc), name=feed.name)
+        for problem in problems:
+            log.warning("a booking left out of the calendar feed: %s", problem, extra={"event": "feed_skipped"})
+        return Response(body, content_type="text/calendar; charset=utf-8",
+                        headers={"Cache-Control": "private, max-age=60"})
 
     return app
 

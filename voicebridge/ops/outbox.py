@@ -1,4 +1,8 @@
-"""Webhook delivery of the jobs' events (a confirmed order, a booking, ...) from the outbox table.
+"""Delivery of the jobs' events (a confirmed order, a booking, ...) from the outbox table.
+
+Each outbox row names its target. Two workers share one retry loop (`_Delivery`):
+`OutboxWorker` delivers the "webhook" rows, `CalendarWorker` the "calendar" rows (a booking's
+event written to, or removed from, the business's CalDAV calendar; see its docstring).
 
 `OutboxWorker.run` lives in the app's nursery. It POSTs each pending webhook row's stored JSON
 body to ORDER_WEBHOOK_URL, signed:
@@ -12,19 +16,21 @@ A 2xx marks the row delivered. Anything else (refused, timeout, 4xx/5xx) is retr
 exponential backoff and full jitter (base 2 s, cap 5 min); after `max_attempts` failures
 the row is dead, and stays in the table for `voicebridge resend`. Rows live in SQLite, so
 pending ones (also one in flight when the process died) resume when a worker starts
-again: delivery is at-least-once, and the receiver dedupes by Idempotency-Key.
+again: delivery is at-least-once, and the receiver dedupes by Idempotency-Key. The calendar
+rows retry the same way; a calendar write is idempotent by the event's UID.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import random
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 from importlib import metadata
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import httpx
 import trio
@@ -92,14 +98,24 @@ def _resend_hint(row: OutboxRow) -> str:
     return f"`voicebridge resend {number}`" if kind == "order" else f"`voicebridge resend {row.subject}`"
 
 
-class OutboxWorker:
-    """Delivers outbox rows to the shop's webhook until cancelled."""
+class Undeliverable(Exception):
+    """A row its target can never take (a malformed payload, an unknown event): dead at once."""
+
+
+class _Delivery:
+    """The delivery loop every target shares: due rows in, retries with backoff, dead rows kept.
+
+    A subclass names its `target` (the outbox column) and `label` (for the log), and sends one
+    row in `_send`: None when delivered, else a short error (retried), or `Undeliverable`.
+    """
+
+    target = ""
+    label = ""
+    in_subject_order = False  # True: a row waits while an older pending row about its subject waits
 
     def __init__(
         self,
         store: Store,
-        url: str | None,
-        secret: str | None,
         *,
         max_attempts: int = 8,
         timeout_s: float = 10.0,
@@ -108,8 +124,98 @@ class OutboxWorker:
         poll_s: float = POLL_S,
         now: Callable[[], datetime] = utc_now,
         rand: Callable[[], float] = random.random,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        if timeout_s <= 0 or backoff_base_s <= 0 or backoff_cap_s <= 0 or poll_s <= 0:
+            raise ValueError("timeout_s, backoff_base_s, backoff_cap_s and poll_s must be positive")
+        self.store = store
+        self.max_attempts = max_attempts
+        self.timeout_s = timeout_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.poll_s = poll_s
+        self._now = now
+        self._rand = rand
+        self._wakeup = trio.Event()
+        self._businesses: tuple[str, ...] | None = None  # only these businesses' rows (None: all)
+
+    def wake(self) -> None:
+        """A row was committed or revived: look for due rows now."""
+        self._wakeup.set()
+
+    async def _deliver_forever(self) -> None:
+        while True:
+            self._wakeup = trio.Event()
+            try:
+                await self.deliver_due()
+                delay = await self._sleep_for()
+            except StoreError as exc:
+                log.error("%s delivery paused: %s", self.label, exc)
+                delay = min(self.poll_s, max(self.backoff_base_s, 1.0))
+            with trio.move_on_after(delay):
+                await self._wakeup.wait()
+
+    async def _sleep_for(self) -> float:
+        due = await self.store.next_due_time((self.target,), in_subject_order=self.in_subject_order,
+                                             businesses=self._businesses)
+        if due is None:
+            return self.poll_s
+        return min(self.poll_s, max(0.0, (due - self._now()).total_seconds()))
+
+    async def deliver_due(self) -> int:
+        """Attempt every row due now (at most BATCH); returns how many were attempted."""
+        for count in range(BATCH):
+            row = await self.store.next_due(self._now(), (self.target,), in_subject_order=self.in_subject_order,
+                                            businesses=self._businesses)
+            if row is None:
+                return count
+            await self._attempt(row)
+        return BATCH
+
+    async def _send(self, row: OutboxRow) -> str | None:
+        raise NotImplementedError
+
+    async def _attempt(self, row: OutboxRow) -> None:
+        attempt = row.attempts + 1
+        try:
+            error = await self._send(row)
+        except Undeliverable as exc:
+            await self.store.mark_dead(row.id, error=f"undeliverable: {exc}")
+            log.error("%s cannot be delivered to the %s, ever (%s)", _what(row), self.label, exc)
+            return
+        if error is None:
+            await self.store.mark_delivered(row.id, delivered_at=self._now())
+            log.info("%s delivered to the %s (attempt %d)", _what(row), self.label, attempt)
+        elif attempt >= self.max_attempts:
+            await self.store.mark_dead(row.id, error=error)
+            log.error("%s %s delivery failed %d times, giving up (%s)%s", _what(row), self.label, attempt, error,
+                      self._resend_hint(row))
+        else:
+            delay = backoff_delay_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s, rand=self._rand)
+            await self.store.mark_retry(row.id, next_attempt_at=self._now() + timedelta(seconds=delay), error=error)
+            log.warning("%s %s attempt %d failed (%s); retrying in %.1f s", _what(row), self.label, attempt, error,
+                        delay)
+
+    def _resend_hint(self, row: OutboxRow) -> str:
+        return ""
+
+
+class OutboxWorker(_Delivery):
+    """Delivers outbox rows to the shop's webhook until cancelled."""
+
+    target = "webhook"
+    label = "webhook"
+
+    def __init__(
+        self,
+        store: Store,
+        url: str | None,
+        secret: str | None,
+        *,
         transport: httpx.AsyncBaseTransport | None = None,
         routes: Mapping[str, tuple[str, str]] | None = None,
+        **options: Any,
     ) -> None:
         """`routes` (business slug -> (url, secret)), when given, sends each business's rows to
         its own webhook and leaves the rows of businesses without one pending; `url` is then unused."""
@@ -118,28 +224,14 @@ class OutboxWorker:
         for slug, (route_url, route_secret) in (routes or {}).items():
             if not route_url or not route_secret:
                 raise ValueError(f"business {slug}: a webhook needs both a URL and a secret")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
-        if timeout_s <= 0 or backoff_base_s <= 0 or backoff_cap_s <= 0 or poll_s <= 0:
-            raise ValueError("timeout_s, backoff_base_s, backoff_cap_s and poll_s must be positive")
-        self.store = store
+        super().__init__(store, **options)
         self.url = url
         self._secret = secret or ""
-        self.max_attempts = max_attempts
-        self.timeout_s = timeout_s
-        self.backoff_base_s = backoff_base_s
-        self.backoff_cap_s = backoff_cap_s
-        self.poll_s = poll_s
-        self._now = now
-        self._rand = rand
         self._transport = transport
-        self._wakeup = trio.Event()
+        self._client: httpx.AsyncClient | None = None
         self._routes = dict(routes) if routes is not None else None
-        self._businesses: tuple[str, ...] | None = tuple(self._routes) if self._routes is not None else None
-
-    def wake(self) -> None:
-        """A row was committed or revived: look for due rows now."""
-        self._wakeup.set()
+        if self._routes is not None:
+            self._businesses = tuple(self._routes)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver due rows, sleep until the next is due (or `wake`), forever.
@@ -151,54 +243,23 @@ class OutboxWorker:
             task_status.started()
             return
         async with httpx.AsyncClient(transport=self._transport, timeout=self.timeout_s, follow_redirects=False) as client:
+            self._client = client
             for where in ([url for url, _ in self._routes.values()] if self._routes is not None else [self.url]):
                 log.info("webhook delivery to %s started", redact_url(where or ""))
             task_status.started()
-            while True:
-                self._wakeup = trio.Event()
-                try:
-                    await self.deliver_due(client)
-                    delay = await self._sleep_for()
-                except StoreError as exc:
-                    log.error("webhook delivery paused: %s", exc)
-                    delay = min(self.poll_s, max(self.backoff_base_s, 1.0))
-                with trio.move_on_after(delay):
-                    await self._wakeup.wait()
+            try:
+                await self._deliver_forever()
+            finally:
+                self._client = None
 
-    async def _sleep_for(self) -> float:
-        due = await self.store.next_due_time(businesses=self._businesses)
-        if due is None:
-            return self.poll_s
-        return min(self.poll_s, max(0.0, (due - self._now()).total_seconds()))
+    def _resend_hint(self, row: OutboxRow) -> str:
+        return "; " + _resend_hint(row) + " retries it"
 
-    async def deliver_due(self, client: httpx.AsyncClient) -> int:
-        """Attempt every row due now (at most BATCH); returns how many were attempted."""
-        for count in range(BATCH):
-            row = await self.store.next_due(self._now(), businesses=self._businesses)
-            if row is None:
-                return count
-            await self._attempt(client, row)
-        return BATCH
-
-    async def _attempt(self, client: httpx.AsyncClient, row: OutboxRow) -> None:
-        attempt = row.attempts + 1
-        error = await self._post(client, row)
-        if error is None:
-            await self.store.mark_delivered(row.id, delivered_at=self._now())
-            log.info("%s delivered to the webhook (attempt %d)", _what(row), attempt)
-        elif attempt >= self.max_attempts:
-            await self.store.mark_dead(row.id, error=error)
-            log.error("%s webhook delivery failed %d times, giving up (%s); %s retries it",
-                      _what(row), attempt, error, _resend_hint(row))
-        else:
-            delay = backoff_delay_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s, rand=self._rand)
-            await self.store.mark_retry(row.id, next_attempt_at=self._now() + timedelta(seconds=delay), error=error)
-            log.warning("%s webhook attempt %d failed (%s); retrying in %.1f s", _what(row), attempt, error, delay)
-
-    async def _post(self, client: httpx.AsyncClient, row: OutboxRow) -> str | None:
+    async def _send(self, row: OutboxRow) -> str | None:
         """POST one row; None on 2xx, else a short error for the table and the log."""
         url, secret = self._routes[row.business] if self._routes is not None else (self.url, self._secret)
-        assert url is not None
+        assert url is not None and self._client is not None
+        client = self._client
         body = row.payload.encode()
         timestamp = int(self._now().timestamp())
         headers = {
@@ -222,3 +283,70 @@ class OutboxWorker:
         if 200 <= response.status_code < 300:
             return None
         return f"HTTP {response.status_code}"
+
+
+class CalendarTarget(Protocol):
+    """What the calendar worker needs of a calendar (`voicebridge.edges.calendar.CalDavCalendar`).
+
+    Both raise ValueError for a payload that can never be stored, any other exception for a
+    failure worth retrying.
+    """
+
+    async def put_event(self, payload: Mapping[str, Any]) -> None: ...
+
+    async def delete_event(self, uid: str) -> None: ...
+
+
+CALENDAR_EVENTS = ("calendar.put", "calendar.delete")
+
+
+class CalendarWorker(_Delivery):
+    """Delivers the outbox rows with target "calendar" to the business's calendar until cancelled.
+
+    `calendar.put` {"uid", "start", "end", "tz", "summary", "description", "sequence"} creates or
+    replaces the event; `calendar.delete` {"uid"} removes it. Rows about one subject (a booking)
+    are delivered in the order they were queued: a move retried late never lands after the
+    cancellation that followed it. The calendar is handed in (the daemon builds it), so the
+    outbox knows no CalDAV.
+    """
+
+    target = "calendar"
+    label = "calendar"
+    in_subject_order = True
+
+    def __init__(self, store: Store, calendar: CalendarTarget, **options: Any) -> None:
+        super().__init__(store, **options)
+        self.calendar = calendar
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver due calendar rows, sleep until the next is due (or `wake`), forever."""
+        log.info("calendar delivery to %r started", self.calendar)
+        task_status.started()
+        await self._deliver_forever()
+
+    async def _send(self, row: OutboxRow) -> str | None:
+        if row.event not in CALENDAR_EVENTS:
+            raise Undeliverable(f"unknown calendar event {row.event!r} (known: {', '.join(CALENDAR_EVENTS)})")
+        try:
+            payload = json.loads(row.payload)
+        except ValueError:
+            raise Undeliverable("the payload is not JSON") from None
+        if not isinstance(payload, dict):
+            raise Undeliverable("the payload is not a JSON object")
+        uid = payload.get("uid")
+        if not isinstance(uid, str) or not uid:
+            raise Undeliverable(f"the payload has no uid (got {uid!r})")
+        try:
+            with trio.fail_after(self.timeout_s * 3):  # the calendar bounds each request; this bounds it all
+                if row.event == "calendar.put":
+                    await self.calendar.put_event(payload)
+                else:
+                    await self.calendar.delete_event(uid)
+        except ValueError as exc:
+            raise Undeliverable(str(exc)) from None
+        except trio.TooSlowError:
+            return f"timed out after {self.timeout_s * 3:g} s"
+        except Exception as exc:
+            detail = str(exc).strip() or type(exc).__name__
+            return detail[:300]
+        return None

@@ -353,6 +353,11 @@ class _SqliteTransaction:
         )
 
 
+# An outbox row whose subject has no older pending row for its target.
+_HEAD_OF_SUBJECT = (" AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' AND p.target = o.target"
+                    " AND p.subject = o.subject AND p.id < o.id)")
+
+
 # -- the store --------------------------------------------------------------------------
 
 
@@ -613,16 +618,21 @@ class Store:
     # -- outbox
 
     async def next_due(self, now: datetime, targets: Sequence[str] = ("webhook",), *,
-                       businesses: Sequence[str] | None = None) -> OutboxRow | None:
+                       in_subject_order: bool = False, businesses: Sequence[str] | None = None) -> OutboxRow | None:
         """The pending outbox row for one of `targets` (and of `businesses`, if given) due soonest
-        at or before `now`, or None."""
+        at or before `now`, or None.
+
+        With `in_subject_order`, a row is not due while an older pending row about the same
+        subject and target waits (a booking's calendar writes land in the order they were made).
+        """
         at = utc_text(now, "now")
         marks = ", ".join("?" for _ in targets)
+        head = _HEAD_OF_SUBJECT if in_subject_order else ""
         only, whose = _businesses_clause(businesses)
 
         def query(conn: sqlite3.Connection) -> OutboxRow | None:
             r = conn.execute(
-                f"SELECT * FROM outbox WHERE state = 'pending' AND target IN ({marks}){only} AND next_attempt_at <= ?"
+                f"SELECT * FROM outbox o WHERE state = 'pending' AND target IN ({marks}){only} AND next_attempt_at <= ?{head}"
                 " ORDER BY next_attempt_at, id LIMIT 1",
                 (*targets, *whose, at),
             ).fetchone()
@@ -631,14 +641,15 @@ class Store:
         return await self._run(query)
 
     async def next_due_time(self, targets: Sequence[str] = ("webhook",), *,
-                            businesses: Sequence[str] | None = None) -> datetime | None:
+                            in_subject_order: bool = False, businesses: Sequence[str] | None = None) -> datetime | None:
         """When the next pending row for one of `targets` (and `businesses`) is due, or None if none is pending."""
         marks = ", ".join("?" for _ in targets)
+        head = _HEAD_OF_SUBJECT if in_subject_order else ""
         only, whose = _businesses_clause(businesses)
 
         def query(conn: sqlite3.Connection) -> datetime | None:
-            r = conn.execute(f"SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending' AND target IN ({marks})"
-                             f"{only}", (*targets, *whose)).fetchone()
+            r = conn.execute(f"SELECT MIN(next_attempt_at) FROM outbox o WHERE state = 'pending'"
+                             f" AND target IN ({marks}){only}{head}", (*targets, *whose)).fetchone()
             return _dt(r[0])
 
         return await self._run(query)
