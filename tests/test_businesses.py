@@ -212,6 +212,18 @@ async def test_an_unknown_number_gets_a_polite_goodbye_and_no_menu(tmp_path: Pat
             assert all(UNKNOWN not in r.getMessage() and UNKNOWN not in str(r.__dict__) for r in caplog.records)
 
 
+async def test_a_call_placed_from_a_business_number_is_that_business(tmp_path: Path) -> None:
+    """`voicebridge call`: Twilio's webhook has Direction=outbound-api, To the callee, From our caller ID."""
+    with trio.fail_after(30):
+        async with daemon_with_businesses(tmp_path) as (daemon, peer, base):
+            params = {"CallSid": new_sid("CA"), "AccountSid": new_sid("AC"), "From": ROSA, "To": UNKNOWN,
+                      "CallStatus": "in-progress", "Direction": "outbound-api"}
+            sig = RequestValidator(TOKEN).compute_signature(PUBLIC + "/incoming-call", params)
+            async with httpx.AsyncClient(base_url=base) as http:
+                resp = await http.post("/incoming-call", data=params, headers={"X-Twilio-Signature": sig})
+            assert '<Parameter name="business" value="rosa" />' in resp.text and "<Connect" in resp.text
+
+
 async def test_a_call_runs_as_the_business_whose_number_was_called(tmp_path: Path) -> None:
     """Luigi's number: Luigi's menu, voice and words in the session, the call recorded as Luigi's,
     and 'talk to a person' dials Luigi's shop, not Rosa's."""

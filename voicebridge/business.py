@@ -29,9 +29,6 @@ from voicebridge.jobs.pizza.job import PizzaJob
 SCHEMAS: dict[str, tuple[tuple[str, ...], ...]] = {"pizza": PIZZA_SCHEMA}
 DEFAULT_SLUG = "default"
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
-# The keys of a business file that are the deployment's; every other key is the job's own settings.
-BUSINESS_KEYS = ("slug", "numbers", "job", "webhook_url", "webhook_secret", "transfer_number", "voice",
-                 "instructions", "tax_rate")
 
 
 class BusinessError(ConfigError):
@@ -164,7 +161,9 @@ def _business_files(paths: tuple[Path, ...]) -> list[Path]:
 
 
 def load_business(path: Path, config: Config) -> Business:
-    """One business file: `numbers`, optional overrides, and its job's settings; BusinessError if bad."""
+    """One business file; BusinessError if bad. The deployment's keys (`slug`, `numbers`, `job`,
+    `webhook_url`, `webhook_secret`, `transfer_number`, `voice`, `tax_rate`, `instructions`) are
+    taken out; every other key is the job's own settings (JOB_BUILDERS)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -50,6 +50,12 @@ def _path_qs() -> str:
     return request.path + ("?" + qs if qs else "")
 
 
+def our_number(form: dict[str, str]) -> str | None:
+    """The business's own number in a call: the number called, or for a call we placed (`voicebridge
+    call`, Direction outbound-api) the caller ID it was placed from."""
+    return form.get("From") if form.get("Direction", "").startswith("outbound") else form.get("To")
+
+
 def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> QuartTrio:
     cfg = daemon.config
     app = QuartTrio("voicebridge")
@@ -73,11 +79,11 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         if not call_sid or len(call_sid) > 64 or not call_sid.replace("_", "").isalnum():
             return _plain("CallSid missing or malformed", 400)
         vr = VoiceResponse()
-        business = daemon.businesses.for_number(form.get("To"))
+        business = daemon.businesses.for_number(our_number(form))
         if business is None:  # never another business's menu: a polite goodbye
             daemon.metrics.unknown_numbers_total.inc()
             log.warning("refused a call to a number no business answers",
-                        extra={"event": "unknown_number", "to": mask_number(form.get("To"))})
+                        extra={"event": "unknown_number", "to": mask_number(our_number(form))})
             vr.say(UNKNOWN_NUMBER)
             vr.hangup()
             return _twiml(vr)
@@ -126,7 +132,7 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             return _twiml(vr)
         outcome = await daemon.outcome_of(call_sid)
         log.info("stream ended", extra={"event": "stream_ended", "outcome": outcome, "call_sid": call_sid})
-        business = daemon.businesses.for_number(form.get("To")) or daemon.businesses.default
+        business = daemon.businesses.for_number(our_number(form)) or daemon.businesses.default
         transfer_number = business.config.transfer_number
         if outcome in HANGUP_OUTCOMES:
             vr.hangup()
