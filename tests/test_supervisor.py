@@ -124,22 +124,44 @@ async def test_ready_once_all_serve_and_watchdog_only_while_all_answer(autojump_
 async def test_a_worker_that_keeps_crashing_is_restarted_with_a_growing_pause(
         autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
     sup, notifier = make()
+    worker = Worker(1, "w1.sock")
     starts: list[float] = []
 
     async def open_process(argv: list[str], env: dict[str, str]) -> FakeProcess:
         starts.append(trio.current_time())
         assert env[sv.WORKER_ENV] == "1" and env["NOTIFY_SOCKET"] == "w1.sock"
-        return FakeProcess(200 + len(starts), exit_after=0.1)  # crashes 0.1 s after it starts
+        worker.ready = worker.was_ready = True  # it got ready (READY=1) ...
+        return FakeProcess(200 + len(starts), exit_after=0.1)  # ... and crashes 0.1 s after it started
 
     monkeypatch.setattr(sv.trio.lowlevel, "open_process", open_process)
     monkeypatch.setattr(sv, "mark_process_dead", lambda pid, path: None)
     sup.env[sv.MULTIPROCESS_ENV] = "unused"
-    worker = Worker(1, "w1.sock")
     with trio.move_on_after(120):
         await sup._keep(worker)
     pauses = [round(b - a - 0.1, 3) for a, b in zip(starts, starts[1:])]
     assert pauses[:7] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
     assert set(pauses[7:]) == {30.0}
+    assert not sup.gave_up
+
+
+async def test_a_worker_that_never_gets_ready_stops_everything_after_five_tries(
+        autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The port is taken, say: retrying forever would only hide it; systemd sees the service fail."""
+    sup, notifier = make()
+    starts: list[float] = []
+
+    async def open_process(argv: list[str], env: dict[str, str]) -> FakeProcess:
+        starts.append(trio.current_time())
+        return FakeProcess(400 + len(starts), exit_after=0.1)  # exits before READY every time
+
+    monkeypatch.setattr(sv.trio.lowlevel, "open_process", open_process)
+    monkeypatch.setattr(sv, "mark_process_dead", lambda pid, path: None)
+    sup.env[sv.MULTIPROCESS_ENV] = "unused"
+    with trio.fail_after(60):
+        await sup._keep(Worker(1, "w1.sock"))
+    assert len(starts) == sv.MAX_FAILED_STARTS
+    assert [round(b - a - 0.1, 3) for a, b in zip(starts, starts[1:])] == [0.5, 1.0, 2.0, 4.0]
+    assert sup.gave_up and sup._stop_now.is_set()
 
 
 async def test_sigterm_goes_to_every_worker_and_stragglers_are_killed(autojump_clock: MockClock) -> None:

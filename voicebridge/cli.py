@@ -148,9 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from voicebridge.jobs.pizza.menu import MenuError
         from voicebridge.peers.scenario import ScenarioError
+        from voicebridge.edges.listen import ListenError
         from voicebridge.ops.store import StoreError
 
-        if isinstance(exc, (MenuError, ScenarioError, StoreError)):
+        if isinstance(exc, (MenuError, ScenarioError, StoreError, ListenError)):
             print(f"voicebridge: {exc}", file=sys.stderr)
             return 2
         raise

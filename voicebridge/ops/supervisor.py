@@ -46,6 +46,7 @@ START_TIMEOUT_S = 60.0  # a worker not READY this long after it started is kille
 RESTART_PAUSE_S = 0.5  # the pause before restarting a worker that crashed; doubles while it keeps crashing
 RESTART_PAUSE_MAX_S = 30.0
 STABLE_S = 30.0  # a worker that ran this long resets its restart pause
+MAX_FAILED_STARTS = 5  # a worker that exits this many times in a row without ever getting ready: give up
 KILL_MARGIN_S = 10.0  # after the drain deadline, how long workers get to finish before SIGKILL
 TICK_S = 0.5
 
@@ -59,6 +60,8 @@ class Worker:
     started_at: float = 0.0
     last_ping: float = 0.0
     starts: int = 0
+    failed_starts: int = 0  # exits in a row before READY (reset once it gets ready)
+    was_ready: bool = False  # this start of it got ready
 
 
 def worker_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
@@ -87,6 +90,8 @@ class Supervisor:
         self.announced_ready = False
         self.workers: list[Worker] = []
         self._dir = ""
+        self._stop_now = trio.Event()  # a signal came, or a worker cannot start at all
+        self.gave_up = False
 
     async def run(self) -> int:
         """Run the workers until SIGTERM/SIGINT, then drain them; 0 when all stopped by themselves."""
@@ -107,14 +112,20 @@ class Supervisor:
                         nursery.start_soon(self._listen, worker, sock)
                         nursery.start_soon(self._keep, worker)
                     nursery.start_soon(self._health)
-                    async for signum in signals:
-                        log.info("%s: draining %d workers", signal.Signals(signum).name, len(self.workers),
-                                 extra={"event": "draining"})
-                        break
+
+                    async def on_signal() -> None:
+                        async for signum in signals:
+                            log.info("%s: draining %d workers", signal.Signals(signum).name, len(self.workers),
+                                     extra={"event": "draining"})
+                            self._stop_now.set()
+                            return
+
+                    nursery.start_soon(on_signal)
+                    await self._stop_now.wait()
                     clean = await self._stop()
                     nursery.cancel_scope.cancel()
             log.info("stopped", extra={"event": "stopped"})
-            return 0 if clean else 1
+            return 0 if clean and not self.gave_up else 1
         finally:
             for sock in socks:
                 sock.close()
@@ -128,13 +139,15 @@ class Supervisor:
         while not self.stopping:
             env = {**self.env, WORKER_ENV: str(worker.index), "NOTIFY_SOCKET": worker.sock_path,
                    "WATCHDOG_USEC": str(int(WORKER_WATCHDOG_S * 1_000_000))}
-            worker.ready = False
+            worker.ready = worker.was_ready = False
             worker.started_at = worker.last_ping = trio.current_time()
             worker.starts += 1
             try:
                 process = await trio.lowlevel.open_process(self.argv, env=env)
             except OSError as exc:
                 log.error("cannot start worker %d: %s", worker.index, exc, extra={"event": "worker_failed"})
+                if self._give_up_on(worker, str(exc)):
+                    return
                 await trio.sleep(pause)
                 pause = min(pause * 2, RESTART_PAUSE_MAX_S)
                 continue
@@ -154,11 +167,28 @@ class Supervisor:
                 return
             if trio.current_time() - worker.started_at >= STABLE_S:
                 pause = RESTART_PAUSE_S
+            if worker.was_ready:
+                worker.failed_starts = 0
+            elif self._give_up_on(worker, _how(code)):
+                return
             log.error("worker %d exited (%s); starting it again in %.1f s (the other workers' calls go on)",
                       worker.index, _how(code), pause,
                       extra={"event": "worker_exited", "worker": worker.index, "code": code})
             await trio.sleep(pause)
             pause = min(pause * 2, RESTART_PAUSE_MAX_S)
+
+    def _give_up_on(self, worker: Worker, why: str) -> bool:
+        """Count a start that never got ready; after MAX_FAILED_STARTS in a row (the port is taken, the
+        database cannot be opened, ...) stop everything rather than retry forever: True then."""
+        worker.failed_starts += 1
+        if worker.failed_starts < MAX_FAILED_STARTS:
+            return False
+        log.error("worker %d failed %d times in a row before getting ready (%s); stopping all workers "
+                  "(its output above says why)", worker.index, worker.failed_starts, why,
+                  extra={"event": "worker_failed", "worker": worker.index})
+        self.gave_up = True
+        self._stop_now.set()
+        return True
 
     async def _listen(self, worker: Worker, sock: trio.socket.SocketType) -> None:
         """The worker's sd_notify messages: READY=1, WATCHDOG=1, STOPPING=1."""
@@ -166,7 +196,7 @@ class Supervisor:
             data = await sock.recv(4096)
             for line in data.decode("utf-8", "replace").splitlines():
                 if line == "READY=1":
-                    worker.ready = True
+                    worker.ready = worker.was_ready = True
                     worker.last_ping = trio.current_time()
                     log.info("worker %d ready", worker.index, extra={"event": "worker_ready", "worker": worker.index})
                 elif line == "WATCHDOG=1":
