@@ -206,15 +206,15 @@ class Supervisor:
 
     # -- all of them -----------------------------------------------------------------------
 
+    def _serving(self, now: float) -> list[bool]:
+        """Per worker: alive, ready, and heard from within the worker watchdog timeout. One reading
+        per tick: `returncode` asks the OS, and READY, WATCHDOG and STATUS must agree with each other."""
+        return [w.process is not None and w.process.returncode is None and w.ready
+                and now - w.last_ping < WORKER_WATCHDOG_S for w in self.workers]
+
     def healthy(self) -> bool:
         """Every worker alive, ready, and heard from within the worker watchdog timeout."""
-        now = trio.current_time()
-        return all(w.process is not None and w.process.returncode is None and w.ready
-                   and now - w.last_ping < WORKER_WATCHDOG_S for w in self.workers)
-
-    def _status(self) -> str:
-        up = sum(1 for w in self.workers if w.ready and w.process is not None and w.process.returncode is None)
-        return f"{up} of {len(self.workers)} workers ready"
+        return all(self._serving(trio.current_time()))
 
     async def _health(self) -> None:
         interval = self.notifier.watchdog_interval_s
@@ -232,12 +232,13 @@ class Supervisor:
                               extra={"event": "worker_hung", "worker": w.index})
                     w.ready = False
                     w.process.kill()
-            ok = self.healthy()
+            serving = self._serving(now)
+            ok = all(serving)
             if ok and not self.announced_ready:
                 self.announced_ready = True
                 self.notifier.ready()
                 log.info("all %d workers ready", len(self.workers), extra={"event": "serving"})
-            status = self._status()
+            status = f"{sum(serving)} of {len(self.workers)} workers ready"
             if status != last_status and self.announced_ready:  # `systemctl status` shows how many serve
                 self.notifier.status(status)
                 last_status = status
