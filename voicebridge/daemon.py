@@ -129,7 +129,8 @@ class Daemon:
         self._prewarmed: dict[str, MessageStream] = {}
         self._prewarming: dict[str, trio.Event] = {}
         self.nursery: trio.Nursery | None = None
-        self._business_of: dict[str, str] = {}  # live call -> business slug
+        self._business_of: dict[str, str] = {}  # call started here (setting up or live) -> business slug
+        self._drain_expired = False
         routes = None
         if businesses.catch_all is None:  # business files: each business's events go to its own webhook
             routes = {b.slug: (b.config.order_webhook_url, b.config.order_webhook_secret)
@@ -248,6 +249,8 @@ class Daemon:
     def _on_live(self, call: Call) -> None:
         self.live[call.sid] = call
         self.metrics.live_calls.inc()
+        if self._drain_expired:
+            call.end_now("shutdown")
         if self.signatures.unsigned:
             log.warning("call running without Twilio signature checks (VOICEBRIDGE_ALLOW_UNSIGNED=1)",
                         extra={"event": "unsigned_call", "call_sid": call.sid})
@@ -318,7 +321,7 @@ class Daemon:
         self._business_of.pop(sid, None)
         if self.live.pop(sid, None) is not None:
             self.metrics.live_calls.dec()
-        if not self.live:
+        if not self._calls_running():
             self.calls_done.set()
         self.metrics.calls_total.labels(result.outcome).inc()
         if result.outcome == "refused":  # a stream that failed its token check: no call to record
@@ -371,18 +374,24 @@ class Daemon:
 
     # -- life --------------------------------------------------------------------------------
 
+    def _calls_running(self) -> bool:
+        """A call is running here from its stream's `start` (`_on_started`), through its Realtime
+        setup, until it ends: a drain waits for the ones still setting up too."""
+        return bool(self.live or self._business_of)
+
     async def drain(self) -> None:
         """Stop new calls; let live ones finish up to the drain deadline; end the rest."""
         self.draining = True
         self.notifier.stopping()
-        log.info("draining", extra={"event": "draining", "live_calls": len(self.live)})
-        if self.live:
+        log.info("draining", extra={"event": "draining", "live_calls": len(self._business_of.keys() | self.live.keys())})
+        if self._calls_running():
             self.calls_done = trio.Event()
             with trio.move_on_after(self.config.drain_timeout_s):
                 await self.calls_done.wait()
+        self._drain_expired = True  # a call still setting up is ended as soon as it goes live
         for call in list(self.live.values()):
             call.end_now("shutdown")
-        if self.live:
+        if self._calls_running():
             self.calls_done = trio.Event()
             with trio.move_on_after(5):
                 await self.calls_done.wait()
