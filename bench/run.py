@@ -250,7 +250,7 @@ def main() -> int:
 
     def record(res: dict[str, Any]) -> None:
         res["label"] = args.label
-        res["lean_sockets"] = os.environ.get("VOICEBRIDGE_LEAN_SOCKETS", "0")
+        res["framework_sockets"] = os.environ.get("VOICEBRIDGE_FRAMEWORK_SOCKETS", "0")
         res["workers"] = int(os.environ.get("VOICEBRIDGE_WORKERS", "1") or 1)
         res["bridge_cores"] = args.bridge_core
         res["harness_cores"] = args.harness_core

@@ -24,10 +24,12 @@ ASSISTANT = {
     "a_greeting", "a_added_pepperoni", "a_added_margherita", "a_customer_set", "a_readback",
     "a_confirmed", "a_specials", "a_specials_resume", "a_sorry_go_ahead", "a_still_there",
     "a_goodbye_silence", "a_transfer", "a_changed", "a_what_order", "a_tool_error", "a_goodbye",
+    "a_appt_greeting", "a_appt_readback", "a_appt_done",
 }  # fmt: skip
 CALLER = {
     "c_hello_order", "c_large_pepperoni", "c_medium_margherita", "c_name_pickup", "c_yes",
     "c_change_large", "c_specials", "c_wait", "c_hold_on", "c_person", "c_thats_all",
+    "c_book_haircut", "c_move_haircut", "c_cancel",
 }  # fmt: skip
 
 WINDOW = 800  # 100 ms of 8 kHz µ-law

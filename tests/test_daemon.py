@@ -77,7 +77,7 @@ async def running(tmp_path: Path, scenario: str = "dtmf_transfer", notifier: Not
 
 @pytest.fixture(params=[False, True], ids=["framework", "lean"])
 def lean(request: pytest.FixtureRequest) -> bool:
-    """Both ways of serving media streams: Quart-Trio/Hypercorn (default) and VOICEBRIDGE_LEAN_SOCKETS=1."""
+    """Both ways of serving media streams: the front listener (default) and the VOICEBRIDGE_FRAMEWORK_SOCKETS=1 fallback."""
     return bool(request.param)
 
 
@@ -90,7 +90,7 @@ def form(call_sid: str) -> dict[str, str]:
 async def test_webhooks_refuse_forged_and_missing_signatures(tmp_path: Path, lean: bool, route: str) -> None:
     """Every webhook: a forged or missing X-Twilio-Signature gets 403; a valid one is served."""
     with trio.fail_after(20):
-        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, framework_sockets=not lean) as r, httpx.AsyncClient(base_url=r.base) as http:
             params = form(new_sid("CA"))
             forged = r.sign(route, {**params, "To": "+15550000000"})
             assert (await http.post(route, data=params, headers={"X-Twilio-Signature": forged})).status_code == 403
@@ -102,7 +102,7 @@ async def test_webhooks_refuse_forged_and_missing_signatures(tmp_path: Path, lea
 async def test_incoming_call_answers_with_a_connect_stream_and_a_token(tmp_path: Path, lean: bool) -> None:
     """The voice webhook returns <Connect action><Stream wss://…> with the call's parameters and a token."""
     with trio.fail_after(20):
-        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, framework_sockets=not lean) as r, httpx.AsyncClient(base_url=r.base) as http:
             params = form(new_sid("CA"))
             resp = await http.post("/incoming-call", data=params,
                                    headers={"X-Twilio-Signature": r.sign("/incoming-call", params)})
@@ -118,7 +118,7 @@ async def test_incoming_call_answers_with_a_connect_stream_and_a_token(tmp_path:
 async def test_websocket_upgrade_refuses_a_forged_signature(tmp_path: Path, lean: bool) -> None:
     """/media-stream refuses the upgrade (403) without a valid signature of the wss URL."""
     with trio.fail_after(20):
-        async with running(tmp_path, lean_sockets=lean) as r:
+        async with running(tmp_path, framework_sockets=not lean) as r:
             url = r.base.replace("http", "ws") + "/media-stream"
             for headers in ([], [(b"x-twilio-signature", b"bm90IGEgc2lnbmF0dXJl")]):
                 with pytest.raises(trio_websocket.ConnectionRejected) as info:
@@ -135,7 +135,7 @@ async def test_stream_start_with_a_bad_token_is_refused_before_any_realtime_sess
         tmp_path: Path, lean: bool, token: str) -> None:
     """A start whose token is missing, malformed, reused or bound to another call gets 1008; no AI session."""
     with trio.fail_after(20):
-        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:  # noqa: F841
+        async with running(tmp_path, framework_sockets=not lean) as r, httpx.AsyncClient(base_url=r.base) as http:  # noqa: F841
             call_sid = new_sid("CA")
             if token in ("reuse", "other-call"):
                 bound_to = call_sid if token == "reuse" else new_sid("CA")
@@ -158,7 +158,7 @@ async def test_stream_start_with_a_bad_token_is_refused_before_any_realtime_sess
 async def test_keypad_0_call_ends_with_a_dial_to_the_shop(tmp_path: Path, lean: bool) -> None:
     """A signed call where the caller presses 0: the stream ends and /stream-ended dials the shop."""
     with trio.fail_after(40):
-        async with running(tmp_path, lean_sockets=lean) as r:
+        async with running(tmp_path, framework_sockets=not lean) as r:
             result = await place_call(r.base, load_scenario("dtmf_transfer"), public_url=PUBLIC, auth_token=TOKEN)
             assert result.outcome == "dial"
             assert "+15550001111" in result.action.body
@@ -169,7 +169,7 @@ async def test_keypad_0_call_ends_with_a_dial_to_the_shop(tmp_path: Path, lean: 
 async def test_metrics_show_the_live_call_then_its_outcome(tmp_path: Path, lean: bool) -> None:
     """/metrics scraped during a call shows it live; after, it is counted by outcome with its cost."""
     with trio.fail_after(40):
-        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, framework_sockets=not lean) as r, httpx.AsyncClient(base_url=r.base) as http:
             seen_live: list[str] = []
 
             async def scrape_until_live() -> None:
@@ -199,7 +199,7 @@ async def test_metrics_show_the_live_call_then_its_outcome(tmp_path: Path, lean:
 async def test_health_and_readiness(tmp_path: Path, lean: bool) -> None:
     """/healthz answers while up; /readyz is 200 while serving and 503 while draining."""
     with trio.fail_after(20):
-        async with running(tmp_path, lean_sockets=lean) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, framework_sockets=not lean) as r, httpx.AsyncClient(base_url=r.base) as http:
             assert (await http.get("/healthz")).status_code == 200
             assert (await http.get("/readyz")).status_code == 200
             r.daemon.draining = True
@@ -211,7 +211,7 @@ async def test_health_and_readiness(tmp_path: Path, lean: bool) -> None:
 async def test_shutdown_drains_then_ends_live_calls_with_their_outcome(tmp_path: Path, lean: bool) -> None:
     """SIGTERM-like shutdown: no new calls, the live call gets the drain time, then ends as 'shutdown'."""
     with trio.fail_after(40):
-        async with running(tmp_path, lean_sockets=lean, scenario="silent_caller", drain_timeout_s=1.0) as r:
+        async with running(tmp_path, framework_sockets=not lean, scenario="silent_caller", drain_timeout_s=1.0) as r:
             async with trio.open_nursery() as nursery:
                 results: list[Any] = []
 
@@ -237,7 +237,7 @@ async def test_systemd_is_told_ready_and_stopping(tmp_path: Path, lean: bool) ->
     sock.setblocking(False)
     got: list[bytes] = []
     with trio.fail_after(20):
-        async with running(tmp_path, lean_sockets=lean, notifier=Notifier({"NOTIFY_SOCKET": str(path)})) as r:
+        async with running(tmp_path, framework_sockets=not lean, notifier=Notifier({"NOTIFY_SOCKET": str(path)})) as r:
             await trio.lowlevel.wait_readable(sock)
             got.append(sock.recv(1024))
             r.stop.set()
@@ -250,7 +250,7 @@ async def test_systemd_is_told_ready_and_stopping(tmp_path: Path, lean: bool) ->
 async def test_unused_prewarmed_session_is_discarded(tmp_path: Path, lean: bool) -> None:
     """A Realtime session pre-warmed for a call whose stream never comes is closed after its TTL."""
     with trio.fail_after(20):
-        async with running(tmp_path, lean_sockets=lean, prewarm_ttl_s=0.5) as r, httpx.AsyncClient(base_url=r.base) as http:
+        async with running(tmp_path, framework_sockets=not lean, prewarm_ttl_s=0.5) as r, httpx.AsyncClient(base_url=r.base) as http:
             params = form(new_sid("CA"))
             await http.post("/incoming-call", data=params,
                             headers={"X-Twilio-Signature": r.sign("/incoming-call", params)})
@@ -267,7 +267,7 @@ def _task_count(nursery: trio.Nursery) -> int:
 async def test_calls_leave_no_tasks_or_sockets_behind(tmp_path: Path, lean: bool) -> None:
     """After three calls (one hung up mid-answer), the daemon runs the same tasks as before, sockets closed."""
     with trio.fail_after(60):
-        async with running(tmp_path, lean_sockets=lean, scenario="hangup_mid_answer", prewarm_ttl_s=1.0) as r:
+        async with running(tmp_path, framework_sockets=not lean, scenario="hangup_mid_answer", prewarm_ttl_s=1.0) as r:
             assert r.daemon.nursery is not None
             await trio.sleep(0.2)
             before = _task_count(r.daemon.nursery)

@@ -124,8 +124,44 @@ def _order_ready(flow: CallFlow) -> None:
         flow.response_done(f"r_{call_id}", "completed", None, now=0.0)
 
 
+def _review(flow: CallFlow) -> None:
+    flow.response_created("r_rev")
+    flow.function_call("r_rev", "c3", "review_order", "{}")
+    flow.response_done("r_rev", "completed", None, now=0.0)
+
+
+def _play_read_back(flow: CallFlow, *, heard: bool = True) -> str:
+    """The model's next answer reads the order back; with `heard`, its last mark is echoed."""
+    flow.response_created("r_rb")
+    mark = flow.audio_delta("r_rb", "item_rb", 8000, 1000.0, now=1.0)
+    assert mark is not None
+    flow.response_done("r_rb", "completed", None, now=1.0)
+    if heard:
+        flow.mark(mark, now=2.0)
+    return mark
+
+
+def _caller_turn(flow: CallFlow, now: float = 3.0) -> None:
+    flow.speech_started(now)
+    flow.speech_stopped()
+
+
+def _confirm(flow: CallFlow, response_id: str = "r_yes", call_id: str = "c4") -> list[Any]:
+    flow.take_effects()
+    flow.response_created(response_id)
+    flow.function_call(response_id, call_id, "confirm_order", "{}")
+    return flow.take_effects()
+
+
+def _error_of(effects: list[Any]) -> str:
+    outputs = [json.loads(e["item"]["output"]) for e in sent(effects) if e.get("type") == "conversation.item.create"]
+    assert outputs and outputs[-1]["ok"] is False
+    return str(outputs[-1]["error"])
+
+
 def test_review_reads_back_then_confirm_saves_before_saying_confirmed() -> None:
-    """review_order moves to confirming; confirm_order commits the order before any reply."""
+    """review_order moves to confirming; after the read-back is heard and the caller answers,
+    confirm_order commits the order before any reply."""
     flow = make_flow()
     _order_ready(flow)
     flow.response_created("r_rev")
@@ -134,6 +170,8 @@ def test_review_reads_back_then_confirm_saves_before_saying_confirmed() -> None:
     out = [e for e in sent(flow.take_effects()) if e.get("type") == "conversation.item.create"][-1]
     assert "$18.36" in json.loads(out["item"]["output"])["read_back"]  # 17.00 + 8 % tax
     flow.response_done("r_rev", "completed", None, now=0.0)
+    _play_read_back(flow)
+    _caller_turn(flow)
     flow.take_effects()
     flow.response_created("r_yes")
     flow.function_call("r_yes", "c4", "confirm_order", "{}")
@@ -174,11 +212,78 @@ def test_keypad_1_confirms_only_while_confirming() -> None:
     _order_ready(flow)
     flow.dtmf("1")
     assert not any(isinstance(e, Commit) for e in flow.take_effects())
-    flow.response_created("r_rev")
-    flow.function_call("r_rev", "c3", "review_order", "{}")
-    flow.response_done("r_rev", "completed", None, now=0.0)
+    _review(flow)
+    mark = _play_read_back(flow, heard=False)
+    flow.dtmf("1")  # pressed while the read-back is still playing: not yet a yes to what was read
+    assert not any(isinstance(e, Commit) for e in flow.take_effects())
+    flow.mark(mark, now=2.0)  # the caller has heard all of it
     flow.dtmf("1")
     assert Commit(None) in flow.take_effects()
+    assert flow.state == "done"
+
+
+def test_review_and_confirm_in_one_response_are_refused_with_a_reason() -> None:
+    """The one-response shortcut: the caller heard nothing between the review and the confirmation."""
+    flow = make_flow()
+    _order_ready(flow)
+    flow.response_created("r_both")
+    flow.function_call("r_both", "c3", "review_order", "{}")
+    flow.take_effects()
+    flow.function_call("r_both", "c4", "confirm_order", "{}")
+    effects = flow.take_effects()
+    assert not any(isinstance(e, Commit) for e in effects) and flow.state == "confirming"
+    assert "review_order" in _error_of(effects)
+
+
+def test_a_confirmation_right_after_the_read_back_waits_for_the_caller() -> None:
+    """Read back and heard, but the caller has not answered: not a yes."""
+    flow = make_flow()
+    _order_ready(flow)
+    _review(flow)
+    _play_read_back(flow)
+    effects = _confirm(flow)
+    assert not any(isinstance(e, Commit) for e in effects)
+    assert "not answered" in _error_of(effects)
+    _caller_turn(flow)
+    assert Commit("c5") in _confirm(flow, "r_yes2", "c5")
+
+
+def test_a_confirmation_before_the_read_back_finished_playing_is_refused() -> None:
+    """The read-back's audio was generated but its last mark has not come back: not heard yet."""
+    flow = make_flow()
+    _order_ready(flow)
+    _review(flow)
+    _play_read_back(flow, heard=False)
+    effects = _confirm(flow)
+    assert not any(isinstance(e, Commit) for e in effects) and "review_order" in _error_of(effects)
+
+
+def test_a_barge_in_during_the_read_back_voids_it() -> None:
+    """The caller talks over the read-back: what they say is not a yes to it; a new read-back is needed."""
+    flow = make_flow()
+    _order_ready(flow)
+    _review(flow)
+    _play_read_back(flow, heard=False)
+    flow.speech_started(1.5)  # barge-in while it plays
+    flow.speech_stopped()
+    effects = _confirm(flow)
+    assert not any(isinstance(e, Commit) for e in effects) and "review_order" in _error_of(effects)
+    flow.dtmf("1")
+    assert not any(isinstance(e, Commit) for e in flow.take_effects())
+
+
+def test_a_change_after_the_read_back_needs_a_new_one() -> None:
+    flow = make_flow()
+    _order_ready(flow)
+    _review(flow)
+    _play_read_back(flow)
+    _caller_turn(flow)
+    flow.response_created("r_chg")
+    flow.function_call("r_chg", "c5", "update_item", json.dumps({"line": 1, "size": "medium"}))
+    flow.response_done("r_chg", "completed", None, now=4.0)
+    _caller_turn(flow, 5.0)
+    effects = _confirm(flow, "r_yes3", "c6")
+    assert not any(isinstance(e, Commit) for e in effects) and flow.state == "ordering"
 
 
 def test_keypad_0_transfers_after_the_last_words_are_heard() -> None:

@@ -1,45 +1,153 @@
-"""The businesses the phone line works for: which job each runs, with which settings.
+"""The business the phone line works for: which job it runs, with which settings.
 
 This is where the engine meets the jobs: the daemon and the commands ask here for the job a
-configuration names, and for every job's tables (so one database can hold them all).
+configuration names, for every job's tables (so one database can hold them all), and for the
+lookups a job's tools need before they run (`tool_preparer`).
 
-One deployment can answer for many businesses: `VOICEBRIDGE_BUSINESSES` names business files
-(or directories of them), each mapping its Twilio numbers (the webhook's `To`) to a job, that
-job's settings, and its own webhook, transfer number, voice and extra instructions. Without
-it there is one business, `default`, built from the environment, answering every number.
+Which job: VOICEBRIDGE_JOB (pizza | appointments), else the business file's `job` key
+(VOICEBRIDGE_BUSINESS, or VOICEBRIDGE_MENU for pizza's menu), else pizza. A file that says
+another job than VOICEBRIDGE_JOB is an error, as is a bad file: both raise BusinessError or
+MenuError with one line naming the file and the problem.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, cast
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence, cast
+from zoneinfo import ZoneInfo
 
 import attrs
+import trio
 
-from voicebridge.config import VOICES, Config, ConfigError, _http_url, _phone, _rate_bp
-from voicebridge.engine.job import Job
+from voicebridge.config import JOBS, VOICES, Config, ConfigError, _http_url, _phone, _rate_bp
+from voicebridge.engine.job import BusySource, Job, PrepareTool
 from voicebridge.ops.logs import mask_number
+from voicebridge.jobs.appointments.booking import BookingRequest, Found
+from voicebridge.jobs.appointments.business import BusinessError, load_business, parse_toml
+from voicebridge.jobs.appointments.job import SCHEMA as APPOINTMENTS_SCHEMA
+from voicebridge.jobs.appointments.job import AppointmentsJob
+from voicebridge.jobs.appointments.records import booked_between, feed_events, upcoming_by_name, upcoming_for_phone
 from voicebridge.jobs.pizza.job import SCHEMA as PIZZA_SCHEMA
 from voicebridge.jobs.pizza.job import PizzaJob
+from voicebridge.ops.store import Store
+
+log = logging.getLogger("voicebridge.business")
 
 # Every job's own migrations, by job name: a database holds the tables of all of them.
-SCHEMAS: dict[str, tuple[tuple[str, ...], ...]] = {"pizza": PIZZA_SCHEMA}
+SCHEMAS: dict[str, tuple[tuple[str, ...], ...]] = {"pizza": PIZZA_SCHEMA, "appointments": APPOINTMENTS_SCHEMA}
+BUSY_TIMEOUT_S = 3.0  # how long a tool waits for the external calendar's busy times
+FEED_PAST_DAYS = 30  # the iCalendar feed keeps bookings this long after they are over
+
+
+def job_name(config: Config) -> str:
+    """The job `config` chooses (see the module doc); BusinessError if the file and the setting disagree."""
+    path = config.business_file
+    declared = _declared_job(path) if path is not None else None
+    if config.job is not None and declared is not None and declared != config.job:
+        raise BusinessError(f"{path}: job: the file is for {declared!r}, but VOICEBRIDGE_JOB={config.job}")
+    return config.job or declared or "pizza"
+
+
+def _declared_job(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None  # the job's own loader says what is wrong with the file
+    data = parse_toml(text, str(path))
+    job = data.get("job")
+    if job is None:
+        return None
+    if job not in JOBS:
+        raise BusinessError(f"{path}: job: {job!r} is not a job (expected one of {', '.join(JOBS)})")
+    return str(job)
+
+
+def build_job(config: Config) -> Job:
+    """The job `config` names, loaded and validated (a bad file raises MenuError/BusinessError with file and line)."""
+    if job_name(config) == "appointments":
+        return AppointmentsJob(business=load_business(config.business_file))
+    from voicebridge.jobs.pizza.menu import load_menu
+
+    return PizzaJob(menu=load_menu(config.business_file), tax_rate_bp=config.tax_rate_bp)
+
+
+def tool_preparer(job: Job, store: Store, busy_source: BusySource | None = None, *,
+                  clock: Callable[[], datetime] | None = None) -> PrepareTool | None:
+    """What the call awaits before a tool runs, for jobs whose tools need the store or a calendar.
+
+    For appointments: the stored bookings and the calendar's busy times of the days the tool is
+    about, and the caller's upcoming bookings (by caller ID, or by the name asked for). A calendar
+    that cannot be read in BUSY_TIMEOUT_S is logged and the tool answers that it cannot check now.
+    """
+    if not isinstance(job, AppointmentsJob):
+        return None
+    appointments = job
+
+    async def prepare(task: Any, name: str, arguments: str) -> None:
+        assert isinstance(task, BookingRequest)
+        now = clock() if clock is not None else datetime.now(timezone.utc)
+        lookup = appointments.lookup(task, name, arguments, now)
+        if lookup is None:
+            return
+        window = lookup.window
+        phone, who = lookup.phone, lookup.name
+
+        def read(tx: Any) -> tuple[list[Any], list[Any], list[Any]]:
+            booked = booked_between(tx, *window) if window is not None else []
+            mine = upcoming_for_phone(tx, phone, now) if phone else []
+            by_name = upcoming_by_name(tx, who, now) if who else []
+            return booked, mine, by_name
+
+        booked, mine, by_name = await store.read(read)
+        external: list[tuple[datetime, datetime]] = []
+        error = None
+        if window is not None and busy_source is not None:
+            try:
+                with trio.fail_after(BUSY_TIMEOUT_S):
+                    external = await busy_source.busy(*window)
+            except Exception as exc:  # a calendar that is down must not end the call
+                error = f"{type(exc).__name__}"
+                log.warning("calendar busy times unavailable: %s", error, extra={"event": "calendar_unavailable"})
+        appointments.provide(task, Found(window=window, booked=tuple(booked), external=tuple(external),
+                                         calendar_error=error, mine=tuple(mine), by_name=tuple(by_name)))
+
+    return prepare
+
+
+def job_time_zone(job: Job) -> ZoneInfo | None:
+    """The business's time zone, for jobs that have one (a calendar's all-day events are in it)."""
+    return job.business.tz if isinstance(job, AppointmentsJob) else None
+
+
+def feed_source(job: Job, store: Store, *, clock: Callable[[], datetime] | None = None
+                ) -> Callable[[], Awaitable[Sequence[Mapping[str, Any]]]] | None:
+    """The bookings the iCalendar feed serves (confirmed, not over for FEED_PAST_DAYS), or None for jobs without."""
+    if not isinstance(job, AppointmentsJob):
+        return None
+
+    async def events() -> Sequence[Mapping[str, Any]]:
+        since = (clock() if clock is not None else datetime.now(timezone.utc)) - timedelta(days=FEED_PAST_DAYS)
+        return await store.read(lambda tx: feed_events(tx, since))
+
+    return events
+
+
+# -- many businesses, one deployment ---------------------------------------------------------------
+# `VOICEBRIDGE_BUSINESSES` names business files (or directories of them), each mapping its Twilio
+# numbers (the webhook's `To`) to a job, that job's settings, and its own webhook, transfer number,
+# voice and extra instructions. Without it there is one business, `default`, built from the
+# environment as above, answering every number.
+
 DEFAULT_SLUG = "default"
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 
 
-class BusinessError(ConfigError):
-    """A business file is missing, malformed or clashes with another; the message names the file."""
-
-
-def build_job(config: Config) -> Job:
-    """The job `config` names, loaded and validated (a bad menu raises MenuError with file and line)."""
-    from voicebridge.jobs.pizza.menu import load_menu
-
-    return PizzaJob(menu=load_menu(config.menu_path), tax_rate_bp=config.tax_rate_bp)
+class BusinessesError(BusinessError, ConfigError):
+    """A business file of VOICEBRIDGE_BUSINESSES is missing, malformed or clashes with another."""
 
 
 def _pizza_from_settings(settings: dict[str, Any], source: Path, config: Config) -> Job:
@@ -49,15 +157,15 @@ def _pizza_from_settings(settings: dict[str, Any], source: Path, config: Config)
 
     menu_file = settings.pop("menu", None)
     if menu_file is not None and settings:
-        raise BusinessError(f"{source}: either `menu = \"file\"` or the menu's tables inline, not both")
+        raise BusinessesError(f"{source}: either `menu = \"file\"` or the menu's tables inline, not both")
     if menu_file is not None:
         if not isinstance(menu_file, str) or not menu_file.strip():
-            raise BusinessError(f"{source}: menu: expected a file name")
+            raise BusinessesError(f"{source}: menu: expected a file name")
         menu = load_menu((source.parent / menu_file).expanduser())
     elif settings:
         menu = menu_from_data(settings, str(source))
     else:
-        menu = load_menu(config.menu_path)
+        menu = load_menu(config.business_file)
     return PizzaJob(menu=menu, tax_rate_bp=config.tax_rate_bp)
 
 
@@ -113,14 +221,14 @@ class Businesses:
         by_number: dict[str, Business] = {}
         by_slug: dict[str, Business] = {}
         for path in _business_files(config.businesses):
-            business = load_business(path, config)
+            business = load_business_file(path, config)
             if business.slug in by_slug:
-                raise BusinessError(f"{path}: slug {business.slug!r} is also {by_slug[business.slug].source}'s")
+                raise BusinessesError(f"{path}: slug {business.slug!r} is also {by_slug[business.slug].source}'s")
             by_slug[business.slug] = business
             for number in business.numbers:
                 other = by_number.get(number)
                 if other is not None:
-                    raise BusinessError(f"{path}: number {mask_number(number)} is also {other.source}'s")
+                    raise BusinessesError(f"{path}: number {mask_number(number)} is also {other.source}'s")
                 by_number[number] = business
             found.append(business)
         return cls(tuple(found), by_number)
@@ -151,37 +259,37 @@ def _business_files(paths: tuple[Path, ...]) -> list[Path]:
         if path.is_dir():
             inside = sorted(p for p in path.glob("*.toml") if p.is_file())
             if not inside:
-                raise BusinessError(f"VOICEBRIDGE_BUSINESSES: no *.toml business file in {path}")
+                raise BusinessesError(f"VOICEBRIDGE_BUSINESSES: no *.toml business file in {path}")
             files.extend(inside)
         elif path.is_file():
             files.append(path)
         else:
-            raise BusinessError(f"VOICEBRIDGE_BUSINESSES: no such file or directory: {path}")
+            raise BusinessesError(f"VOICEBRIDGE_BUSINESSES: no such file or directory: {path}")
     return files
 
 
-def load_business(path: Path, config: Config) -> Business:
+def load_business_file(path: Path, config: Config) -> Business:
     """One business file; BusinessError if bad. The deployment's keys (`slug`, `numbers`, `job`,
     `webhook_url`, `webhook_secret`, `transfer_number`, `voice`, `tax_rate`, `instructions`) are
     taken out; every other key is the job's own settings (JOB_BUILDERS)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise BusinessError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise BusinessesError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise BusinessError(f"{path}: not a valid TOML file: {exc}") from None
+        raise BusinessesError(f"{path}: not a valid TOML file: {exc}") from None
     slug = data.pop("slug", path.stem.lower())
     if not isinstance(slug, str) or not SLUG.fullmatch(slug):
-        raise BusinessError(f"{path}: slug: expected 1-40 lowercase letters, digits or '-', got {slug!r}")
+        raise BusinessesError(f"{path}: slug: expected 1-40 lowercase letters, digits or '-', got {slug!r}")
     numbers = data.pop("numbers", None)
     if not isinstance(numbers, list) or not numbers:
-        raise BusinessError(f"{path}: numbers: expected a list of the Twilio numbers this business answers")
+        raise BusinessesError(f"{path}: numbers: expected a list of the Twilio numbers this business answers")
     checked = tuple(_field(path, "numbers", _phone, n) for n in numbers)
     if len(set(checked)) != len(checked):
-        raise BusinessError(f"{path}: numbers: a number is listed twice")
+        raise BusinessesError(f"{path}: numbers: a number is listed twice")
     job_name = data.pop("job", "pizza")
     if job_name not in JOB_BUILDERS:
-        raise BusinessError(f"{path}: job: expected one of {', '.join(JOB_BUILDERS)}, got {job_name!r}")
+        raise BusinessesError(f"{path}: job: expected one of {', '.join(JOB_BUILDERS)}, got {job_name!r}")
     changes: dict[str, Any] = {}
     for key, field, parse in (("webhook_url", "order_webhook_url", _http_url),
                               ("webhook_secret", "order_webhook_secret", _nonempty_text),
@@ -192,18 +300,18 @@ def load_business(path: Path, config: Config) -> Business:
             changes[field] = _field(path, key, parse, data.pop(key))
     extra = data.pop("instructions", None)
     if extra is not None and (not isinstance(extra, str) or not extra.strip()):
-        raise BusinessError(f"{path}: instructions: expected text")
+        raise BusinessesError(f"{path}: instructions: expected text")
     own = attrs.evolve(config, **changes)
     if "order_webhook_url" in changes and "order_webhook_secret" not in changes:
-        raise BusinessError(f"{path}: webhook_secret: needed with webhook_url (deliveries are signed)")
+        raise BusinessesError(f"{path}: webhook_secret: needed with webhook_url (deliveries are signed)")
     if own.order_webhook_url and not own.order_webhook_secret:
-        raise BusinessError(f"{path}: webhook_secret: not set, but a webhook URL is")
+        raise BusinessesError(f"{path}: webhook_secret: not set, but a webhook URL is")
     try:
         job = JOB_BUILDERS[job_name](data, path, own)
     except BusinessError:
         raise
     except Exception as exc:  # a job's own settings error (MenuError names file and line)
-        raise BusinessError(str(exc)) from None
+        raise BusinessesError(str(exc)) from None
     if extra:
         job = cast(Job, _ExtraInstructions(job, extra.strip()))
     return Business(slug, checked, job, own, str(path))
@@ -213,11 +321,11 @@ def _field(path: Path, key: str, parse: Callable[[str], Any], value: Any) -> Any
     if isinstance(value, (int, float)) and key == "tax_rate":
         value = str(value)
     if not isinstance(value, str):
-        raise BusinessError(f"{path}: {key}: expected text, got {type(value).__name__}")
+        raise BusinessesError(f"{path}: {key}: expected text, got {type(value).__name__}")
     try:
         return parse(value.strip())
     except ValueError as exc:
-        raise BusinessError(f"{path}: {key}: {exc}") from None
+        raise BusinessesError(f"{path}: {key}: {exc}") from None
 
 
 def _nonempty_text(raw: str) -> str:

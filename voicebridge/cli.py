@@ -1,4 +1,4 @@
-"""The `voicebridge` command: serve | demo | replay | orders | resend | call.
+"""The `voicebridge` command: serve | demo | replay | orders | bookings | resend | calls | call.
 
 Configuration comes from the environment and an optional `.env` file (see README); a bad value
 stops the command with one line naming the variable, exit status 2.
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from voicebridge import __version__
-from voicebridge.config import Config, ConfigError
+from voicebridge.config import JOBS, Config, ConfigError
 
 log = logging.getLogger("voicebridge")
 
@@ -26,9 +26,11 @@ environment (also read from ./.env or $VOICEBRIDGE_ENV_FILE):
   TWILIO_AUTH_TOKEN         checks X-Twilio-Signature (required by serve unless
                             VOICEBRIDGE_ALLOW_UNSIGNED=1, a development switch that logs loudly)
   PUBLIC_URL                the https origin Twilio reaches this daemon at (required by serve)
-  VOICEBRIDGE_HOST/PORT     listen address, default 127.0.0.1:8080
+  VOICEBRIDGE_HOST/PORT     listen address, default 127.0.0.1:8080 (serve --host/--port win)
   VOICEBRIDGE_DB            SQLite file, default ./voicebridge.sqlite3
-  VOICEBRIDGE_MENU          menu TOML file, default: the packaged pizza-shop menu
+  VOICEBRIDGE_JOB           pizza | appointments (default: as the business file says, else pizza)
+  VOICEBRIDGE_BUSINESS      the job's business file (TOML; pizza: its menu), default: the packaged
+                            example of the job (VOICEBRIDGE_MENU is the pizza menu's older name)
   ORDER_WEBHOOK_URL/SECRET  where confirmed orders are POSTed, and the HMAC key that signs them
   TRANSFER_NUMBER           the shop's number for "talk to a person" and failures
   VOICEBRIDGE_RECORD_DIR    record every call as JSONL (for `voicebridge replay`)
@@ -42,16 +44,49 @@ def _load_config(args: argparse.Namespace) -> Config:
     return Config.from_env(env_file=getattr(args, "env_file", None))
 
 
+def serve_config(args: argparse.Namespace, config: Config) -> Config:
+    """The settings `serve` runs with: its flags win over the environment."""
+    import attrs
+
+    if args.host is not None:
+        if not args.host.strip():
+            raise ConfigError("--host: empty; give an address such as 127.0.0.1 (or 0.0.0.0 for every interface)")
+        config = attrs.evolve(config, host=args.host.strip())
+    if args.port is not None:
+        config = attrs.evolve(config, port=_port_arg(args.port))
+    if args.log_format is not None:
+        config = attrs.evolve(config, log_format=args.log_format)
+    if config.log_format == "auto":
+        config = attrs.evolve(config, log_format="text" if sys.stderr.isatty() else "json")
+    return config
+
+
+def _port_arg(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"--port: expected a port number from 0 to 65535, got {raw[:40]!r}")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import trio
 
     from voicebridge.business import SCHEMAS, Businesses
-    from voicebridge.daemon import Daemon, serve_daemon
+    from voicebridge.daemon import Daemon, ListenError, listen, serve_daemon
     from voicebridge.ops.logs import setup_logging
     from voicebridge.ops.store import Store
     from voicebridge.ops.supervisor import WORKER_ENV, run_supervisor
 
+    config = serve_config(args, config)
     config.check_serve()
+    try:  # the address is tried before anything else: a port in use is one line, not a traceback
+        listen(config.host, config.port, reuse_port=config.workers > 1).close()  # workers share the port
+    except ListenError as exc:
+        print(f"voicebridge: {exc}", file=sys.stderr)
+        return 1
     businesses = Businesses.load(config)  # a bad business file or menu stops here, before any worker starts
     setup_logging(config.log_level, config.log_format,
                   secrets=[config.openai_api_key, config.twilio_auth_token, config.order_webhook_secret,
@@ -76,14 +111,18 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         finally:
             await store.aclose()
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except ListenError as exc:  # taken between the check above and the bind
+        print(f"voicebridge: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from voicebridge.peers.demo import run_demo
 
-    return run_demo(config, scenario=args.scenario, quiet=args.quiet)
+    return run_demo(config, scenario=args.scenario, job=args.job, quiet=args.quiet)
 
 
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
@@ -104,16 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the daemon (Twilio webhooks + media streams)",
                        description="Run the daemon: Twilio's voice webhook, the media-stream WebSocket, "
                                    "health and metrics. Stops on SIGTERM after draining live calls.")
+    p.add_argument("--host", metavar="H", help="listen address (default: VOICEBRIDGE_HOST, else 127.0.0.1)")
+    p.add_argument("--port", metavar="P", help="listen port (default: VOICEBRIDGE_PORT, else 8080)")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="log lines as text or JSON (default: VOICEBRIDGE_LOG_FORMAT, else text on a terminal, "
+                        "JSON otherwise)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="a whole call offline: the daemon plus local Twilio and Realtime peers",
                        description="Run the daemon on loopback with a local Realtime server and a local caller, "
-                                   "and print the call live: transcript, barge-ins, tool calls, the saved order "
-                                   "and its webhook delivery. No keys, no network. Uses VOICEBRIDGE_DB, the menu "
+                                   "and print the call live: transcript, barge-ins, tool calls, the read-back, the "
+                                   "saved order or booking and its webhook delivery. No keys, no network. Uses VOICEBRIDGE_DB, the business file "
                                    "and ORDER_WEBHOOK_URL/SECRET when set; otherwise a local SQLite file and a "
                                    "local webhook receiver that prints what it got.")
-    p.add_argument("--scenario", default="demo", help="a packaged scenario name or a scenario TOML path "
-                                                       "(default: demo, a full order with a barge-in)")
+    p.add_argument("--job", choices=JOBS,
+                   help="the job to demo (default: VOICEBRIDGE_JOB, else the business file's, else pizza)")
+    p.add_argument("--scenario", help="a packaged scenario name or a scenario TOML path (default: for pizza "
+                                      "`demo`, a full order with a barge-in; for appointments `appointments`, "
+                                      "a haircut booked for Tuesday at two)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=cmd_demo)
 
@@ -128,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timing difference (seconds) still counted as the same behaviour (default 0.25)")
     p.set_defaults(func=cmd_replay)
 
-    for module in ("orders", "calls", "call"):
+    for module in ("orders", "bookings", "calls", "call"):
         register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = __import__(f"voicebridge.commands.{module}", fromlist=["register"]).register
         register(sub)
     return parser
@@ -146,12 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from voicebridge.jobs.appointments.business import BusinessError
         from voicebridge.jobs.pizza.menu import MenuError
         from voicebridge.peers.scenario import ScenarioError
-        from voicebridge.edges.listen import ListenError
+        from voicebridge.daemon import ListenError
         from voicebridge.ops.store import StoreError
 
-        if isinstance(exc, (MenuError, ScenarioError, StoreError, ListenError)):
+        if isinstance(exc, (BusinessError, MenuError, ScenarioError, StoreError, ListenError)):
             print(f"voicebridge: {exc}", file=sys.stderr)
             return 2
         raise

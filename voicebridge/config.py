@@ -20,6 +20,7 @@ T = TypeVar("T")
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+JOBS = ("pizza", "appointments")  # VOICEBRIDGE_JOB
 
 
 class ConfigError(Exception):
@@ -68,13 +69,18 @@ class Config:
     db_path: Path = Path("voicebridge.sqlite3")
     record_dir: Path | None = None
     log_level: str = "INFO"
-    log_format: str = "json"  # "json" or "text"
-    lean_sockets: bool = False  # serve /media-stream and the Realtime client without Quart/trio-websocket layers
+    log_format: str = "auto"  # "json", "text", or "auto": text on a terminal, json otherwise
+    # Debugging fallback only: media streams served by Hypercorn/Quart, Realtime client trio-websocket.
+    framework_sockets: bool = False
+    ws_max_message_bytes: int = 64 * 1024  # largest WebSocket message a Media Streams peer may send
+    # the job: which one (None: as the business file says, else pizza), and its business file
+    job: str | None = None
+    business_path: Path | None = None  # VOICEBRIDGE_BUSINESS (for pizza, its menu)
     workers: int = 1  # worker processes behind one port (SO_REUSEPORT) under a supervisor when > 1
     stream_secret: str | None = None  # signs stream tokens; default: derived from twilio_auth_token
     businesses: tuple[Path, ...] = ()  # business files (or directories of them): one per set of numbers
     # ordering
-    menu_path: Path | None = None
+    menu_path: Path | None = None  # VOICEBRIDGE_MENU: the pizza job's business file (an alias)
     tax_rate_bp: int = 800  # 8.00 %
     order_webhook_url: str | None = None
     order_webhook_secret: str | None = None
@@ -149,8 +155,11 @@ class Config:
             db_path=g.get("VOICEBRIDGE_DB", _path, Path("voicebridge.sqlite3")),
             record_dir=g.get("VOICEBRIDGE_RECORD_DIR", _path, None),
             log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
-            log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text")), "json"),
-            lean_sockets=g.get("VOICEBRIDGE_LEAN_SOCKETS", _bool, False),
+            log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text", "auto")), "auto"),
+            framework_sockets=g.get("VOICEBRIDGE_FRAMEWORK_SOCKETS", _bool, False),
+            ws_max_message_bytes=g.get("VOICEBRIDGE_WS_MAX_MESSAGE_BYTES", _int_range(1024, 16 * 1024 * 1024), 64 * 1024),
+            job=g.get("VOICEBRIDGE_JOB", _choice(JOBS), None),
+            business_path=g.get("VOICEBRIDGE_BUSINESS", _path, None),
             workers=g.get("VOICEBRIDGE_WORKERS", _int_range(1, 64), 1),
             stream_secret=g.get("VOICEBRIDGE_STREAM_SECRET", _secret16, None),
             businesses=g.get("VOICEBRIDGE_BUSINESSES", _paths, ()),
@@ -184,6 +193,11 @@ class Config:
             raise ConfigError("OPENAI_API_KEY: not set (the key the bridge uses for the Realtime API)")
         if not self.public_url:
             raise ConfigError("PUBLIC_URL: not set (the https origin Twilio reaches this daemon at)")
+        if not self.public_url.startswith("https://"):
+            raise ConfigError(
+                f"PUBLIC_URL: {self.public_url} is not https; Twilio connects media streams only over wss:// and "
+                "signed webhooks must not cross the internet in clear text (terminate TLS in front of the daemon "
+                "and set PUBLIC_URL=https://...)")
         if not self.twilio_auth_token and not self.allow_unsigned:
             raise ConfigError(
                 "TWILIO_AUTH_TOKEN: not set; Twilio signatures cannot be checked "
@@ -196,6 +210,13 @@ class Config:
             raise ConfigError(f"{missing}: not set, but the other half of the calendar login is")
         if self.caldav_username and not self.caldav_url:
             raise ConfigError("VOICEBRIDGE_CALDAV_URL: not set, but the calendar login is")
+        if self.business_path and self.menu_path and self.business_path != self.menu_path:
+            raise ConfigError("VOICEBRIDGE_MENU: set as well as VOICEBRIDGE_BUSINESS, to another file (use one)")
+
+    @property
+    def business_file(self) -> Path | None:
+        """The business file: VOICEBRIDGE_BUSINESS, else VOICEBRIDGE_MENU (pizza's), else None (packaged)."""
+        return self.business_path or self.menu_path
 
     def check_outbound(self) -> None:
         """Raise ConfigError for what `call` (placing an outbound call) cannot run without."""

@@ -10,6 +10,7 @@ ends the rest with the outcome `shutdown` recorded.
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import logging
@@ -31,7 +32,8 @@ from voicebridge.business import Business, Businesses
 from voicebridge.config import Config
 from voicebridge.ops.cost import CallCost
 from voicebridge.engine.flow import FlowSettings
-from voicebridge.engine.job import Committed, Job
+from voicebridge.business import feed_source, job_time_zone, tool_preparer
+from voicebridge.engine.job import BusySource, Committed, Job, PrepareTool
 from voicebridge.ops.logs import call_sid_var
 from voicebridge.ops.metrics import Metrics
 from voicebridge.ops.notify import Notifier, watchdog_task
@@ -41,7 +43,7 @@ from voicebridge.edges.protocol import twilio_media as tw
 from voicebridge.edges.calendar import CalDavCalendar
 from voicebridge.edges.ical import CalendarFeed, FeedSource
 from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures, stream_token_secret, token_binding
-from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call
+from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call, utc_now
 from voicebridge.ops.store import Store
 from voicebridge.edges.transport import MessageStream, TrioWebSocketStream, close_quietly, ws_connect
 
@@ -61,7 +63,7 @@ def realtime_connector(config: Config) -> Connector:
     headers = [(b"authorization", f"Bearer {config.openai_api_key or ''}".encode())]
 
     # The connect deadline is the caller's (connect_session), covering handshake and setup.
-    if config.lean_sockets:
+    if not config.framework_sockets:
         async def connect_lean(nursery: trio.Nursery) -> MessageStream:
             # Frames are parsed in the reading task, no background reader (see docs/performance.md).
             return await ws_connect(url, headers, max_message_bytes=4 * 1024 * 1024)
@@ -80,12 +82,14 @@ def realtime_connector(config: Config) -> Connector:
 
 
 def make_call_setup(config: Config, job: Job, connector: Connector, *,
-                    check_start: Callable[[tw.Start], Any] | None = None) -> CallSetup:
+                    check_start: Callable[[tw.Start], Any] | None = None,
+                    prepare_tool: PrepareTool | None = None,
+                    wall_clock: Callable[[], datetime] | None = None) -> CallSetup:
     """How every call is set up: Realtime session settings, the job's tools and words, timers."""
     return CallSetup(
         connect=connector,
         session=rt.SessionSettings(
-            instructions=job.instructions(datetime.now(timezone.utc)),  # re-made for each session
+            instructions=job.instructions((wall_clock or utc_now)()),  # re-made for each session
             tools=tuple(job.tool_definitions()), voice=config.voice, audio_format=config.audio_format),
         flow=FlowSettings(
             silence_timeout_s=config.silence_timeout_s, max_call_s=config.max_call_s,
@@ -95,6 +99,8 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         connect_timeout_s=config.realtime_connect_timeout_s,
         check_start=check_start,
         record_dir=config.record_dir,
+        prepare_tool=prepare_tool,
+        wall_clock=wall_clock or utc_now,
     )
 
 
@@ -102,12 +108,14 @@ class Daemon:
     def __init__(self, config: Config, *, store: Store, job: Job | None = None, businesses: Businesses | None = None,
                  metrics: Metrics | None = None, connector: Connector | None = None,
                  notifier: Notifier | None = None,
-                 calendar_zone: tzinfo = timezone.utc, feed_events: FeedSource | None = None) -> None:
+                 calendar_zone: tzinfo | None = None, feed_events: FeedSource | None = None,
+                 busy_source: BusySource | None = None, wall_clock: Callable[[], datetime] | None = None) -> None:
         """`businesses` answer the calls (by the number called); `job` alone makes the one default business."""
         if businesses is None:
             if job is None:
                 raise ValueError("a Daemon needs a job or businesses")
             businesses = Businesses.single(config, job)
+        job = businesses.default.job
         self.config = config
         self.businesses = businesses
         self.job = businesses.default.job
@@ -137,22 +145,29 @@ class Daemon:
                       for b in businesses if b.config.order_webhook_url and b.config.order_webhook_secret}
         self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret, routes=routes,
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
-        # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day),
-        # written through the outbox's "calendar" rows; None keeps bookings local (and the feed).
+        # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day; by
+        # default the job's own time zone), written through the outbox's "calendar" rows; None keeps
+        # bookings local (and the feed).
+        zone = calendar_zone or job_time_zone(job) or timezone.utc
         self.calendar: CalDavCalendar | None = None
         self.calendar_outbox: CalendarWorker | None = None
         if config.caldav_url:
             self.calendar = CalDavCalendar(config.caldav_url, username=config.caldav_username,
-                                           password=config.caldav_password, zone=calendar_zone,
+                                           password=config.caldav_password, zone=zone,
                                            timeout_s=config.webhook_timeout_s)
             self.calendar_outbox = CalendarWorker(store, self.calendar, max_attempts=config.webhook_max_attempts,
                                                   timeout_s=config.webhook_timeout_s)
         self.calendar_feed: CalendarFeed | None = None
+        feed_events = feed_events or feed_source(job, store, clock=wall_clock)
         if config.calendar_feed_token and feed_events is not None:
             self.calendar_feed = CalendarFeed(config.calendar_feed_token, feed_events)
+        # the job's lookups before a tool runs: stored bookings, and the calendar's busy times
+        # (`busy_source`, by default the CalDAV calendar) so events booked by hand block slots too
         connect = connector or realtime_connector(config)
-        self.setups = {b.slug: make_call_setup(b.config, b.job, connect, check_start=self._check_start)
-                       for b in businesses}
+        self.setups = {b.slug: make_call_setup(
+            b.config, b.job, connect, check_start=self._check_start,
+            prepare_tool=tool_preparer(b.job, store, busy_source or self.calendar, clock=wall_clock),
+            wall_clock=wall_clock) for b in businesses}
         self.setup = self.setups[businesses.default.slug]
 
     # -- pre-warm ----------------------------------------------------------------------------
@@ -278,7 +293,7 @@ class Daemon:
 
     async def _commit(self, call_sid: str, task: Any) -> Committed:
         """The caller said yes: the job writes its task and outbox events in one transaction."""
-        now = datetime.now(timezone.utc)
+        now = self.setup.wall_clock()
         business = self.businesses.get(self._business_of.get(call_sid)) or self.businesses.default
         done = await self.store.commit(lambda tx: business.job.commit(tx, call_sid, task, now), now=now,
                                        business=business.slug)
@@ -397,6 +412,42 @@ class Daemon:
                 await self.calls_done.wait()
 
 
+class ListenError(Exception):
+    """The public address cannot be listened on; the message says which and what to change."""
+
+
+def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on (host, port), or ListenError in one line.
+
+    With `reuse_port` each worker of `VOICEBRIDGE_WORKERS` binds the same host:port with
+    SO_REUSEPORT (Linux): the kernel spreads new connections across the workers' sockets, and a
+    worker that exits takes only its own queue with it."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {host!r} is not an address of this machine "
+                          f"({exc.strerror}); set --host or VOICEBRIDGE_HOST") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            hint = "another process is listening there; stop it, or choose another port with --port or VOICEBRIDGE_PORT"
+        elif exc.errno == errno.EACCES:
+            hint = "ports below 1024 need privileges; choose a port >= 1024 with --port or VOICEBRIDGE_PORT"
+        else:
+            hint = f"{exc.strerror}; check --host/--port (VOICEBRIDGE_HOST/VOICEBRIDGE_PORT)"
+        raise ListenError(f"cannot listen on {where}: {hint}") from None
+    return sock
+
+
 async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, freeze_gc: bool = False,
                        reuse_port: bool = False, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGTERM/SIGINT (or `shutdown` is set), then drain and stop.
@@ -406,33 +457,38 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     lives as long as the process, and every full collection would otherwise walk it again while
     all calls wait.
 
-    By default Hypercorn serves the Quart-Trio app on the public port, `/media-stream` included.
-    With `VOICEBRIDGE_LEAN_SOCKETS=1` the public port is the daemon's own listener
-    (`web.serve_front`): media streams are served there with no HTTP framework in the audio path,
-    and every other request is piped to Hypercorn on a private Unix socket.
+    The public port is the daemon's own listener (`edges.front.serve_front`): media streams are
+    served there with no HTTP framework in the audio path, and every other request is piped to
+    Hypercorn/Quart-Trio on a private Unix socket. With `VOICEBRIDGE_FRAMEWORK_SOCKETS=1` (a
+    debugging fallback) Hypercorn serves the public port itself, `/media-stream` included.
+
+    The public port is bound before anything starts: if it cannot be, `ListenError` says which
+    address and what to change.
 
     `reuse_port` (a worker of `VOICEBRIDGE_WORKERS`): the public socket is bound with SO_REUSEPORT,
-    shared with the other workers (`voicebridge.edges.listen`).
+    shared with the other workers.
     """
-    from voicebridge.edges.listen import bind_url, open_listener
     from hypercorn.config import Config as HyperConfig
     from hypercorn.trio import serve
 
-    from voicebridge.edges.web import create_app, serve_front
+    from voicebridge.edges.front import serve_front
+    from voicebridge.edges.web import create_app
 
     cfg = daemon.config
+    front = listen(cfg.host, cfg.port, reuse_port=reuse_port)
+    host, port = front.getsockname()[:2]
+    binds = [f"http://[{host}]:{port}" if front.family == socket.AF_INET6 else f"http://{host}:{port}"]
     app = create_app(daemon, feed=daemon.calendar_feed)
     if cfg.calendar_feed_token and daemon.calendar_feed is None:
         log.warning("VOICEBRIDGE_CALENDAR_FEED_TOKEN is set, but this job has no bookings to publish")
-    private = tempfile.mkdtemp(prefix="voicebridge-") if cfg.lean_sockets else None
+    lean = not cfg.framework_sockets
+    private = tempfile.mkdtemp(prefix="voicebridge-") if lean else None
     backend = os.path.join(private, "http.sock") if private else ""
     hyper = HyperConfig()
-    if cfg.lean_sockets:
+    if lean:
         hyper.bind = [f"unix:{backend}"]
-    elif reuse_port:  # Hypercorn serves the socket we bound (it owns the descriptor from here on)
-        hyper.bind = [f"fd://{open_listener(cfg.host, cfg.port, reuse_port=True).detach()}"]
     else:
-        hyper.bind = [f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"]
+        hyper.bind = [f"fd://{front.detach()}"]  # Hypercorn owns the listening socket from here
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")
     hyper.graceful_timeout = 2.0
@@ -440,7 +496,6 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     stop_serving = trio.Event()
     if shutdown is None:
         shutdown = trio.Event()
-    front: socket.socket | None = None
     front_scope = trio.CancelScope()
     async with trio.open_nursery() as nursery:
         daemon.nursery = nursery
@@ -455,15 +510,12 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
             finally:
                 served.set()
 
-        binds = await nursery.start(run_hypercorn)
-        if cfg.lean_sockets:
-            front = open_listener(cfg.host, cfg.port, reuse_port=reuse_port)
-            binds = [bind_url(front)]
-
+        await nursery.start(run_hypercorn)
+        if lean:
             async def run_front(listener: socket.socket) -> None:
                 with front_scope:
                     async with trio.open_nursery() as conns:
-                        await serve_front(daemon, listener, backend, conns)
+                        await serve_front(daemon, listener, backend, conns, max_message_bytes=cfg.ws_max_message_bytes)
 
             nursery.start_soon(run_front, front)
         nursery.start_soon(partial(watchdog_task, daemon.notifier, healthy=lambda: not daemon.draining))
@@ -472,7 +524,7 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
             gc.freeze()
         daemon.notifier.ready()
         log.info("serving", extra={"event": "serving", "binds": binds, "public_url": cfg.public_url,
-                                   "realtime_url": cfg.realtime_url, "lean_sockets": cfg.lean_sockets})
+                                   "realtime_url": cfg.realtime_url, "framework_sockets": cfg.framework_sockets})
         task_status.started(binds)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as waiter:
@@ -485,7 +537,7 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
                 waiter.cancel_scope.cancel()
         await daemon.drain()
         front_scope.cancel()
-        if front is not None:
+        if lean:
             front.close()
         stop_serving.set()
         with trio.move_on_after(hyper.graceful_timeout + 1):
@@ -496,4 +548,6 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
         nursery.cancel_scope.cancel()
     if private:
         shutil.rmtree(private, ignore_errors=True)
+    if front.fileno() >= 0:
+        front.close()
     log.info("stopped", extra={"event": "stopped"})

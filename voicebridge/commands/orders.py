@@ -71,7 +71,7 @@ def _positive(text: str) -> int:
 def _with_store(config: Config, command: str, fn: Callable[[Store], Awaitable[T]]) -> T | None:
     """Run `fn(store)` under trio.run; print one error line and return None if the store fails."""
     if not config.db_path.is_file():
-        print(f"voicebridge {command}: no database at {config.db_path} (no orders taken yet?)", file=sys.stderr)
+        print(f"voicebridge {command}: no database at {config.db_path} (nothing taken or booked yet?)", file=sys.stderr)
         return None
 
     async def main() -> T:

@@ -14,8 +14,9 @@ connections of the call (a reconnect opens the next one). A frame that is not JS
 `"raw"` (its first 2000 characters) instead of `"msg"`.
 
 The first line describes the recording: `{"t": 0, "peer": "meta", "dir": "info", "version": ...,
-"call_sid": ..., "settings": {...}}` with the call settings in effect (timeouts, audio format),
-so a replay runs the bridge as it was.
+"call_sid": ..., "wall_clock": ..., "settings": {...}}` with the call settings in effect
+(timeouts, audio format, the job) and the wall-clock time the call started (ISO-8601 with its
+offset: a job's dates depend on it), so a replay runs the bridge as it was, on that day.
 
 Not recorded: keys (they travel in headers, which are not messages); the single-use stream token
 in `start.customParameters.token`, replaced by "<redacted>"; Twilio's `connected` message, which

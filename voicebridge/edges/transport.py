@@ -7,9 +7,11 @@ over an in-memory pair on a mock clock (tests), and through a recorder.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import secrets
 import socket
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import trio
 
@@ -182,8 +184,10 @@ async def close_quietly(stream: MessageStream, code: int = 1000, reason: str = "
 # -- lean WebSocket (RFC 6455) on a socket: the per-frame hot path ---------------------------
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the Realtime client: session and response events carry whole prompts
 _YIELD_EVERY = 32  # messages served from the buffer before receive() yields to the scheduler anyway
+# Close codes a peer may send (RFC 6455 7.4): registered ones it may use, and 3000-4999.
+_PEER_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013})
 
 
 def ws_accept_value(key: str) -> str:
@@ -217,13 +221,19 @@ class RawWebSocket:
     caller's task. On a plain socket both go straight to the kernel (non-blocking) and only wait
     for readiness when they must; `try_send_nowait()` hands frames to the kernel without awaiting
     at all, or refuses, so a relay can skip a task hop when nothing is queued. Over TLS (a trio
-    Stream) the same framing runs on `receive_some`/`send_all`. Client ends mask what they send.
+    Stream) the same framing runs on `receive_some`/`send_all`. Client ends mask what they send,
+    with keys from the operating system's CSPRNG (RFC 6455 5.3).
+
+    Protocol errors end the connection with the close code RFC 6455 gives them, in the order
+    wsproto checks them (tests/test_ws_fuzz.py compares the two on random byte streams): 1002
+    for a reserved opcode, RSV bit, a fragmented or > 125-byte control frame, a length not in
+    its shortest form, a frame masked the wrong way, a stray or missing continuation, a bad close
+    frame; 1007 for invalid UTF-8 in a text message or close reason; 1009 for a message longer
+    than `max_message_bytes`, refused from its header, before any of its payload is read.
     """
 
     def __init__(self, sock: Any = None, *, stream: Any = None, client: bool = False, leftover: bytes = b"",
                  max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
-        import random
-
         self._sock = sock  # a non-blocking stdlib socket (plain TCP), or None with `stream`
         self._stream = stream
         if sock is not None:
@@ -234,13 +244,15 @@ class RawWebSocket:
                 pass  # not TCP (a socketpair in tests)
         self._client = client
         self._buf = bytearray(leftover)
-        self._frag: bytearray | None = None
+        self._frag: list[str] | None = None  # the text pieces of a fragmented message being received
+        self._frag_op = 0x1
+        self._frag_len = 0
+        self._decoder: Any = None  # incremental UTF-8 decoder of a fragmented text message
         self._pending = b""  # bytes accepted for sending but not yet written (kept in order)
         self._sending = False
         self._send_lock = trio.Lock()
         self._served = 0
         self._max = max_message_bytes
-        self._rng = random.Random()  # masking keys (RFC 6455 5.3), seeded from os.urandom
         self.closed: StreamClosed | None = None
         self._close_sent = False
 
@@ -248,7 +260,7 @@ class RawWebSocket:
 
     def _frame(self, opcode: int, payload: bytes) -> bytes:
         if self._client:
-            key = self._rng.getrandbits(32).to_bytes(4, "little")
+            key = secrets.token_bytes(4)  # RFC 6455 5.3: unpredictable, from a strong source
             return _header(len(payload), 0x80 | opcode, 0x80) + key + _xor(payload, key)
         return _header(len(payload), 0x80 | opcode, 0) + payload
 
@@ -274,10 +286,16 @@ class RawWebSocket:
     async def _send_bytes(self, data: bytes) -> None:
         if self.closed is not None:
             raise self.closed
+        await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        """Write what is pending, then `data`, in order (one writer at a time)."""
         async with self._send_lock:
             self._sending = True
             try:
                 if self._stream is not None:
+                    data = self._pending + data
+                    self._pending = b""
                     try:
                         await self._stream.send_all(data)
                     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -313,12 +331,20 @@ class RawWebSocket:
                     await trio.lowlevel.checkpoint()
                 return msg
             if self.closed is not None:
+                await self._flush_control()
                 raise self.closed
             self._served = 0
             await self._fill()
 
+    async def _flush_control(self) -> None:
+        """Over TLS, control frames (pong, close) wait in `_pending` until a send: write them now."""
+        if self._stream is not None and self._pending and not self._sending:
+            with contextlib.suppress(StreamClosed), trio.move_on_after(1.0):
+                await self._write(b"")
+
     async def _fill(self) -> None:
         if self._stream is not None:
+            await self._flush_control()
             try:
                 data = await self._stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -341,23 +367,54 @@ class RawWebSocket:
         self._buf += data
 
     def _parse(self) -> str | None:
-        """The next complete text message in the buffer; handles control frames on the way."""
+        """The next complete text message in the buffer; handles control frames on the way.
+
+        Raises StreamClosed (after queueing the close frame) on a protocol error; returns None
+        when more bytes are needed, or when the peer's close frame was read (`closed` is set).
+        """
+        if self.closed is not None:
+            return None
         buf = self._buf
         while len(buf) >= 2:
             b0, b1 = buf[0], buf[1]
-            n = b1 & 0x7F
+            opcode, fin, n = b0 & 0x0F, b0 & 0x80, b1 & 0x7F
+            if opcode >= 0x8:
+                if opcode > 0xA:
+                    self._fail(1002, "reserved opcode")
+                if not fin:
+                    self._fail(1002, "fragmented control frame")
+                if n > 125:
+                    self._fail(1002, "control frame longer than 125 bytes")
+            elif opcode > 0x2:
+                self._fail(1002, "reserved opcode")
             pos = 2
             if n == 126:
                 if len(buf) < 4:
                     return None
                 n, pos = int.from_bytes(buf[2:4], "big"), 4
+                if n < 126:
+                    self._fail(1002, "length not in its shortest form")
             elif n == 127:
                 if len(buf) < 10:
                     return None
                 n, pos = int.from_bytes(buf[2:10], "big"), 10
+                if n < 65536 or n >> 63:
+                    self._fail(1002, "length not in its shortest form")
+            if b0 & 0x70:
+                self._fail(1002, "reserved bits set")
             masked = b1 & 0x80
-            if n > self._max:
-                self._fail(1009, "message too big")
+            if bool(masked) == self._client:
+                self._fail(1002, "masked frame from a server" if masked else "unmasked frame from a client")
+            if opcode == 0x0:
+                if self._frag is None:
+                    self._fail(1002, "unexpected continuation")
+                if self._frag_len + n > self._max:
+                    self._fail(1009, "message too big")
+            elif opcode < 0x8:
+                if self._frag is not None:
+                    self._fail(1002, "expected a continuation")
+                if n > self._max:  # refused from the header: the payload is never read
+                    self._fail(1009, "message too big")
             end = pos + (4 if masked else 0) + n
             if len(buf) < end:
                 return None
@@ -366,14 +423,8 @@ class RawWebSocket:
             else:
                 payload = bytes(buf[pos:end])
             del buf[:end]
-            if masked == self._client * 0x80 or b0 & 0x70:  # wrong masking direction, or reserved bits
-                self._fail(1002, "protocol error")
-            opcode, fin = b0 & 0x0F, b0 & 0x80
             if opcode == 0x8:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-                reason = payload[2:].decode("utf-8", "replace")
-                self._queue_control(0x8, payload[:2])
-                self.closed = StreamClosed(code, reason)
+                self._peer_closed(payload)
                 return None
             if opcode == 0x9:
                 self._queue_control(0xA, payload)
@@ -381,30 +432,54 @@ class RawWebSocket:
             if opcode == 0xA:
                 continue
             if opcode == 0x0:
-                if self._frag is None:
-                    self._fail(1002, "unexpected continuation")
                 assert self._frag is not None
-                self._frag += payload
-                if len(self._frag) > self._max:
-                    self._fail(1009, "message too big")
+                self._frag_len += n
+                if self._decoder is not None:
+                    self._frag.append(self._decode(payload, bool(fin)))
                 if not fin:
                     continue
-                payload, self._frag, opcode = bytes(self._frag), None, self._frag_op
-            elif opcode in (0x1, 0x2):
-                if not fin:
-                    self._frag, self._frag_op = bytearray(payload), opcode
-                    continue
-            else:
-                self._fail(1002, "unknown opcode")
+                parts, op = self._frag, self._frag_op
+                self._frag, self._decoder = None, None
+                if op == 0x1:
+                    return "".join(parts)
+                continue  # binary messages are part of neither protocol
+            if not fin:  # the first frame of a fragmented message
+                self._frag, self._frag_op, self._frag_len = [], opcode, n
+                if opcode == 0x1:
+                    self._decoder = codecs.getincrementaldecoder("utf-8")()
+                    self._frag.append(self._decode(payload, False))
+                continue
             if opcode == 0x2:
-                continue  # binary frames are part of neither protocol
+                continue
             try:
                 return payload.decode("utf-8")
             except UnicodeDecodeError:
                 self._fail(1007, "invalid UTF-8")
         return None
 
-    _frag_op = 0x1
+    def _decode(self, payload: bytes, final: bool) -> str:
+        try:
+            text: str = self._decoder.decode(payload, final)
+        except UnicodeDecodeError:
+            self._fail(1007, "invalid UTF-8")
+        return text
+
+    def _peer_closed(self, payload: bytes) -> None:
+        """The peer's close frame: check it, answer it with the same code, and mark the stream closed."""
+        if not payload:
+            code, reason = 1005, ""
+        elif len(payload) == 1:
+            self._fail(1002, "close frame with a 1-byte payload")
+        else:
+            code = int.from_bytes(payload[:2], "big")
+            if not (code in _PEER_CLOSE_CODES or 3000 <= code <= 4999):
+                self._fail(1002, "close frame with an invalid code")
+            try:
+                reason = payload[2:].decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(1007, "invalid UTF-8 in the close reason")
+        self._queue_control(0x8, payload[:2])
+        self.closed = StreamClosed(code, reason)
 
     def _queue_control(self, opcode: int, payload: bytes) -> None:
         if opcode == 0x8:
@@ -420,10 +495,10 @@ class RawWebSocket:
                 self._pending = frame
             except OSError as exc:  # the connection is gone: the next receive() reports it
                 self._broken(exc)
-        else:  # rare (TLS, or a send in flight): best effort, appended in order
+        else:  # TLS, or a send in flight: appended in order, written by the next send or receive
             self._pending += frame
 
-    def _fail(self, code: int, reason: str) -> None:
+    def _fail(self, code: int, reason: str) -> NoReturn:
         self._queue_control(0x8, code.to_bytes(2, "big") + reason.encode())
         self.closed = StreamClosed(code, reason)
         raise self.closed
@@ -440,6 +515,8 @@ class RawWebSocket:
             frame = self._frame(0x8, code.to_bytes(2, "big") + reason.encode("utf-8")[:120])
             with contextlib.suppress(StreamClosed), trio.move_on_after(1.0):  # the peer may be gone already
                 await self._send_bytes(frame)
+        elif self._pending and self.closed is not None and self.closed.code != 1006:
+            await self._flush_pending()
         if self.closed is None:
             self.closed = StreamClosed(code, reason or "closed by us")
         if self._stream is not None:
@@ -449,13 +526,31 @@ class RawWebSocket:
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
 
+    async def _flush_pending(self) -> None:
+        """Write what is queued (our close frame after a protocol error), bounded: the peer may not read."""
+        with contextlib.suppress(StreamClosed), trio.move_on_after(1.0):
+            await self._write(b"")
 
-async def ws_connect(url: str, headers: list[tuple[bytes, bytes]], *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> RawWebSocket:
-    """Open a client WebSocket (ws:// or wss://) and do the opening handshake."""
+
+def _handshake_request(host_header: str, target: str, key: str, headers: list[tuple[bytes, bytes]]) -> Any:
+    import h11
+
+    return h11.Request(method="GET", target=target, headers=[
+        (b"host", host_header.encode("idna" if not host_header.isascii() else "ascii")),
+        (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
+        (b"sec-websocket-key", key.encode("ascii")), (b"sec-websocket-version", b"13"), *headers])
+
+
+async def ws_connect(url: str, headers: list[tuple[bytes, bytes]], *, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                     ssl_context: Any = None) -> RawWebSocket:
+    """Open a client WebSocket (ws:// or wss://) and do the opening handshake (HTTP heads by h11).
+
+    `ssl_context` defaults to the system's trust store (`ssl.create_default_context()`)."""
     import base64
-    import os
     import socket as _socket
     import urllib.parse
+
+    import h11
 
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("ws", "wss"):
@@ -463,35 +558,39 @@ async def ws_connect(url: str, headers: list[tuple[bytes, bytes]], *, max_messag
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-    key = base64.b64encode(os.urandom(16)).decode("ascii")
-    host_header = host if parts.port is None else f"{host}:{port}"
-    lines = [f"GET {target} HTTP/1.1", f"Host: {host_header}", "Upgrade: websocket", "Connection: Upgrade",
-             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
-    request = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-    request += b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
+    key = base64.b64encode(secrets.token_bytes(16)).decode("ascii")
+    host_header = (f"[{host}]" if ":" in host else host) + ("" if parts.port is None else f":{port}")
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=65536)
+    request = conn.send(_handshake_request(host_header, target, key, headers))
     stream: Any
     if parts.scheme == "wss":
-        stream = await trio.open_ssl_over_tcp_stream(host, port)
+        stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=ssl_context)
     else:
         stream = await trio.open_tcp_stream(host, port)
     try:
         await stream.send_all(request)
-        head = bytearray()
-        while b"\r\n\r\n" not in head:
-            chunk = await stream.receive_some(16384)
-            if not chunk:
-                raise StreamClosed(1006, "closed during the handshake")
-            head += chunk
-            if len(head) > 65536:
-                raise StreamClosed(1002, "handshake answer too long")
-        raw_head, _, rest = bytes(head).partition(b"\r\n\r\n")
-        status_line, *header_lines = raw_head.decode("latin-1").split("\r\n")
-        fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-        status = status_line.split(" ", 2)[1] if status_line.count(" ") else ""
-        if status != "101":
-            raise StreamClosed(1002, f"handshake refused: HTTP {status or '?'}")
-        if fields.get("sec-websocket-accept") != ws_accept_value(key):
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise StreamClosed(1002, f"handshake answer is not valid HTTP: {exc}") from None
+            if event is h11.NEED_DATA:
+                chunk = await stream.receive_some(16384)
+                conn.receive_data(chunk)
+                if not chunk and conn.their_state is h11.SEND_RESPONSE:
+                    raise StreamClosed(1006, "closed during the handshake")
+                continue
+            if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                break
+            if isinstance(event, (h11.Response, h11.InformationalResponse)):
+                raise StreamClosed(1002, f"handshake refused: HTTP {event.status_code}")
+            raise StreamClosed(1006, "closed during the handshake")
+        fields = {k.lower(): v for k, v in event.headers}
+        if fields.get(b"upgrade", b"").lower() != b"websocket":
+            raise StreamClosed(1002, "handshake: not upgraded to websocket")
+        if fields.get(b"sec-websocket-accept") != ws_accept_value(key).encode("ascii"):
             raise StreamClosed(1002, "handshake: wrong Sec-WebSocket-Accept")
+        rest = conn.trailing_data[0]
     except BaseException:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(stream)

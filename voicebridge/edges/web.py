@@ -3,7 +3,10 @@
 Routes:
 - `POST /incoming-call` (Twilio voice webhook): TwiML `<Connect action=/stream-ended><Stream>`
   with the call's parameters and a single-use stream token; pre-warms the Realtime session.
-- `WS /media-stream`: one call, run by `voicebridge.engine.session.run_call`.
+- `WS /media-stream`: one call, run by `voicebridge.engine.session.run_call`. In production the
+  public port is `edges.front`, which serves this endpoint's upgrades itself (same checks, no
+  framework in the audio path) and pipes every other request here; this route is what serves
+  them under `VOICEBRIDGE_FRAMEWORK_SOCKETS=1`, the debugging fallback.
 - `POST /stream-ended` (the `<Connect>` action): continues the call by its outcome: hang up,
   dial the shop, or apologise and take a message. No other route changes a live call.
 - `GET /healthz`, `GET /readyz`, `GET /metrics`.
@@ -13,11 +16,9 @@ Routes:
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import logging
 from datetime import datetime, timezone
-from typing import Any
 
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
@@ -198,122 +199,3 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
                         headers={"Cache-Control": "private, max-age=60"})
 
     return app
-
-
-# -- the front door: /media-stream upgrades served lean, everything else to Quart ------------------
-
-MAX_HEAD_BYTES = 16 * 1024
-HEAD_TIMEOUT_S = 10.0
-
-
-async def serve_front(daemon: CallService, listener: Any, backend: str, nursery: Any) -> None:
-    """Accept on `listener` (a listening stdlib socket) until cancelled.
-
-    A WebSocket upgrade for `/media-stream` is served here: signature check (403), draining (503),
-    then the call runs on a `RawWebSocket`, with no HTTP framework or wsproto in the audio path.
-    Any other connection is piped unchanged to Hypercorn/Quart-Trio on the private `backend`
-    socket, so the webhooks (and a `/media-stream` upgrade on a reused connection) are Quart's.
-    """
-    import trio
-
-    listener.setblocking(False)
-    while True:
-        await trio.lowlevel.wait_readable(listener)
-        try:
-            conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            continue
-        except OSError as exc:  # EMFILE and friends: keep serving the calls we have
-            log.error("accept failed: %s", exc)
-            await trio.sleep(0.1)
-            continue
-        nursery.start_soon(_front_connection, daemon, conn, backend)
-
-
-async def _front_connection(daemon: CallService, conn: Any, backend: str) -> None:
-    import trio
-
-    from voicebridge.edges.transport import RawWebSocket, close_quietly, ws_accept_value
-
-    conn.setblocking(False)
-    head = bytearray()
-    try:
-        with trio.move_on_after(HEAD_TIMEOUT_S):
-            while b"\r\n\r\n" not in head and len(head) <= MAX_HEAD_BYTES:
-                try:
-                    data = conn.recv(65536)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(conn)
-                    continue
-                if not data:
-                    break
-                head += data
-        raw, sep, rest = bytes(head).partition(b"\r\n\r\n")
-        if not sep:
-            conn.close()
-            return
-        lines = raw.decode("latin-1").split("\r\n")
-        method, _, target = lines[0].partition(" ")
-        target = target.rpartition(" ")[0]
-        fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-        path = target.partition("?")[0]
-        if not (method == "GET" and path == "/media-stream" and fields.get("upgrade", "").lower() == "websocket"):
-            await _pipe(conn, bytes(head), backend)
-            return
-        key = fields.get("sec-websocket-key", "")
-        if fields.get("sec-websocket-version") != "13" or not key:
-            await _answer(conn, 400, "bad websocket request\n")
-            return
-        if not daemon.signatures.check_websocket(path, fields.get("x-twilio-signature")):
-            log.warning("refused a media stream with a missing or wrong Twilio signature",
-                        extra={"event": "bad_signature", "route": "/media-stream"})
-            await _answer(conn, 403, "forbidden\n")
-            return
-        if daemon.draining:
-            await _answer(conn, 503, "draining\n")
-            return
-        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + ws_accept_value(key).encode("ascii") + b"\r\n\r\n")
-    except BaseException:
-        conn.close()
-        raise
-    ws = RawWebSocket(conn, leftover=rest)
-    try:
-        await daemon.handle_stream(ws)
-    finally:
-        await close_quietly(ws, 1000, "call ended")  # shielded, and bounded: the peer may be gone
-
-
-async def _answer(conn: Any, status: int, body: str) -> None:
-    reason = {400: "Bad Request", 403: "Forbidden", 503: "Service Unavailable"}[status]
-    data = body.encode()
-    with contextlib.suppress(OSError):  # the client is gone: nothing to tell it
-        conn.sendall(f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(data)}\r\n"
-                     f"connection: close\r\n\r\n".encode("latin-1") + data)
-    conn.close()
-
-
-async def _pipe(conn: Any, first: bytes, backend: str) -> None:
-    """Relay one connection to Hypercorn's private socket, both ways, until both sides are done."""
-    import trio
-
-    client = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-    try:
-        server = await trio.open_unix_socket(backend)
-    except OSError:
-        await client.aclose()
-        return
-    async with client, server:
-        await server.send_all(first)
-
-        async def one_way(src: Any, dst: Any) -> None:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):  # either side hung up
-                while data := await src.receive_some(65536):
-                    await dst.send_all(data)
-                await dst.send_eof()
-            if src is server:  # Hypercorn is done with this connection: so are we
-                nursery.cancel_scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(one_way, client, server)
-            nursery.start_soon(one_way, server, client)

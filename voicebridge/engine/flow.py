@@ -111,6 +111,14 @@ class CallFlow:
         self.resume_needed = False
         self.rotate_due = False
         self.turns: deque[tuple[str, str]] = deque(maxlen=RECENT_TURNS)
+        # The caller's yes (see `_confirm_refusal`): the response that reads the task back, whether
+        # all its audio was heard, and the caller's turns since.
+        self.readback: str | None = None  # "pending" (review done, read-back not started) or its response id
+        self.readback_done = False  # the read-back response completed (all its audio generated)
+        self.readback_audio = False  # the read-back response carried audio
+        self.readback_heard_turn: int | None = None  # caller turns counted when the read-back was fully heard
+        self.caller_turns = 0  # speech_started count
+        self.response_turn: dict[str, int] = {}  # response id -> caller turns when it was created (live ones)
         self.counts = {"barge_ins": 0, "model_errors": 0, "reconnects": 0, "stalls": 0, "dropped_deltas": 0}
         self.first_audio_at: float | None = None
         self._last_state = "greeting"
@@ -189,6 +197,9 @@ class CallFlow:
         self._arm(STALL, self.settings.response_stall_timeout_s)
 
     def response_created(self, response_id: str) -> None:
+        if self.readback == "pending":
+            self.readback = response_id  # the model's next answer after the review reads it back
+        self.response_turn = {response_id: self.caller_turns}
         self.response_active = response_id
         self.response_requested = False
         self._disarm(SILENCE)
@@ -197,6 +208,13 @@ class CallFlow:
     def response_done(self, response_id: str, status: str, usage: dict[str, Any] | None, now: float) -> None:
         if usage:
             self._notice("usage", response_id=response_id, usage=usage)
+        if response_id == self.readback:
+            if status == "completed" and self.readback_audio:
+                self.readback_done = True
+            elif status == "completed":  # no audio (a tool call): the read-back is still to come
+                self.readback = "pending"
+            else:
+                self._readback_lost("read-back " + status)
         if response_id != self.response_active:
             return  # a response we already gave up on (stalled, or from before a reconnect)
         self.response_active = None
@@ -216,16 +234,21 @@ class CallFlow:
             self._arm(STALL, self.settings.response_stall_timeout_s)
         if self.first_audio_at is None:
             self.first_audio_at = now
+        if response_id == self.readback:
+            self.readback_audio = True
         return self.playout.on_send(item_id, response_id, n_bytes, generated_ms, now)
 
     def mark(self, name: str, now: float) -> None:
         if self.playout.on_mark(name, now) and not self.playout.is_playing():
+            self._readback_heard()
             if self.state == "greeting":
                 self._fire("conversation_started")
             self._check_idle(now)
 
     def _check_idle(self, now: float | None) -> None:
         """Nothing generating and nothing left to hear: hang up if ending, else wait for the caller."""
+        if not self.playout.is_playing():
+            self._readback_heard()
         if self.response_active is not None or self.response_requested or self.playout.is_playing():
             return
         if self.state == "ended":
@@ -244,6 +267,7 @@ class CallFlow:
     # -- the caller speaks (server VAD) -----------------------------------------------------
 
     def speech_started(self, now: float) -> None:
+        self.caller_turns += 1
         self.caller_speaking = True
         self.reprompts = 0
         self._disarm(SILENCE)
@@ -260,6 +284,8 @@ class CallFlow:
 
     def _barge_in(self, now: float) -> None:
         self.counts["barge_ins"] += 1
+        if self.readback is not None and self.readback_heard_turn is None:
+            self._readback_lost("barge-in during the read-back")
         cuts = self.playout.clear(now)
         self.effects.append(SendCaller(tw.clear(self.stream_sid), "clear"))
         if self.response_active is not None:
@@ -285,19 +311,25 @@ class CallFlow:
         result = self._run_tool(name, arguments)
         self._notice("tool", name=name, ok=result.ok, intent=result.intent, interrupted=interrupted)
         if result.ok and result.intent == "confirm":
-            if self.state == "confirming":
+            refusal = self._confirm_refusal(response_id)
+            if refusal is None:
                 self._fire("confirm")
                 self.effects.append(Commit(call_id))  # answered once the task is committed
                 return
-            result_output = {"ok": False, "error": self.job_prompts.not_read_back}
-            self._tool_output(call_id, result_output, respond=not interrupted)
+            self._notice("confirm_refused", why=refusal)
+            error = self.job_prompts.not_read_back if refusal != "no_yes_yet" else prompts.NO_YES_YET
+            self._tool_output(call_id, {"ok": False, "error": error}, respond=not interrupted)
             return
         if result.ok and result.intent == "review":
             self._fire("review")
+            self.readback, self.readback_done, self.readback_heard_turn = "pending", False, None
+            self.readback_audio = False
         elif result.ok and result.intent == "reject":
             self._fire("change")
+            self._readback_lost("change")
         elif result.ok and result.changed:
             self._fire("change")
+            self._readback_lost("change")
         self._tool_output(call_id, result.output, respond=False)
         if result.ok and result.intent == "transfer":
             self._transfer("tool")
@@ -310,6 +342,38 @@ class CallFlow:
             # A result that arrives after the caller interrupted updates the order, but the AI does
             # not start talking on its own: the caller's new turn gets its own response.
             self._respond(None, None)
+
+    # -- the caller's yes ------------------------------------------------------------------
+
+    def _readback_heard(self) -> None:
+        """The read-back response is complete and nothing is left to play: the caller heard it all."""
+        if self.readback not in (None, "pending") and self.readback_done and self.readback_heard_turn is None:
+            self.readback_heard_turn = self.caller_turns
+            self._notice("readback_heard")
+
+    def _readback_lost(self, why: str) -> None:
+        if self.readback is not None:
+            self._notice("readback_void", why=why)
+        self.readback, self.readback_done, self.readback_heard_turn = None, False, None
+        self.readback_audio = False
+
+    def _confirm_refusal(self, response_id: str | None) -> str | None:
+        """Why a confirmation cannot be committed now, or None when it can.
+
+        A commit needs the whole read-back heard (its response completed and its last mark
+        echoed), then a caller turn that began after it, and the confirming call must come in a
+        response created after that turn: the model judged the caller's answer a yes. A barge-in
+        during the read-back, a change, or a dropped session voids the read-back; a review and
+        a confirmation in one response is refused, since the caller heard nothing in between.
+        """
+        if self.state != "confirming" or self.readback_heard_turn is None:
+            return "not_read_back"
+        if self.caller_turns <= self.readback_heard_turn:
+            return "no_yes_yet"
+        created = self.response_turn.get(response_id or "", -1)
+        if created <= self.readback_heard_turn:
+            return "no_yes_yet"
+        return None
 
     def _tool_output(self, call_id: str, output: dict[str, Any], *, respond: bool) -> None:
         self._model(rt.item_function_output(call_id, json.dumps(output)), "conversation.item.create")
@@ -344,6 +408,9 @@ class CallFlow:
         if digit == "0":
             self._transfer("keypad")
         elif digit == "1" and self.state == "confirming":
+            if self.readback_heard_turn is None:  # pressed before the read-back was heard to the end
+                self._notice("confirm_refused", why="not_read_back", via="keypad")
+                return
             self._fire("confirm")
             self.effects.append(Commit(None))
 
@@ -378,6 +445,8 @@ class CallFlow:
         """The Realtime socket dropped (or the session expired)."""
         if self.state in ("ended", "failed"):
             return
+        if self.readback_heard_turn is None:
+            self._readback_lost("realtime_lost")
         was_up = self.link_up
         self.link_up = False
         if self.ending is not None and self.response_active is None and not self.response_requested:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 import attrs
 
@@ -74,8 +74,22 @@ class Transaction(Protocol):
         """Run one INSERT into a table with an integer `id` key; returns the new row's id."""
         ...
 
-    def enqueue(self, event: str, subject: str, payload: dict[str, Any]) -> None:
-        """Queue a signed webhook delivery (`event`, e.g. "order.created") in this transaction."""
+    def enqueue(self, event: str, subject: str, payload: dict[str, Any], target: str = "webhook") -> None:
+        """Queue a delivery in this transaction: a signed webhook event (`event`, e.g. "order.created"),
+        or with another `target` (e.g. "calendar") a write that target's sender performs."""
+        ...
+
+
+# Awaited by the call before a tool runs: (task, tool name, arguments json). It loads what the
+# tool needs from outside the pure job (stored bookings, a calendar's busy times) into the task.
+PrepareTool = Callable[[Any, str, str], Awaitable[None]]
+
+
+class BusySource(Protocol):
+    """An external calendar's busy times (events booked by hand block those slots for the phone too)."""
+
+    async def busy(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+        """Busy intervals overlapping [start, end), as UTC-aware (start, end) pairs."""
         ...
 
 

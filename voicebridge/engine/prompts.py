@@ -10,6 +10,10 @@ GOODBYE_SILENCE = (
     "Do not call any tool."
 )
 GOODBYE_MAX = "The call has reached its maximum length. Apologise, say goodbye politely. Do not call any tool."
+NO_YES_YET = (
+    "The caller has not answered the read-back yet. Do not confirm: wait for the caller to say yes (or "
+    "press 1), then call the confirming tool again."
+)
 RESUME = (
     "The line dropped for a moment and has just come back. Apologise in a few words and continue exactly "
     "where the conversation left off."

@@ -26,7 +26,7 @@ import trio
 from voicebridge.edges import audio
 from voicebridge.engine.effects import ArmTimer, Commit, DisarmTimer, Effect, Hangup, Notice, Rotate, SendCaller, SendModel, Transcript
 from voicebridge.engine.flow import CallFlow, FlowSettings
-from voicebridge.engine.job import CommitError, Committed, Job
+from voicebridge.engine.job import CommitError, Committed, Job, PrepareTool, ToolResult
 from voicebridge.edges.protocol import realtime as rt
 from voicebridge.edges.protocol import twilio_media as tw
 from voicebridge.edges.protocol._codec import b64_decode, b64_encode
@@ -46,6 +46,14 @@ HOLD_FRAMES = 250  # caller audio held while a rotation's new session opens (5 s
 LATENCY_SAMPLE_EVERY = 25  # one frame in 25 (every 0.5 s of caller audio) is timed through the bridge
 FINISH_TIMEOUT_S = 10.0  # recording a call's end may not hang its handler (sockets, store)
 RECONNECT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+PREPARE_TIMEOUT_S = 5.0  # a tool's lookups (store, calendar) may not hold the call up longer
+PREPARE_FAILED = ("The records cannot be checked right now. Apologise, and offer to connect the caller with a person "
+                  "or to call back later.")
+
+
+def utc_now() -> datetime:
+    """The wall clock, UTC-aware (a CallSetup's default `wall_clock`)."""
+    return datetime.now(timezone.utc)
 
 
 class SetupError(Exception):
@@ -100,26 +108,32 @@ class CallSetup:
     # Checks the `start` message (raises StreamRefused); may be async, and may return the setup of
     # the call it names (the business its parameters carry) to run it with instead of this one.
     check_start: Callable[[tw.Start], Awaitable[CallSetup | None] | CallSetup | None] | None = None
+    # Awaited before each tool runs (bounded by PREPARE_TIMEOUT_S): loads what the job's tool needs
+    # from the store or a calendar into the task (see voicebridge.business.tool_preparer).
+    prepare_tool: PrepareTool | None = None
+    # The business's "now" for a job (its instructions, tools, commit): the wall clock, except in
+    # a replay, which runs a recorded call at the time it was recorded.
+    wall_clock: Callable[[], datetime] = utc_now
     record_dir: Any = None  # Path | None
 
 
 async def open_session(stream: MessageStream, settings: rt.SessionSettings, timeout_s: float) -> None:
-    """Wait for session.created, send session.update, wait for session.updated (one deadline)."""
+    """Send session.update, then wait for session.created (one deadline); do not wait for session.updated.
+
+    The Realtime API applies a session's events in order, so the greeting's response.create may
+    follow at once: waiting for the acknowledgement would add a round trip to the caller's first
+    audio (docs/performance.md, "Greeting"). A rejected setting still arrives, as an error event
+    the call's reader reports like any other model error.
+    """
     try:
         with trio.fail_after(timeout_s):
-            created = False
-            while not created:
-                ev = rt.parse_server(await stream.receive())
-                if isinstance(ev, rt.RealtimeError):
-                    raise SetupError(f"Realtime refused the session: {ev.code or ev.type}: {ev.message[:200]}")
-                created = isinstance(ev, rt.SessionCreated)
             await stream.send(rt.session_update(settings))
             while True:
                 ev = rt.parse_server(await stream.receive())
-                if isinstance(ev, rt.SessionUpdated):
-                    return
                 if isinstance(ev, rt.RealtimeError):
-                    raise SetupError(f"Realtime rejected the session settings: {ev.code}: {ev.message[:200]}")
+                    raise SetupError(f"Realtime refused the session: {ev.code or ev.type}: {ev.message[:200]}")
+                if isinstance(ev, rt.SessionCreated):
+                    return
     except trio.TooSlowError:
         raise SetupError(f"Realtime session not ready within {timeout_s:g} s") from None
     except StreamClosed as exc:
@@ -130,7 +144,7 @@ async def open_session(stream: MessageStream, settings: rt.SessionSettings, time
 
 def session_settings(setup: CallSetup) -> rt.SessionSettings:
     """The session's settings for a call starting now: the job's instructions carry its local time."""
-    return attrs.evolve(setup.session, instructions=setup.job.instructions(datetime.now(timezone.utc)))
+    return attrs.evolve(setup.session, instructions=setup.job.instructions(setup.wall_clock()))
 
 
 async def connect_session(setup: CallSetup, nursery: trio.Nursery) -> MessageStream:
@@ -167,7 +181,7 @@ class Call:
         self.task = setup.job.new_task(caller_number)
         self.flow = CallFlow(
             call_sid=start.call_sid, stream_sid=start.stream_sid, settings=setup.flow, task=self.task,
-            run_tool=lambda name, args: setup.job.run_tool(self.task, name, args, datetime.now(timezone.utc)),
+            run_tool=self._run_tool,
             task_state=lambda: setup.job.state_for_model(self.task), job_prompts=setup.job.prompts,
         )
         self.pcm16 = setup.session.audio_format == "pcm16"
@@ -195,6 +209,25 @@ class Call:
         self._timed: dict[int, tuple[str, float]] = {}  # id(frame text) -> (direction, time received)
         self.protocol_errors = 0
         self.started_at = trio.current_time()
+        self._prepare_failed = False
+
+    def _run_tool(self, name: str, arguments: str) -> ToolResult:
+        if self._prepare_failed:
+            return ToolResult(output={"ok": False, "error": PREPARE_FAILED}, ok=False, intent=None, changed=False)
+        return self.setup.job.run_tool(self.task, name, arguments, self.setup.wall_clock())
+
+    async def _prepare_tool(self, name: str, arguments: str) -> None:
+        """Let the job's lookups run before its tool (bounded; a failure is logged and the tool says so)."""
+        self._prepare_failed = False
+        if self.setup.prepare_tool is None:
+            return
+        try:
+            with trio.fail_after(PREPARE_TIMEOUT_S):
+                await self.setup.prepare_tool(self.task, name, arguments)
+        except Exception as exc:
+            self._prepare_failed = True
+            log.error("tool lookup failed: %s", type(exc).__name__, extra={"event": "tool_prepare_failed", "tool": name,
+                                                                           "error": str(exc)[:200]})
 
     # -- effects ---------------------------------------------------------------------------
 
@@ -482,6 +515,7 @@ class Call:
             elif isinstance(ev, rt.ResponseDone):
                 flow.response_done(ev.response_id, ev.status, ev.usage, now)
             elif isinstance(ev, rt.FunctionCall):
+                await self._prepare_tool(ev.name, ev.arguments)
                 flow.function_call(ev.response_id, ev.call_id, ev.name, ev.arguments)
             elif isinstance(ev, rt.TranscriptDone):
                 flow.transcript("assistant", ev.transcript, ev.item_id)
@@ -563,9 +597,9 @@ async def run_call(twilio: MessageStream, setup: CallSetup, hooks: CallHooks | N
 
         from voicebridge import __version__
 
-        meta = {"version": __version__, "call_sid": start.call_sid,
+        meta = {"version": __version__, "call_sid": start.call_sid, "wall_clock": setup.wall_clock().isoformat(),
                 "settings": {**attrs.asdict(setup.flow), "audio_format": setup.session.audio_format,
-                             "connect_timeout_s": setup.connect_timeout_s}}
+                             "connect_timeout_s": setup.connect_timeout_s, "job": setup.job.name}}
         recorder = CallRecorder(Path(setup.record_dir) / f"{start.call_sid}-{int(time.time())}.jsonl", meta)
         recorder.add("twilio", "in", text)
         recorder.started(trio.current_time())

@@ -69,6 +69,9 @@ def worker_environment(config: Config, environ: Mapping[str, str]) -> dict[str, 
     supervisor's), plus the stream token key when the configuration gives none."""
     env = {k: v for k, v in environ.items()
            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", MULTIPROCESS_ENV)}
+    # what `serve --host/--port/--log-format` chose, for workers that read only the environment
+    env.update({"VOICEBRIDGE_HOST": config.host, "VOICEBRIDGE_PORT": str(config.port),
+                "VOICEBRIDGE_LOG_FORMAT": config.log_format})
     if not config.stream_secret and not config.twilio_auth_token:
         env["VOICEBRIDGE_STREAM_SECRET"] = secrets.token_hex(32)  # one key for this run's workers
     return env

@@ -21,13 +21,17 @@ import attrs
 import trio
 
 from voicebridge.config import Config
-from voicebridge.business import SCHEMAS, build_job
+from voicebridge.business import SCHEMAS, build_job, job_name
+from voicebridge.jobs.appointments.records import get_booking
+from voicebridge.jobs.appointments.words import say_when
 from voicebridge.jobs.pizza.menu import format_money
 from voicebridge.jobs.pizza.records import get_order
-from voicebridge.peers.scenario import Scenario, load_scenario
+from voicebridge.ops.store import Store
+from voicebridge.peers.scenario import Scenario, ScenarioError, load_scenario
 
 DEMO_PUBLIC_URL = "https://voicebridge-demo.invalid"  # a reserved name: never resolves, never leaves the machine
 ROLE = {"caller": "caller", "assistant": "AI    "}
+DEFAULT_SCENARIO = {"pizza": "demo", "appointments": "appointments"}  # `voicebridge demo [--job JOB]`
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -67,6 +71,10 @@ class LiveView:
         if kind == "committed" and "total_cents" in f:
             return (f"== order #{f['id']} saved: subtotal {format_money(f['subtotal_cents'])}, tax "
                     f"{format_money(f['tax_cents'])}, total {format_money(f['total_cents'])}")
+        if kind == "committed" and "change" in f:
+            return f"== booking #{f['id']} {f['change']}: {f['service']} on {f['when']}, for {f['customer']}"
+        if kind == "committed":
+            return f"== #{f['id']} saved: " + ", ".join(f"{k} {v}" for k, v in f.items() if k != "id")
         if kind == "first_audio":
             return f"-- first greeting audio {f['ms']:.1f} ms after the stream started"
         if kind in ("realtime_lost", "realtime_restored", "dtmf", "transfer", "silence", "response_stalled"):
@@ -93,6 +101,8 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
     from voicebridge.peers.webhook_receiver import serve_webhook_receiver
     from voicebridge.ops.store import Store
 
+    if config.job is None:
+        config = attrs.evolve(config, job=scenario.job)
     job = build_job(config)
     view = LiveView(out, quiet)
     async with trio.open_nursery() as nursery:
@@ -119,7 +129,7 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
             await nursery.start(lambda task_status: serve_daemon(daemon, shutdown=stop, task_status=task_status))
             print(f"voicebridge demo: scenario {scenario.name!r}: {scenario.description}", file=out)
             print(f"  daemon on 127.0.0.1:{port} (as {DEMO_PUBLIC_URL}), local Realtime server on {realtime_url}, "
-                  f"orders in {config.db_path}", file=out, flush=True)
+                  f"records in {config.db_path}", file=out, flush=True)
             with trio.fail_after(scenario.max_s + 30):
                 result = await place_call(f"http://127.0.0.1:{port}", scenario, public_url=DEMO_PUBLIC_URL,
                                           auth_token=config.twilio_auth_token)
@@ -127,23 +137,57 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
             order_id = daemon_order_id(view)
             state = None
             if order_id is not None:
+                subject = f"{'booking' if job.name == 'appointments' else 'order'}:{order_id}"
                 with trio.move_on_after(15):
                     while True:
-                        row = await store.outbox_for(f"order:{order_id}")
+                        row = await store.outbox_for(subject)
                         state = row.state if row is not None else None
                         if state != "pending":
                             break
                         await trio.sleep(0.1)
-                detail = await store.read(lambda tx: get_order(tx, order_id))
-                if detail is not None:
-                    print(f"  order #{order_id} in {config.db_path}: total "
-                          f"{format_money(detail.total_cents)}, webhook delivery: {state}", file=out)
+                await print_committed(store, job.name, order_id, state, config, out)
             outcome = next((f["outcome"] for k, f in reversed(view.events) if k == "ended"), None)
             stop.set()
         finally:
             await store.aclose()
         nursery.cancel_scope.cancel()
     return DemoResult(outcome, order_id, state, result.outcome, view.events)
+
+
+async def print_committed(store: Store, job: str, committed_id: int, state: str | None, config: Config,
+                          out: TextIO) -> None:
+    """What the call's commit stored: the order with its total, or the booking as `voicebridge bookings` shows it."""
+    if job == "appointments":
+        booking = await store.read(lambda tx: get_booking(tx, committed_id))
+        if booking is not None:
+            r = booking.row
+            from zoneinfo import ZoneInfo
+
+            print(f"  booking #{committed_id} in {config.db_path}: {r.status}, {r.service_name} on "
+                  f"{say_when(r.start.astimezone(ZoneInfo(r.time_zone)))} ({r.start.astimezone(ZoneInfo(r.time_zone)).isoformat()}, "
+                  f"{r.time_zone}) for {r.customer}, webhook delivery: {state}", file=out)
+        return
+    detail = await store.read(lambda tx: get_order(tx, committed_id))
+    if detail is not None:
+        print(f"  order #{committed_id} in {config.db_path}: total "
+              f"{format_money(detail.total_cents)}, webhook delivery: {state}", file=out)
+
+
+def choose(config: Config, scenario: str | None, job: str | None) -> tuple[Config, Scenario]:
+    """The demo's job and scenario: `--job`, else the scenario's job, else the configured one."""
+    if scenario is not None:
+        chosen = load_scenario(scenario)
+        if job is not None and job != chosen.job:
+            raise ScenarioError(f"scenario {chosen.name!r} is a {chosen.job} call, not {job}")
+        job = chosen.job
+    else:
+        job = job or job_name(config)
+        chosen = load_scenario(DEFAULT_SCENARIO[job])
+    if config.business_file is not None and job_name(attrs.evolve(config, job=None)) != job:
+        print(f"voicebridge demo: {config.business_file} is not a business file for {job}; using the packaged example",
+              file=sys.stderr)
+        config = attrs.evolve(config, business_path=None, menu_path=None)
+    return attrs.evolve(config, job=job), chosen
 
 
 def daemon_order_id(view: LiveView) -> int | None:
@@ -153,14 +197,15 @@ def daemon_order_id(view: LiveView) -> int | None:
     return None
 
 
-def run_demo(config: Config, *, scenario: str = "demo", quiet: bool = False) -> int:
+def run_demo(config: Config, *, scenario: str | None = None, job: str | None = None, quiet: bool = False) -> int:
     logging.basicConfig(level=logging.WARNING, format="  [%(levelname)s] %(name)s: %(message)s")
-    chosen = load_scenario(scenario)
+    config, chosen = choose(config, scenario, job)
     if config.twilio_auth_token is None:
         print("voicebridge demo: no TWILIO_AUTH_TOKEN, so the local caller's requests are unsigned "
               "(VOICEBRIDGE_ALLOW_UNSIGNED=1 for this run only)", file=sys.stderr)
     result = trio.run(lambda: run_demo_async(config, chosen, quiet=quiet))
-    print(f"voicebridge demo: call outcome {result.outcome}; order "
+    noun = "booking" if config.job == "appointments" else "order"
+    print(f"voicebridge demo: call outcome {result.outcome}; {noun} "
           f"{'#' + str(result.order_id) if result.order_id is not None else 'none'}; webhook "
           f"{result.delivery_state or 'n/a'}")
     return 0 if result.outcome is not None else 1

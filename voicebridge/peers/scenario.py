@@ -1,6 +1,7 @@
 """Scenarios: what the local caller does and how the local Realtime model answers.
 
-One TOML file per scenario (`voicebridge/peers/scenarios/NAME.toml`) drives both local peers:
+One TOML file per scenario (`voicebridge/peers/scenarios/NAME.toml`) drives both local peers;
+`job = "appointments"` says it is a call for that job (default: pizza):
 
 - `[[caller]]` steps, run in order by the local Twilio caller. Each step waits, then acts:
   - `wait = "heard"`: assistant audio has arrived since the previous step and all of it has
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
+from voicebridge.config import JOBS
 
 WAITS = ("heard", "playing", "time")
 CALLER_ACTIONS = ("say", "dtmf", "hangup", "silence")
@@ -88,6 +91,7 @@ class Scenario:
     fallback: tuple[Reply, ...]
     faults: tuple[Fault, ...]
     max_s: float  # the caller gives up (hangs up) after this long, whatever happens
+    job: str = "pizza"  # the job the scenario's calls are for (its tools and words)
 
 
 def scenario_names() -> list[str]:
@@ -113,7 +117,10 @@ def parse_scenario(text: str, source: str) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: {exc}") from None
     p = _P(source)
-    p.keys(data, {"name", "description", "from", "to", "caller", "assistant", "faults", "max_s"}, "")
+    p.keys(data, {"name", "description", "job", "from", "to", "caller", "assistant", "faults", "max_s"}, "")
+    job = data.get("job", "pizza")
+    if job not in JOBS:
+        raise p.err("job", f"expected one of {', '.join(JOBS)}, got {job!r}")
     steps = tuple(p.step(s, f"caller[{i}]") for i, s in enumerate(p.list(data, "caller")))
     assistant = data.get("assistant", {})
     p.keys(assistant, {"on_purpose", "on_caller", "fallback"}, "assistant.")
@@ -132,6 +139,7 @@ def parse_scenario(text: str, source: str) -> Scenario:
         fallback=fallback,
         faults=faults,
         max_s=float(data.get("max_s", 120.0)),
+        job=str(job),
     )
 
 

@@ -45,7 +45,11 @@ class RequestRecord:
 
 
 def summary_line(payload: dict[str, Any]) -> str:
-    """ "webhook received order #1: 2 items, total $32.94" """
+    """ "webhook received order #1: 2 items, total $32.94", or for a booking
+    "webhook received booking.created #1: haircut at 2026-12-08T14:00:00-05:00 for Sam" """
+    if "booking_id" in payload:
+        return (f"webhook received {payload.get('event')} #{payload.get('booking_id')}: {payload.get('service_name')} "
+                f"at {payload.get('start')} for {payload.get('customer')}")
     items = payload.get("items") or []
     count = sum(int(i.get("quantity", 1)) for i in items if isinstance(i, dict))
     noun = "item" if count == 1 else "items"

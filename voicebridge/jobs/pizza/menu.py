@@ -378,7 +378,9 @@ class _Parser:
     # -- sections
 
     def menu(self, data: dict[str, Any]) -> Menu:
-        self.table(data, "", ("shop", "sizes", "items", "toppings", "specials", "hours"), ("shop", "items", "hours"))
+        self.table(data, "", ("job", "shop", "sizes", "items", "toppings", "specials", "hours"), ("shop", "items", "hours"))
+        if data.get("job", "pizza") != "pizza":
+            self.fail("job", f'expected "pizza" in a pizza menu, got {data["job"]!r}')
         shop = self.table(data["shop"], "shop", ("name",), ("name",))
         shop_name = self.text(shop["name"], "shop.name", max_len=100)
         sizes = self.sizes(data.get("sizes", {}))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from voicebridge.config import JOBS
 from voicebridge.edges.recording import read_recording_lines
 
 
@@ -36,6 +38,7 @@ SETTINGS: dict[str, str] = {
     "connect_timeout_s": "realtime_connect_timeout_s",
     "tax_rate_bp": "tax_rate_bp",
     "audio_format": "audio_format",
+    "job": "job",
 }
 AUDIO_FORMATS = ("pcmu", "pcm16")
 
@@ -62,6 +65,7 @@ class Recording:
     custom_parameters: dict[str, str]
     settings: dict[str, Any]  # Config field -> value
     unapplied: tuple[str, ...] = ()  # meta settings this version does not know
+    wall_clock: datetime | None = None  # the business's "now" when the call started (a job's date and time)
 
     @property
     def name(self) -> str:
@@ -111,7 +115,21 @@ def load_recording(path: Path) -> Recording:
     return Recording(path=path, meta=meta, lines=tuple(lines), call_sid=str(ids["callSid"]),
                      stream_sid=str(ids["streamSid"]), account_sid=str(ids["accountSid"]),
                      custom_parameters=dict(params), settings=settings,
-                     unapplied=tuple(sorted(set(meta.get("settings") or {}) - set(SETTINGS))))
+                     unapplied=tuple(sorted(set(meta.get("settings") or {}) - set(SETTINGS))),
+                     wall_clock=_wall_clock(path, meta))
+
+
+def _wall_clock(path: Path, meta: dict[str, Any]) -> datetime | None:
+    raw = meta.get("wall_clock")
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise RecordingError(f"{path}:1: wall_clock must be an ISO-8601 time with its UTC offset")
+    return value
 
 
 def _settings(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +139,10 @@ def _settings(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
         if key not in raw:
             continue
         value = raw[key]
-        if key == "audio_format":
+        if key == "job":
+            if value not in JOBS:
+                raise RecordingError(f"{path}:1: settings.job must be one of {', '.join(JOBS)}")
+        elif key == "audio_format":
             if value not in AUDIO_FORMATS:
                 raise RecordingError(f"{path}:1: settings.audio_format must be one of {', '.join(AUDIO_FORMATS)}")
         elif key == "tax_rate_bp":

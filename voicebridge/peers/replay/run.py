@@ -12,6 +12,7 @@ import sys
 import tempfile
 import urllib.parse
 from functools import partial
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -115,7 +116,7 @@ async def _run_replay(recording: Recording, config: Config, *, tolerance_s: floa
             cfg = replay_config(config, recording, realtime_url=realtime_url, db_path=Path(tmp) / "replay.sqlite3")
             store = await Store.open(cfg.db_path, schemas=SCHEMAS)
             try:
-                daemon = Daemon(cfg, job=build_job(cfg), store=store)
+                daemon = Daemon(cfg, job=build_job(cfg), store=store, wall_clock=_recorded_clock(recording, caller))
                 daemon.observers.append(observe)
                 stop = trio.Event()
                 async with trio.open_nursery() as daemon_nursery:
@@ -138,6 +139,19 @@ async def _run_replay(recording: Recording, config: Config, *, tolerance_s: floa
     got = {"twilio": caller.twilio} if caller.twilio is not None else {}
     got.update({conn.name: conn for conn in server.connections})
     return _Replayed(report, plan, got, caller.t0, tolerance_s)
+
+
+def _recorded_clock(recording: Recording, caller: "_ReplayCaller") -> Callable[[], datetime] | None:
+    """The wall clock of the recorded call, running from when the replayed call starts (None: the real one)."""
+    started = recording.wall_clock
+    if started is None:
+        return None
+
+    def now() -> datetime:
+        elapsed = trio.current_time() - caller.t0 if caller.t0 else 0.0
+        return started + timedelta(seconds=max(0.0, elapsed))
+
+    return now
 
 
 class _ReplayCaller:
@@ -377,9 +391,9 @@ def run_replay_command(config: Config, files: list[Path], *, json_out: bool, tol
         for error in errors:
             print(f"voicebridge replay: {error}", file=sys.stderr)
         return 2
-    from voicebridge.jobs.pizza.menu import load_menu
+    from voicebridge.business import build_job
 
-    load_menu(config.menu_path)  # a bad menu stops here with one line (cli: MenuError, exit 2)
+    build_job(config)  # a bad business file stops here with one line (cli: MenuError/BusinessError, exit 2)
     logging.basicConfig(level=logging.ERROR, format="  [%(levelname)s] %(name)s: %(message)s")
     longest = max(r.last_t for r in recordings)
     print(f"voicebridge replay: {len(recordings)} recording(s), in real time (about {longest + 2:.0f} s)",
