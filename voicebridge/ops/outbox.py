@@ -124,6 +124,7 @@ class _Delivery:
         poll_s: float = POLL_S,
         now: Callable[[], datetime] = utc_now,
         rand: Callable[[], float] = random.random,
+        on_result: Callable[[str], None] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -137,6 +138,7 @@ class _Delivery:
         self.poll_s = poll_s
         self._now = now
         self._rand = rand
+        self._on_result = on_result  # told "delivered", "retry" or "dead" after each attempt (metrics)
         self._wakeup = trio.Event()
 
     def wake(self) -> None:
@@ -174,25 +176,33 @@ class _Delivery:
         raise NotImplementedError
 
     async def _attempt(self, row: OutboxRow) -> None:
+        state = await self._attempt_once(row)
+        if self._on_result is not None:
+            self._on_result(state)
+
+    async def _attempt_once(self, row: OutboxRow) -> str:
         attempt = row.attempts + 1
         try:
             error = await self._send(row)
         except Undeliverable as exc:
             await self.store.mark_dead(row.id, error=f"undeliverable: {exc}")
             log.error("%s cannot be delivered to the %s, ever (%s)", _what(row), self.label, exc)
-            return
+            return "dead"
         if error is None:
             await self.store.mark_delivered(row.id, delivered_at=self._now())
             log.info("%s delivered to the %s (attempt %d)", _what(row), self.label, attempt)
+            return "delivered"
         elif attempt >= self.max_attempts:
             await self.store.mark_dead(row.id, error=error)
             log.error("%s %s delivery failed %d times, giving up (%s)%s", _what(row), self.label, attempt, error,
                       self._resend_hint(row))
+            return "dead"
         else:
             delay = backoff_delay_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s, rand=self._rand)
             await self.store.mark_retry(row.id, next_attempt_at=self._now() + timedelta(seconds=delay), error=error)
             log.warning("%s %s attempt %d failed (%s); retrying in %.1f s", _what(row), self.label, attempt, error,
                         delay)
+            return "retry"
 
     def _resend_hint(self, row: OutboxRow) -> str:
         return ""
