@@ -21,8 +21,8 @@ TUESDAY = dt.date(2026, 12, 8)
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "book.sqlite3", schemas=SCHEMAS)
+async def store(db_target: Path | str) -> AsyncIterator[Store]:
+    s = await Store.open(db_target, schemas=SCHEMAS)
     yield s
     await s.aclose()
 
@@ -111,9 +111,10 @@ async def test_a_booking_cancelled_meanwhile_cannot_be_moved(store: Store) -> No
         await commit(store, stale)
 
 
-async def test_two_calls_racing_for_one_slot_book_it_once(tmp_path: Path) -> None:
-    """Two daemons' stores on one file commit the same slot at once: one row; the loser hears the nearest times."""
-    path = tmp_path / "race.sqlite3"
+async def test_two_calls_racing_for_one_slot_book_it_once(db_target: Path | str) -> None:
+    """Two daemons' stores on one database (an SQLite file, or PostgreSQL) commit the same slot at once:
+    one row; the loser hears the nearest times."""
+    path = db_target
     a, b = await Store.open(path, schemas=SCHEMAS), await Store.open(path, schemas=SCHEMAS)
     first, second = booking_request(name="Sam"), booking_request(name="Alex", phone="+15550002222")
     results: dict[str, Any] = {}

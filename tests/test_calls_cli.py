@@ -1,4 +1,5 @@
-"""`voicebridge calls`: what a shop owner sees of past calls (outcome, cost, transcript)."""
+"""`voicebridge calls`: what a shop owner sees of past calls (outcome, cost, transcript), from an SQLite
+file or a PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from voicebridge.cli import main
 from voicebridge.ops.store import Store
 
 
-def _seed(db: Path) -> None:
+def _seed(db: Path | str) -> None:
     async def go() -> None:
         store = await Store.open(db)
         start = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
@@ -30,10 +31,10 @@ def _seed(db: Path) -> None:
     trio.run(go)
 
 
-def test_calls_lists_outcome_length_and_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_calls_lists_outcome_length_and_cost(db_target: Path | str, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """The list shows each call's outcome, length and estimated cost."""
-    db = tmp_path / "vb.sqlite3"
+    db = db_target  # an SQLite file, or a postgresql:// URL: VOICEBRIDGE_DB takes either
     _seed(db)
     monkeypatch.setenv("VOICEBRIDGE_DB", str(db))
     assert main(["calls"]) == 0
@@ -41,10 +42,10 @@ def test_calls_lists_outcome_length_and_cost(tmp_path: Path, monkeypatch: pytest
     assert "completed" in out and "1:35" in out and "$0.0949" in out
 
 
-def test_calls_show_prints_the_transcript_and_cost_breakdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_calls_show_prints_the_transcript_and_cost_breakdown(db_target: Path | str, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """`calls show SID` prints both sides of the conversation and the tokens behind the cost."""
-    db = tmp_path / "vb.sqlite3"
+    db = db_target  # an SQLite file, or a postgresql:// URL: VOICEBRIDGE_DB takes either
     _seed(db)
     monkeypatch.setenv("VOICEBRIDGE_DB", str(db))
     assert main(["calls", "show", "CA" + "1" * 32]) == 0

@@ -91,3 +91,17 @@ def test_cli_prints_one_line_and_exits_2(monkeypatch: pytest.MonkeyPatch, capsys
     assert main(["serve"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "VOICEBRIDGE_PORT" in err[0]
+
+
+def test_database_is_a_file_or_a_postgresql_url_whose_password_is_never_shown(tmp_path: Path) -> None:
+    """VOICEBRIDGE_DB: a path or sqlite:///path is the SQLite file; a postgresql:// URL is kept as
+    written (for the driver) but shown without its password; another scheme is refused."""
+    assert Config.from_env({"VOICEBRIDGE_DB": str(tmp_path / "a.db")}, env_file=None).db_path == tmp_path / "a.db"
+    assert Config.from_env({"VOICEBRIDGE_DB": f"sqlite://{tmp_path}/b.db"}, env_file=None).db_path == tmp_path / "b.db"
+    url = "postgresql://vb:hunter2-secret@db.internal:5433/voicebridge?sslmode=require"
+    cfg = Config.from_env({"VOICEBRIDGE_DB": url}, env_file=None)
+    assert cfg.db_path == url
+    assert cfg.redacted()["db_path"] == "postgresql://vb@db.internal:5433/voicebridge"
+    assert "hunter2" not in repr(cfg.redacted())
+    with pytest.raises(ConfigError, match="VOICEBRIDGE_DB"):
+        Config.from_env({"VOICEBRIDGE_DB": "mysql://x@y/z"}, env_file=None)

@@ -201,6 +201,32 @@ async def test_metrics_show_the_live_call_then_its_outcome(tmp_path: Path, lean:
             assert cost and float(cost[0].split()[1]) > 0
 
 
+async def test_a_live_call_is_in_the_shared_registry_until_it_ends(tmp_path: Path) -> None:
+    """While a call runs, the store's live-call list (what any process's staff page reads) shows it,
+    carried by this process, with its flow state; once it ends, the list is empty."""
+    with trio.fail_after(40):
+        async with running(tmp_path) as r:
+            seen: list[Any] = []
+
+            async def watch() -> None:
+                while not seen:
+                    seen.extend(await r.store.live_calls())
+                    await trio.sleep(0.02)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                await place_call(r.base, load_scenario("dtmf_transfer"), public_url=PUBLIC, auth_token=TOKEN)
+            [call] = seen
+            assert call.instance == r.store.instance_id and call.business == r.daemon.job.business_name
+            assert call.state and call.summary == {"direction": "inbound", "job": "pizza"}
+            assert [c.outcome for c in await r.store.list_calls()] == ["transferred"]
+            for _ in range(200):
+                if not await r.store.live_calls():
+                    break
+                await trio.sleep(0.02)
+            assert await r.store.live_calls() == []
+
+
 async def test_health_and_readiness(tmp_path: Path, lean: bool) -> None:
     """/healthz answers while up; /readyz is 200 while serving and 503 while draining."""
     with trio.fail_after(20):

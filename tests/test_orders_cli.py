@@ -43,9 +43,10 @@ def make_order(name: str, fulfillment: str = "pickup", address: str | None = Non
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    """A config whose database holds three orders: delivered (#1), dead (#2) and pending (#3)."""
-    path = tmp_path / "vb.sqlite3"
+def config(db_target: Path | str) -> Config:
+    """A config whose database (SQLite, or PostgreSQL) holds three orders: delivered (#1), dead (#2)
+    and pending (#3)."""
+    path = db_target
 
     async def fill() -> None:
         store = await Store.open(path)

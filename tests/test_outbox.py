@@ -57,8 +57,8 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "vb.sqlite3")
+async def store(db_target: Path | str) -> AsyncIterator[Store]:
+    s = await Store.open(db_target)
     try:
         yield s
     finally:
@@ -91,10 +91,10 @@ def test_backoff_doubles_from_two_seconds_to_a_five_minute_cap() -> None:
 
 
 async def test_retries_follow_the_backoff_schedule_then_the_row_dies(
-    tmp_path: Path, autojump_clock: MockClock
+    db_target: Path | str, autojump_clock: MockClock
 ) -> None:
     """On a mock clock, 500s are retried after 1, 2, 4, 8 s (rand 0.5), then the row is dead and kept."""
-    store = await Store.open(tmp_path / "vb.sqlite3", threaded=False)
+    store = await Store.open(db_target, threaded=False)
     t0 = datetime(2025, 5, 2, 18, 0, tzinfo=timezone.utc)
     start = trio.current_time()
     seen: list[tuple[float, httpx.Request]] = []
@@ -138,10 +138,10 @@ async def _state_is(store: Store, order_id: int, state: str) -> bool:
 
 
 async def test_wake_delivers_at_once_and_polling_finds_rows_others_wrote(
-    tmp_path: Path, autojump_clock: MockClock
+    db_target: Path | str, autojump_clock: MockClock
 ) -> None:
     """A woken worker sends immediately; a row it was not told about goes out at the next poll."""
-    store = await Store.open(tmp_path / "vb.sqlite3", threaded=False)
+    store = await Store.open(db_target, threaded=False)
     start = trio.current_time()
     sent_at: list[float] = []
 
@@ -247,9 +247,9 @@ async def _last_error_is(store: Store, order_id: int, error: str) -> bool:
     return row is not None and row.last_error == error
 
 
-async def test_outage_across_a_restart_delivers_exactly_once(tmp_path: Path) -> None:
+async def test_outage_across_a_restart_delivers_exactly_once(db_target: Path | str) -> None:
     """Receiver down: attempts are recorded; after a worker and store restart it comes up and gets one delivery."""
-    path = tmp_path / "vb.sqlite3"
+    path = db_target
     async with trio.open_nursery() as outer:
         receiver = await start_receiver(outer)
         await receiver.go_down()
@@ -288,7 +288,7 @@ async def _attempts_at_least(store: Store, order_id: int, n: int) -> bool:
     return row is not None and row.attempts >= n
 
 
-async def _row(path: Path, order_id: int) -> OutboxRow:
+async def _row(path: Path | str, order_id: int) -> OutboxRow:
     store = await Store.open(path)
     try:
         return await box(store, order_id)
@@ -296,19 +296,22 @@ async def _row(path: Path, order_id: int) -> OutboxRow:
         await store.aclose()
 
 
-async def test_delivery_in_flight_when_the_process_dies_is_resent_and_deduped(tmp_path: Path) -> None:
-    """The shop got the order but the answer was lost: after restart it is sent again and deduped by key."""
-    path = tmp_path / "vb.sqlite3"
+async def test_delivery_in_flight_when_the_process_dies_is_resent_and_deduped(db_target: Path | str) -> None:
+    """The shop got the order but the answer was lost: after restart, once the dead process's claim
+    runs out, it is sent again and deduped by key."""
+    path = db_target
     async with trio.open_nursery() as outer:
         receiver = await start_receiver(outer)
         receiver.behavior = Behavior.ACCEPT_THEN_HANG
         store = await Store.open(path)
         order_id = await save(store)
         async with trio.open_nursery() as process:
-            worker = fast_worker(store, receiver.url, max_attempts=5, timeout_s=30)
+            worker = fast_worker(store, receiver.url, max_attempts=5, timeout_s=30, lease_s=0.5)
             await process.start(worker.run)
             with trio.fail_after(5):
                 await receiver.wait_for_requests(1)
+            claimed = await box(store, order_id)
+            assert claimed.claimed_by == worker.owner and claimed.lease_until is not None
             process.cancel_scope.cancel()  # dies mid-request
         await store.aclose()
 

@@ -7,8 +7,9 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
+import psycopg
 import pytest
 import trio
 
@@ -31,13 +32,28 @@ def confirmed_order(name: str = "Sam") -> Order:
     return order
 
 
-def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    """Rows from the database file, read with a separate plain connection."""
+def rows(path: Path | str, sql: str) -> list[tuple[object, ...]]:
+    """Rows from the database (an SQLite file, or the test server's PostgreSQL database, which needs
+    no password), read with a separate plain connection."""
+    if isinstance(path, str):
+        with psycopg.connect(path) as pg:
+            return [tuple(r) for r in pg.execute(sql).fetchall()]
     conn = sqlite3.connect(path)
     try:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+def ddl(target: Path | str, sqlite_sql: str, postgres_sql: str) -> None:
+    """Change the schema behind the store's back (a test fault), in the engine's own dialect."""
+    if isinstance(target, str):
+        with psycopg.connect(target, autocommit=True) as pg:
+            pg.execute(postgres_sql)
+        return
+    conn = sqlite3.connect(target)
+    conn.executescript(sqlite_sql)
+    conn.close()
 
 
 @pytest.fixture
@@ -46,17 +62,20 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(db_path)
+async def store(db_target: Path | str) -> AsyncIterator[Store]:
+    """The store on each engine (the tests of SQLite's own file and locking use `db_path`)."""
+    s = await Store.open(db_target)
     try:
         yield s
     finally:
         await s.aclose()
 
 
-async def test_new_database_is_migrated_in_wal_mode(store: Store, db_path: Path) -> None:
+async def test_new_database_is_migrated_in_wal_mode(db_path: Path) -> None:
     """An empty file gets every table, the current user_version, and WAL journaling."""
+    store = await Store.open(db_path)
     assert await store.schema_version() == SCHEMA_VERSION
+    await store.aclose()
     tables = {r[0] for r in rows(db_path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"calls", "transcripts", "orders", "order_items", "outbox"} <= tables
     assert rows(db_path, "PRAGMA journal_mode") == [("wal",)]
@@ -209,10 +228,9 @@ async def test_idempotency_keys_differ_between_orders(store: Store) -> None:
 
 async def test_order_and_outbox_commit_together_or_not_at_all(store: Store) -> None:
     """If the outbox insert fails inside the transaction, no order or item row is left either."""
-    conn = sqlite3.connect(store.path)
-    conn.execute("CREATE TRIGGER fail_outbox BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-    conn.commit()
-    conn.close()
+    ddl(store.path, "CREATE TRIGGER fail_outbox BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+        "CREATE FUNCTION fail_outbox() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;"
+        " CREATE TRIGGER fail_outbox BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION fail_outbox()")
     with pytest.raises(StoreError, match="disk full"):
         await save_order(store, "CA1", confirmed_order(), T0)
     assert rows(store.path, "SELECT COUNT(*) FROM orders") == [(0,)]
@@ -220,10 +238,7 @@ async def test_order_and_outbox_commit_together_or_not_at_all(store: Store) -> N
     assert rows(store.path, "SELECT COUNT(*) FROM outbox") == [(0,)]
     assert await orders(store) == []
     # The store still works once the fault is gone.
-    conn = sqlite3.connect(store.path)
-    conn.execute("DROP TRIGGER fail_outbox")
-    conn.commit()
-    conn.close()
+    ddl(store.path, "DROP TRIGGER fail_outbox;", "DROP TRIGGER fail_outbox ON outbox")
     order_id = await save_order(store, "CA1", confirmed_order(), T0)
     assert await outbox_for_order(store, order_id) is not None
 
@@ -298,3 +313,19 @@ async def test_check_writable_passes_then_fails_when_locked_or_closed(db_path: P
     with pytest.raises(StoreError, match="closed"):
         await store.check_writable()
     await store.aclose()  # idempotent
+
+
+async def test_check_writable_fails_on_a_read_only_postgresql_database(pg: Any) -> None:
+    """Readiness on PostgreSQL: a database that takes no writes (a standby after a failover) is not ready."""
+    url = pg.new_database()
+    store = await Store.open(url)
+    try:
+        await store.check_writable()
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {url.rsplit('/', 1)[1]} SET default_transaction_read_only = on")
+        await store.aclose()
+        store = await Store.open(url)  # new connections read the new setting
+        with pytest.raises(StoreError, match="read-only"):
+            await store.check_writable()
+    finally:
+        await store.aclose()

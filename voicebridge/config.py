@@ -66,7 +66,7 @@ class Config:
     # daemon
     host: str = "127.0.0.1"
     port: int = 8080
-    db_path: Path = Path("voicebridge.sqlite3")
+    db_path: Path | str = Path("voicebridge.sqlite3")  # an SQLite file, or a postgresql:// URL
     record_dir: Path | None = None
     log_level: str = "INFO"
     log_format: str = "auto"  # "json", "text", or "auto": text on a terminal, json otherwise
@@ -149,7 +149,7 @@ class Config:
             allow_unsigned=g.get("VOICEBRIDGE_ALLOW_UNSIGNED", _bool, False),
             host=g.get("VOICEBRIDGE_HOST", _nonempty, "127.0.0.1"),
             port=g.get("VOICEBRIDGE_PORT", _port, 8080),
-            db_path=g.get("VOICEBRIDGE_DB", _path, Path("voicebridge.sqlite3")),
+            db_path=g.get("VOICEBRIDGE_DB", _db, _DEFAULT_DB),
             record_dir=g.get("VOICEBRIDGE_RECORD_DIR", _path, None),
             log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
             log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text", "auto")), "auto"),
@@ -242,6 +242,8 @@ class Config:
             value = getattr(self, f.name)
             if f.name in SECRET_FIELDS:
                 value = "<set>" if value else None
+            elif f.name == "db_path" and isinstance(value, str):
+                value = db_url_redacted(value)
             elif isinstance(value, (Path, Decimal)):
                 value = str(value)
             elif isinstance(value, Prices):
@@ -406,6 +408,31 @@ def _origin(raw: str) -> str:
 
 def _path(raw: str) -> Path:
     return Path(raw).expanduser()
+
+
+_DEFAULT_DB: Path | str = Path("voicebridge.sqlite3")
+
+
+def db_url_redacted(url: str) -> str:
+    """A database URL without its password (nor a query, which may carry one)."""
+    parts = urllib.parse.urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
+
+
+def _db(raw: str) -> Path | str:
+    """An SQLite file (a path, or sqlite:///path), or a PostgreSQL URL kept as it is."""
+    if raw.startswith(("postgresql://", "postgres://")):
+        return raw
+    if raw.startswith("sqlite:///"):
+        raw = raw[len("sqlite://"):]
+    elif "://" in raw:
+        raise ValueError("expected a file path, sqlite:///path or postgresql://user@host/dbname")
+    return _path(raw)
 
 
 def _phone(raw: str) -> str:

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 import trio
@@ -69,7 +70,7 @@ def _positive(text: str) -> int:
 
 def _with_store(config: Config, command: str, fn: Callable[[Store], Awaitable[T]]) -> T | None:
     """Run `fn(store)` under trio.run; print one error line and return None if the store fails."""
-    if not config.db_path.is_file():
+    if isinstance(config.db_path, Path) and not config.db_path.is_file():
         print(f"voicebridge {command}: no database at {config.db_path} (nothing taken or booked yet?)", file=sys.stderr)
         return None
 

@@ -14,10 +14,15 @@ body to ORDER_WEBHOOK_URL, signed:
 
 A 2xx marks the row delivered. Anything else (refused, timeout, 4xx/5xx) is retried with
 exponential backoff and full jitter (base 2 s, cap 5 min); after `max_attempts` failures
-the row is dead, and stays in the table for `voicebridge resend`. Rows live in SQLite, so
-pending ones (also one in flight when the process died) resume when a worker starts
+the row is dead, and stays in the table for `voicebridge resend`. Rows live in the database,
+so pending ones (also one in flight when the process died) resume when a worker starts
 again: delivery is at-least-once, and the receiver dedupes by Idempotency-Key. The calendar
 rows retry the same way; a calendar write is idempotent by the event's UID.
+
+Any number of processes may deliver from one database: a worker CLAIMS a row before sending
+it (`Store.claim_due`: a lease of `lease_s`, by default four send timeouts and half a minute),
+so no two send it at once; a process that dies mid-delivery loses its claim when the lease
+runs out and another process sends the row again, with the same Idempotency-Key.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import random
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 from importlib import metadata
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 import httpx
 import trio
@@ -124,6 +129,8 @@ class _Delivery:
         poll_s: float = POLL_S,
         now: Callable[[], datetime] = utc_now,
         rand: Callable[[], float] = random.random,
+        lease_s: float | None = None,
+        owner: str | None = None,
         on_result: Callable[[str], None] | None = None,
     ) -> None:
         if max_attempts < 1:
@@ -140,6 +147,20 @@ class _Delivery:
         self._rand = rand
         self._on_result = on_result  # told "delivered", "retry" or "dead" after each attempt (metrics)
         self._wakeup = trio.Event()
+        # a claim outlives the longest send (`_send` is bounded by a few timeouts) with room to mark it
+        self.lease_s = lease_s if lease_s is not None else 4 * timeout_s + 30.0
+        if self.lease_s <= 0:
+            raise ValueError("lease_s must be positive")
+        self.owner = owner or store.instance_id
+        # Told when a row is delivered or given up on (row, "delivered" | "dead"): the staff board shows it.
+        self.on_settled: Callable[[OutboxRow, str], Awaitable[None]] | None = None
+
+    async def _settled(self, row: OutboxRow, state: str) -> None:
+        if self.on_settled is not None:
+            try:
+                await self.on_settled(row, state)
+            except Exception as exc:  # the delivery is recorded; only the board's news of it is lost
+                log.error("could not report a settled delivery: %s", type(exc).__name__)
 
     def wake(self) -> None:
         """A row was committed or revived: look for due rows now."""
@@ -166,7 +187,8 @@ class _Delivery:
     async def deliver_due(self) -> int:
         """Attempt every row due now (at most BATCH); returns how many were attempted."""
         for count in range(BATCH):
-            row = await self.store.next_due(self._now(), (self.target,), in_subject_order=self.in_subject_order)
+            row = await self.store.claim_due(self._now(), (self.target,), owner=self.owner, lease_s=self.lease_s,
+                                             in_subject_order=self.in_subject_order)
             if row is None:
                 return count
             await self._attempt(row)
@@ -176,30 +198,47 @@ class _Delivery:
         raise NotImplementedError
 
     async def _attempt(self, row: OutboxRow) -> None:
-        state = await self._attempt_once(row)
+        try:
+            state = await self._attempt_claimed(row)
+        except trio.Cancelled:
+            # stopping (a drain, a restart): hand the claim back so another process need not wait for the
+            # lease; if the answer was lost in flight the row is sent again, deduped by its key
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                try:
+                    await self.store.release_claim(row.id, claimed_by=self.owner)
+                except StoreError as exc:
+                    log.warning("%s: the claim stays until its lease runs out (%s)", _what(row), exc)
+            raise
         if self._on_result is not None:
             self._on_result(state)
 
-    async def _attempt_once(self, row: OutboxRow) -> str:
+    async def _attempt_claimed(self, row: OutboxRow) -> str:
         attempt = row.attempts + 1
         try:
             error = await self._send(row)
         except Undeliverable as exc:
-            await self.store.mark_dead(row.id, error=f"undeliverable: {exc}")
+            await self.store.mark_dead(row.id, error=f"undeliverable: {exc}", claimed_by=self.owner)
             log.error("%s cannot be delivered to the %s, ever (%s)", _what(row), self.label, exc)
+            await self._settled(row, "dead")
             return "dead"
         if error is None:
-            await self.store.mark_delivered(row.id, delivered_at=self._now())
-            log.info("%s delivered to the %s (attempt %d)", _what(row), self.label, attempt)
+            if await self.store.mark_delivered(row.id, delivered_at=self._now(), claimed_by=self.owner):
+                log.info("%s delivered to the %s (attempt %d)", _what(row), self.label, attempt)
+            else:
+                log.warning("%s delivered to the %s after its claim ran out (another process may send it again; "
+                            "the receiver dedupes by Idempotency-Key)", _what(row), self.label)
+            await self._settled(row, "delivered")
             return "delivered"
         elif attempt >= self.max_attempts:
-            await self.store.mark_dead(row.id, error=error)
+            await self.store.mark_dead(row.id, error=error, claimed_by=self.owner)
             log.error("%s %s delivery failed %d times, giving up (%s)%s", _what(row), self.label, attempt, error,
                       self._resend_hint(row))
+            await self._settled(row, "dead")
             return "dead"
         else:
             delay = backoff_delay_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s, rand=self._rand)
-            await self.store.mark_retry(row.id, next_attempt_at=self._now() + timedelta(seconds=delay), error=error)
+            await self.store.mark_retry(row.id, next_attempt_at=self._now() + timedelta(seconds=delay), error=error,
+                                        claimed_by=self.owner)
             log.warning("%s %s attempt %d failed (%s); retrying in %.1f s", _what(row), self.label, attempt, error,
                         delay)
             return "retry"

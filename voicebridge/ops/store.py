@@ -1,30 +1,43 @@
-"""SQLite storage plumbing: calls, transcripts, the webhook outbox, and the jobs' own tables.
+"""Storage plumbing: calls, transcripts, the outbox, the shared live state, and the jobs' own tables.
 
-One connection in WAL mode. Every public method is async and runs its SQL in a worker
-thread (`trio.to_thread.run_sync`), one at a time behind a lock, so a slow disk never
-blocks a call. A job's commit (`Store.commit`) runs in ONE transaction with the outbox
-events it queues, so a confirmed order or booking and its webhook delivery are never apart.
+Two engines behind one API (`voicebridge.ops.db`): an SQLite file (the embedded default: one
+connection in WAL mode) or PostgreSQL (`VOICEBRIDGE_DB=postgresql://...`, for several processes
+or machines). Every public method is async and runs its SQL in a worker thread
+(`trio.to_thread.run_sync`), so a slow disk or network never blocks a call. A job's commit
+(`Store.commit`) runs in ONE transaction with the outbox events it queues, so a confirmed order
+or booking and its webhook delivery are never apart.
 
 The store knows no job: each job hands its own migrations (`Job.schema`) to `Store.open`.
-The engine's schema is a list of migrations applied in order, each in its own transaction,
-with the version kept in `PRAGMA user_version`; each job's version is kept in the
-`schema_versions` table. A database written by a newer voicebridge refuses to open.
-Datetimes are stored as ISO-8601 UTC text (`2025-01-31T18:04:05.000000Z`).
+The engine's schema is ONE list of migrations for both engines (written in SQLite's DDL and
+translated for PostgreSQL, see `voicebridge.ops.db`), applied in order, each in its own
+transaction, with the version kept in `PRAGMA user_version` (PostgreSQL: a one-row table);
+each job's version is kept in the `schema_versions` table. A database written by a newer
+voicebridge refuses to open. Datetimes are stored as ISO-8601 UTC text
+(`2025-01-31T18:04:05.000000Z`), which sorts as time in both engines.
+
+Shared by every process on one database: the outbox's claims (a row being delivered is
+leased to one process, `claim_due`), redeemed stream tokens (`redeem_token`) and the
+live-call registry (`live_call_upsert`, `live_calls`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
-import sqlite3
-from contextlib import contextmanager
-from datetime import datetime, timezone
+import socket
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import attrs
-import trio
+
+from voicebridge.ops.db import Backend, Conflict, Sql, StoreError, is_postgres_url
+from voicebridge.ops.db_sqlite import SqliteBackend
+
+__all__ = ["Store", "StoreError", "Conflict", "MIGRATIONS", "SCHEMA_VERSION", "CallRow", "TranscriptRow",
+           "OutboxRow", "LiveCallRow", "utc_text"]
 
 
 T = TypeVar("T")
@@ -133,12 +146,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             version INTEGER NOT NULL
         )""",
     ),
+    # 3: several processes (or machines, on PostgreSQL) share one database: an outbox row being
+    # delivered is leased to one of them; a stream token is redeemed once across all of them;
+    # every live call is listed for the staff page, whichever process carries it.
+    (
+        "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE outbox ADD COLUMN lease_until TEXT",
+        """CREATE TABLE redeemed_tokens (
+            token_hash TEXT PRIMARY KEY,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX redeemed_tokens_expiry ON redeemed_tokens (expires_at)",
+        """CREATE TABLE live_calls (
+            call_sid TEXT PRIMARY KEY,
+            business TEXT,
+            instance TEXT NOT NULL,
+            state TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            heartbeat_at TEXT NOT NULL,
+            summary TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX live_calls_heartbeat ON live_calls (heartbeat_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class StoreError(Exception):
-    """The database cannot be opened or written, or a method got a bad argument."""
 
 
 # -- rows -------------------------------------------------------------------------------
@@ -182,6 +213,21 @@ class OutboxRow:
     last_error: str | None
     delivered_at: datetime | None
     created_at: datetime
+    claimed_by: str | None = None  # the process delivering it now (while lease_until is ahead)
+    lease_until: datetime | None = None
+
+
+@attrs.frozen
+class LiveCallRow:
+    """A call in progress on some process: what the staff page lists."""
+
+    call_sid: str
+    business: str | None
+    instance: str  # the process carrying it (Store.instance_id)
+    state: str
+    started_at: datetime
+    heartbeat_at: datetime
+    summary: dict[str, Any]
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -215,19 +261,7 @@ def _text(value: object, name: str, *, optional: bool = False, max_len: int = 10
     return value
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _outbox_row(r: sqlite3.Row) -> OutboxRow:
+def _outbox_row(r: Mapping[str, Any]) -> OutboxRow:
     return OutboxRow(
         id=r["id"],
         event=r["event"],
@@ -241,172 +275,167 @@ def _outbox_row(r: sqlite3.Row) -> OutboxRow:
         last_error=r["last_error"],
         delivered_at=_dt(r["delivered_at"]),
         created_at=_req_dt(r["created_at"]),
+        claimed_by=r.get("claimed_by"),
+        lease_until=_dt(r.get("lease_until")),
     )
 
 
 Schemas = Mapping[str, Sequence[Sequence[str]]]  # component (a job's name) -> its migrations
 
 
-def _connect(path: Path, busy_timeout_ms: int, schemas: Schemas) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"database {path}: cannot use WAL mode (journal_mode is {mode})")
-        conn.execute("PRAGMA synchronous = FULL")  # a confirmed order survives a power cut
-        conn.execute("PRAGMA foreign_keys = ON")
-        _migrate(conn, path)
-        for component, migrations in schemas.items():
-            _migrate_component(conn, path, component, migrations)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+def _migrate(sql: Sql, name: str) -> None:
     for _ in range(len(MIGRATIONS) + 1):
-        with _transaction(conn):
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        with sql.transaction():
+            sql.schema_lock()
+            version = sql.engine_version()
             if version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"database {path} has schema version {version}, newer than this voicebridge "
+                    f"database {name} has schema version {version}, newer than this voicebridge "
                     f"(which knows up to {SCHEMA_VERSION}); upgrade voicebridge or use another VOICEBRIDGE_DB"
                 )
             if version == SCHEMA_VERSION:
                 return
             for statement in MIGRATIONS[version]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version + 1}")
+                sql.execute(sql.ddl(statement))
+            sql.set_engine_version(version + 1)
 
 
-def _migrate_component(conn: sqlite3.Connection, path: Path, component: str, migrations: Sequence[Sequence[str]]) -> None:
+def _migrate_component(sql: Sql, name: str, component: str, migrations: Sequence[Sequence[str]]) -> None:
     """Apply a job's own migrations after the engine's; its version lives in schema_versions."""
     for _ in range(len(migrations) + 1):
-        with _transaction(conn):
-            row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
-            version = 0 if row is None else row[0]
+        with sql.transaction():
+            sql.schema_lock()
+            rows = sql.execute("SELECT version FROM schema_versions WHERE component = ?", (component,))
+            version = 0 if not rows else int(rows[0]["version"])
             if version > len(migrations):
                 raise StoreError(
-                    f"database {path}: the {component} tables have schema version {version}, newer than this "
+                    f"database {name}: the {component} tables have schema version {version}, newer than this "
                     f"voicebridge (which knows up to {len(migrations)}); upgrade voicebridge or use another VOICEBRIDGE_DB"
                 )
             if version == len(migrations):
                 return
             for statement in migrations[version]:
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_versions (component, version) VALUES (?, ?)"
-                         " ON CONFLICT (component) DO UPDATE SET version = excluded.version", (component, version + 1))
+                sql.execute(sql.ddl(statement))
+            sql.execute("INSERT INTO schema_versions (component, version) VALUES (?, ?)"
+                        " ON CONFLICT (component) DO UPDATE SET version = excluded.version", (component, version + 1))
 
 
-class _SqliteTransaction:
-    """`voicebridge.engine.job.Transaction` on an open SQLite transaction (or a read-only connection)."""
+class StoreTransaction:
+    """`voicebridge.engine.job.Transaction` on an open transaction (or a read-only connection), either engine."""
 
-    def __init__(self, conn: sqlite3.Connection, now: datetime, *, writable: bool) -> None:
-        self._conn = conn
+    def __init__(self, sql: Sql, now: datetime, *, writable: bool) -> None:
+        self._sql = sql
         self._now = utc_text(now, "now")
         self._writable = writable
+        self.dialect = sql.dialect
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        cur = self._conn.execute(sql, tuple(params))
-        return [dict(r) for r in cur.fetchall()] if cur.description else []
+        return self._sql.execute(sql, params)
 
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         if not self._writable:
             raise StoreError("a read cannot insert")
-        cur = self._conn.execute(sql, tuple(params))
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        return self._sql.insert(sql, params)
 
     def enqueue(self, event: str, subject: str, payload: dict[str, Any], target: str = "webhook") -> None:
         if not self._writable:
             raise StoreError("a read cannot queue a delivery")
         body = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_json_default)
         key = f"{subject.replace(':', '-')}-{secrets.token_hex(8)}"
-        self._conn.execute(
+        self._sql.execute(
             "INSERT INTO outbox (event, subject, target, idempotency_key, payload, state, attempts, next_attempt_at,"
             " created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
             (event, subject, target, key, body, self._now, self._now),
         )
 
 
+_SqliteTransaction = StoreTransaction  # the name other modules used before PostgreSQL
+
+
 # An outbox row whose subject has no older pending row for its target.
 _HEAD_OF_SUBJECT = (" AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' AND p.target = o.target"
                     " AND p.subject = o.subject AND p.id < o.id)")
+# A row nobody is delivering now: never claimed, or its claimer's lease ran out (it crashed or hung).
+_UNCLAIMED = " AND (o.lease_until IS NULL OR o.lease_until <= ?)"
+
+LIVE_STALE_S = 90.0  # a live call whose process sent no heartbeat for this long is gone (it crashed)
+
+
+def new_instance_id() -> str:
+    """This process's name in claims and the live-call registry: host, pid and a random tail."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 # -- the store --------------------------------------------------------------------------
 
 
 class Store:
-    """The SQLite database. Open with `await Store.open(path)`; close with `aclose()`."""
+    """The database. Open with `await Store.open(path_or_url)`; close with `aclose()`."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, threaded: bool) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = conn
-        self._threaded = threaded
-        self._lock = trio.Lock()
+    def __init__(self, backend: Backend, path: Path | str) -> None:
+        self.path = path  # the SQLite file, or the PostgreSQL URL without its password
+        self.dialect = backend.dialect
+        self.instance_id = new_instance_id()
+        self._backend = backend
 
     @classmethod
-    async def open(cls, path: Path, *, threaded: bool = True, busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    async def open(cls, path: Path | str, *, threaded: bool = True, busy_timeout_ms: int = BUSY_TIMEOUT_MS,
                    schemas: Schemas | None = None) -> Store:
-        """Open (creating and migrating) the database at `path`; its directory must exist.
+        """Open (creating and migrating) the database: an SQLite file at `path` (its directory must
+        exist; "sqlite:///path" works too) or a PostgreSQL URL ("postgresql://user@host/db").
 
         `schemas` are the jobs' own migrations (`{job.name: job.schema}`), applied after the engine's.
         `busy_timeout_ms` is how long a write waits for another process's lock.
         `threaded=False` runs SQL on the event loop itself: only for tests on a mock clock,
         never in the daemon.
         """
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise StoreError(f"database {path}: the directory {path.parent} does not exist")
-        if path.exists() and not path.is_file():
-            raise StoreError(f"database {path}: not a regular file")
+        backend: Backend
+        if is_postgres_url(path):
+            from voicebridge.ops.db_postgres import PostgresBackend  # psycopg only when it is used
+
+            backend = await PostgresBackend.open(str(path), threaded=threaded, busy_timeout_ms=busy_timeout_ms)
+            where: Path | str = backend.name
+        else:
+            text = str(path)
+            where = Path(text[len("sqlite://"):]) if text.startswith("sqlite:///") else Path(path)
+            backend = await SqliteBackend.open(where, threaded=threaded, busy_timeout_ms=busy_timeout_ms)
+        components = dict(schemas or {})
+
+        def migrate(sql: Sql) -> None:
+            _migrate(sql, backend.name)
+            for component, migrations in components.items():
+                _migrate_component(sql, backend.name, component, migrations)
+
         try:
-            if threaded:
-                conn = await trio.to_thread.run_sync(_connect, path, busy_timeout_ms, dict(schemas or {}))
-            else:
-                conn = _connect(path, busy_timeout_ms, dict(schemas or {}))
-        except sqlite3.Error as exc:
-            raise StoreError(f"database {path}: {exc}") from None
-        return cls(conn, path, threaded)
+            await backend.run(migrate)
+        except BaseException:
+            await backend.aclose()
+            raise
+        return cls(backend, where)
 
     async def aclose(self) -> None:
-        """Close the connection (idempotent); later calls raise StoreError."""
-        async with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                if self._threaded:
-                    await trio.to_thread.run_sync(conn.close)
-                else:
-                    conn.close()
+        """Close the connection(s) (idempotent); later calls raise StoreError."""
+        await self._backend.aclose()
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        async with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise StoreError(f"database {self.path}: the store is closed")
-            try:
-                if self._threaded:
-                    return await trio.to_thread.run_sync(fn, conn)
-                return fn(conn)
-            except sqlite3.Error as exc:
-                raise StoreError(f"database {self.path}: {exc}") from exc
+    async def _run(self, fn: Callable[[Sql], T]) -> T:
+        return await self._backend.run(fn)
 
     async def check_writable(self) -> None:
         """Raise StoreError unless a write transaction can start now (for readiness checks)."""
 
-        def check(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
+        def check(sql: Sql) -> None:
+            with sql.transaction():
+                sql.execute("SELECT COUNT(*) AS n FROM schema_versions")
+                if sql.dialect == "postgresql":  # a standby (after a failover, a stale DNS name) takes no writes
+                    ro = sql.execute("SELECT current_setting('transaction_read_only') AS ro")[0]["ro"]
+                    if ro == "on":
+                        raise StoreError(f"database {self.path}: read-only (a standby, or default_transaction_read_only)")
 
         await self._run(check)
 
     async def schema_version(self) -> int:
-        """The database's `PRAGMA user_version`."""
-        return await self._run(lambda conn: int(conn.execute("PRAGMA user_version").fetchone()[0]))
+        """The engine schema's version (SQLite: `PRAGMA user_version`)."""
+        return await self._run(lambda sql: sql.engine_version())
 
     # -- calls and transcripts
 
@@ -429,14 +458,14 @@ class Store:
             raise StoreError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
         started = utc_text(started_at, "started_at")
 
-        def insert(conn: sqlite3.Connection) -> None:
+        def insert(sql: Sql) -> None:
             try:
-                conn.execute(
+                sql.execute(
                     "INSERT INTO calls (call_sid, stream_sid, from_number, to_number, direction, started_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (call_sid, stream_sid, from_number, to_number, direction, started),
                 )
-            except sqlite3.IntegrityError:
+            except Conflict:
                 raise StoreError(f"call {call_sid} is already recorded") from None
 
         await self._run(insert)
@@ -461,12 +490,12 @@ class Store:
         except (TypeError, ValueError) as exc:
             raise StoreError(f"cost_details is not JSON-able: {exc}") from None
 
-        def update(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(
+        def update(sql: Sql) -> None:
+            count = sql.rowcount(
                 "UPDATE calls SET ended_at = ?, outcome = ?, cost_usd = ?, cost_details = ? WHERE call_sid = ?",
                 (ended, outcome, None if cost_usd is None else str(cost_usd), details, call_sid),
             )
-            if cur.rowcount != 1:
+            if count != 1:
                 raise StoreError(f"no call {call_sid} (call_started was not recorded)")
 
         await self._run(update)
@@ -483,12 +512,13 @@ class Store:
         item_id = _text(item_id, "item_id", optional=True, max_len=128)
         when = utc_text(at, "at")
 
-        def insert(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                seq = conn.execute(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM transcripts WHERE call_sid = ?", (call_sid,)
-                ).fetchone()[0]
-                conn.execute(
+        def insert(sql: Sql) -> None:
+            with sql.transaction():
+                sql.serialize(f"transcript:{call_sid}")
+                seq = sql.execute(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM transcripts WHERE call_sid = ?", (call_sid,)
+                )[0]["seq"]
+                sql.execute(
                     "INSERT INTO transcripts (call_sid, seq, role, text, item_id, at) VALUES (?, ?, ?, ?, ?, ?)",
                     (call_sid, seq, role, text, item_id, when),
                 )
@@ -499,8 +529,8 @@ class Store:
         """The most recent calls first."""
         _limit(limit)
 
-        def query(conn: sqlite3.Connection) -> list[CallRow]:
-            rows = conn.execute("SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,)).fetchall()
+        def query(sql: Sql) -> list[CallRow]:
+            rows = sql.execute("SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,))
             return [
                 CallRow(
                     call_sid=r["call_sid"],
@@ -523,8 +553,8 @@ class Store:
         """A call's transcript in order."""
         _text(call_sid, "call_sid", max_len=64)
 
-        def query(conn: sqlite3.Connection) -> list[TranscriptRow]:
-            rows = conn.execute("SELECT * FROM transcripts WHERE call_sid = ? ORDER BY seq", (call_sid,)).fetchall()
+        def query(sql: Sql) -> list[TranscriptRow]:
+            rows = sql.execute("SELECT * FROM transcripts WHERE call_sid = ? ORDER BY seq", (call_sid,))
             return [
                 TranscriptRow(r["call_sid"], r["seq"], r["role"], r["text"], r["item_id"], _req_dt(r["at"]))
                 for r in rows
@@ -534,22 +564,26 @@ class Store:
 
     # -- a job's commit, and its reads
 
-    async def commit(self, fn: Callable[[_SqliteTransaction], T], *, now: datetime | None = None) -> T:
+    async def commit(self, fn: Callable[[StoreTransaction], T], *, now: datetime | None = None) -> T:
         """Run a job's commit in ONE transaction: its rows and the outbox events it queues land together
-        or not at all. `fn` runs in the store's thread; an exception rolls everything back."""
+        or not at all. `fn` runs in the store's thread; an exception rolls everything back. Commits
+        never overlap, in any number of processes: what `fn` reads stays true until it writes."""
         at = now or datetime.now(timezone.utc)
 
-        def run(conn: sqlite3.Connection) -> T:
-            with _transaction(conn):
-                return fn(_SqliteTransaction(conn, at, writable=True))
+        def run(sql: Sql) -> T:
+            with sql.transaction():
+                # Jobs check-then-write (is the slot still free?): commits run one at a time on every
+                # engine, as SQLite's single writer does (on PostgreSQL a lock held to the commit)
+                sql.serialize("job-commit")
+                return fn(StoreTransaction(sql, at, writable=True))
 
         return await self._run(run)
 
-    async def read(self, fn: Callable[[_SqliteTransaction], T]) -> T:
+    async def read(self, fn: Callable[[StoreTransaction], T]) -> T:
         """Run a job's query (`fn` sees a Transaction that can only read)."""
 
-        def run(conn: sqlite3.Connection) -> T:
-            return fn(_SqliteTransaction(conn, datetime.now(timezone.utc), writable=False))
+        def run(sql: Sql) -> T:
+            return fn(StoreTransaction(sql, datetime.now(timezone.utc), writable=False))
 
         return await self._run(run)
 
@@ -557,7 +591,8 @@ class Store:
 
     async def next_due(self, now: datetime, targets: Sequence[str] = ("webhook",), *,
                        in_subject_order: bool = False) -> OutboxRow | None:
-        """The pending outbox row for one of `targets` due soonest at or before `now`, or None.
+        """The pending, unclaimed outbox row for one of `targets` due soonest at or before `now`, or None
+        (a look only: `claim_due` is how a worker takes a row).
 
         With `in_subject_order`, a row is not due while an older pending row about the same
         subject and target waits (a booking's calendar writes land in the order they were made).
@@ -566,26 +601,60 @@ class Store:
         marks = ", ".join("?" for _ in targets)
         head = _HEAD_OF_SUBJECT if in_subject_order else ""
 
-        def query(conn: sqlite3.Connection) -> OutboxRow | None:
-            r = conn.execute(
-                f"SELECT * FROM outbox o WHERE state = 'pending' AND target IN ({marks}) AND next_attempt_at <= ?{head}"
-                " ORDER BY next_attempt_at, id LIMIT 1",
-                (*targets, at),
-            ).fetchone()
-            return None if r is None else _outbox_row(r)
+        def query(sql: Sql) -> OutboxRow | None:
+            rows = sql.execute(
+                f"SELECT * FROM outbox o WHERE state = 'pending' AND target IN ({marks}) AND next_attempt_at <= ?"
+                f"{_UNCLAIMED}{head} ORDER BY next_attempt_at, id LIMIT 1",
+                (*targets, at, at),
+            )
+            return _outbox_row(rows[0]) if rows else None
 
         return await self._run(query)
 
-    async def next_due_time(self, targets: Sequence[str] = ("webhook",), *,
-                            in_subject_order: bool = False) -> datetime | None:
-        """When the next pending row for one of `targets` is due, or None if nothing is pending."""
+    async def claim_due(self, now: datetime, targets: Sequence[str] = ("webhook",), *, owner: str,
+                        lease_s: float, in_subject_order: bool = False) -> OutboxRow | None:
+        """Take the due row `next_due` would give, leased to `owner` until `now + lease_s`, or None.
+
+        While the lease runs no other process takes the row; the `mark_*` calls with
+        `claimed_by=owner` end it. A process that dies holding a claim loses it when the lease
+        runs out, and the row is taken again (at-least-once; the receiver dedupes by its key).
+        On PostgreSQL the row is selected `FOR UPDATE SKIP LOCKED`, so claimers never wait on
+        each other; on SQLite the claim happens under the single writer's lock.
+        """
+        at = utc_text(now, "now")
+        _text(owner, "owner", max_len=200)
+        if not isinstance(lease_s, (int, float)) or not 0 < lease_s <= 86_400:
+            raise StoreError(f"lease_s must be a number of seconds from 0 to 86400, got {lease_s!r}")
+        until = utc_text(now + timedelta(seconds=lease_s), "lease_until")
         marks = ", ".join("?" for _ in targets)
         head = _HEAD_OF_SUBJECT if in_subject_order else ""
 
-        def query(conn: sqlite3.Connection) -> datetime | None:
-            r = conn.execute(f"SELECT MIN(next_attempt_at) FROM outbox o WHERE state = 'pending'"
-                             f" AND target IN ({marks}){head}", tuple(targets)).fetchone()
-            return _dt(r[0])
+        def claim(sql: Sql) -> OutboxRow | None:
+            with sql.transaction():
+                rows = sql.execute(
+                    f"SELECT * FROM outbox o WHERE state = 'pending' AND target IN ({marks}) AND next_attempt_at <= ?"
+                    f"{_UNCLAIMED}{head} ORDER BY next_attempt_at, id LIMIT 1{sql.skip_locked}",
+                    (*targets, at, at),
+                )
+                if not rows:
+                    return None
+                sql.execute("UPDATE outbox SET claimed_by = ?, lease_until = ? WHERE id = ?",
+                            (owner, until, rows[0]["id"]))
+                return _outbox_row({**rows[0], "claimed_by": owner, "lease_until": until})
+
+        return await self._run(claim)
+
+    async def next_due_time(self, targets: Sequence[str] = ("webhook",), *,
+                            in_subject_order: bool = False) -> datetime | None:
+        """When the next pending row for one of `targets` is due (or its claim runs out), or None."""
+        marks = ", ".join("?" for _ in targets)
+        head = _HEAD_OF_SUBJECT if in_subject_order else ""
+
+        def query(sql: Sql) -> datetime | None:
+            rows = sql.execute(
+                "SELECT MIN(CASE WHEN lease_until > next_attempt_at THEN lease_until ELSE next_attempt_at END)"
+                f" AS due FROM outbox o WHERE state = 'pending' AND target IN ({marks}){head}", tuple(targets))
+            return _dt(rows[0]["due"]) if rows else None
 
         return await self._run(query)
 
@@ -593,49 +662,62 @@ class Store:
         """The first outbox row about `subject` ("order:12") for `target`, or None."""
         _text(subject, "subject", max_len=200)
 
-        def query(conn: sqlite3.Connection) -> OutboxRow | None:
-            r = conn.execute("SELECT * FROM outbox WHERE subject = ? AND target = ? ORDER BY id LIMIT 1",
-                             (subject, target)).fetchone()
-            return None if r is None else _outbox_row(r)
+        def query(sql: Sql) -> OutboxRow | None:
+            rows = sql.execute("SELECT * FROM outbox WHERE subject = ? AND target = ? ORDER BY id LIMIT 1",
+                               (subject, target))
+            return _outbox_row(rows[0]) if rows else None
 
         return await self._run(query)
 
-    async def _update_pending(self, outbox_id: int, sql: str, params: tuple[object, ...]) -> bool:
+    async def _update_pending(self, outbox_id: int, sql_text: str, params: tuple[object, ...],
+                              claimed_by: str | None) -> bool:
         _order_id(outbox_id, "outbox_id")
+        owner = "" if claimed_by is None else " AND claimed_by = ?"
+        args = (*params, outbox_id) if claimed_by is None else (*params, outbox_id, claimed_by)
 
-        def update(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(sql + " WHERE id = ? AND state = 'pending'", (*params, outbox_id))
-            return cur.rowcount == 1
+        def update(sql: Sql) -> bool:
+            return sql.rowcount(sql_text + ", claimed_by = NULL, lease_until = NULL WHERE id = ? AND state = 'pending'"
+                                + owner, args) == 1
 
         return await self._run(update)
 
-    async def mark_delivered(self, outbox_id: int, *, delivered_at: datetime) -> bool:
-        """A 2xx came back: the row is delivered. False if the row was not pending."""
+    async def mark_delivered(self, outbox_id: int, *, delivered_at: datetime, claimed_by: str | None = None) -> bool:
+        """A 2xx came back: the row is delivered. False if the row was not pending (or, with
+        `claimed_by`, is no longer claimed by that owner)."""
         at = utc_text(delivered_at, "delivered_at")
         return await self._update_pending(
             outbox_id,
             "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, delivered_at = ?, next_attempt_at = NULL",
-            (at,),
+            (at,), claimed_by,
         )
 
-    async def mark_retry(self, outbox_id: int, *, next_attempt_at: datetime, error: str) -> bool:
+    async def mark_retry(self, outbox_id: int, *, next_attempt_at: datetime, error: str,
+                         claimed_by: str | None = None) -> bool:
         """An attempt failed; try again at `next_attempt_at`. False if the row was not pending."""
         at = utc_text(next_attempt_at, "next_attempt_at")
         _text(error, "error")
         return await self._update_pending(
             outbox_id,
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?",
-            (at, error[:500]),
+            (at, error[:500]), claimed_by,
         )
 
-    async def mark_dead(self, outbox_id: int, *, error: str) -> bool:
+    async def mark_dead(self, outbox_id: int, *, error: str, claimed_by: str | None = None) -> bool:
         """The last allowed attempt failed: the row is dead (kept, never deleted)."""
         _text(error, "error")
         return await self._update_pending(
             outbox_id,
             "UPDATE outbox SET state = 'dead', attempts = attempts + 1, next_attempt_at = NULL, last_error = ?",
-            (error[:500],),
+            (error[:500],), claimed_by,
         )
+
+    async def release_claim(self, outbox_id: int, *, claimed_by: str) -> bool:
+        """Give a claimed row back unsent (the process is stopping): others may take it at once."""
+        _order_id(outbox_id, "outbox_id")
+        _text(claimed_by, "claimed_by", max_len=200)
+        return await self._run(lambda sql: sql.rowcount(
+            "UPDATE outbox SET claimed_by = NULL, lease_until = NULL WHERE id = ? AND claimed_by = ?",
+            (outbox_id, claimed_by)) == 1)
 
     async def resend(self, subject: str, *, force: bool = False, now: datetime | None = None,
                      target: str = "webhook") -> bool:
@@ -649,23 +731,102 @@ class Store:
         due = utc_text(now or datetime.now(timezone.utc), "now")
         states = ("dead", "delivered") if force else ("dead",)
 
-        def update(conn: sqlite3.Connection) -> bool:
-            with _transaction(conn):
-                r = conn.execute("SELECT id, state FROM outbox WHERE subject = ? AND target = ? ORDER BY id LIMIT 1",
-                                 (subject, target)).fetchone()
-                if r is None:
+        def update(sql: Sql) -> bool:
+            with sql.transaction():
+                rows = sql.execute("SELECT id, state FROM outbox WHERE subject = ? AND target = ? ORDER BY id LIMIT 1"
+                                   + (" FOR UPDATE" if sql.skip_locked else ""), (subject, target))
+                if not rows:
                     kind, _, number = subject.partition(":")
                     raise StoreError(f"{kind} #{number} does not exist or has no webhook delivery")
-                if r["state"] not in states:
+                if rows[0]["state"] not in states:
                     return False
-                conn.execute(
-                    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, delivered_at = NULL"
-                    " WHERE id = ?",
-                    (due, r["id"]),
+                sql.execute(
+                    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, delivered_at = NULL,"
+                    " claimed_by = NULL, lease_until = NULL WHERE id = ?",
+                    (due, rows[0]["id"]),
                 )
                 return True
 
         return await self._run(update)
+
+    # -- shared live state: redeemed stream tokens, the live-call registry
+
+    async def redeem_token(self, token_hash: str, expires_at: datetime, *, now: datetime | None = None) -> bool:
+        """Record a stream token as used, in every process on this database: True if this call is
+        the first to redeem it, False if it was redeemed before. Tokens past their expiry are
+        forgotten here (the caller refuses an expired token by its own signed expiry first).
+        """
+        _text(token_hash, "token_hash", max_len=200)
+        until = utc_text(expires_at, "expires_at")
+        at = utc_text(now or datetime.now(timezone.utc), "now")
+
+        def redeem(sql: Sql) -> bool:
+            with sql.transaction():
+                sql.execute("DELETE FROM redeemed_tokens WHERE expires_at < ?", (at,))
+                return sql.rowcount("INSERT INTO redeemed_tokens (token_hash, expires_at) VALUES (?, ?)"
+                                    " ON CONFLICT (token_hash) DO NOTHING", (token_hash, until)) == 1
+
+        return await self._run(redeem)
+
+    async def live_call_upsert(self, call_sid: str, *, state: str, started_at: datetime, business: str | None = None,
+                               summary: Mapping[str, Any] | None = None, now: datetime | None = None) -> None:
+        """Add or refresh a call in the live-call registry, as carried by this process (`instance_id`)."""
+        _text(call_sid, "call_sid", max_len=64)
+        _text(state, "state", max_len=64)
+        business = _text(business, "business", optional=True, max_len=200)
+        started = utc_text(started_at, "started_at")
+        beat = utc_text(now or datetime.now(timezone.utc), "now")
+        try:
+            body = json.dumps(dict(summary or {}), sort_keys=True, separators=(",", ":"), default=_json_default)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"summary is not JSON-able: {exc}") from None
+        if len(body) > 4_000:
+            raise StoreError("summary is longer than 4000 characters of JSON")
+
+        def upsert(sql: Sql) -> None:
+            sql.execute(
+                "INSERT INTO live_calls (call_sid, business, instance, state, started_at, heartbeat_at, summary)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO UPDATE SET business = excluded.business,"
+                " instance = excluded.instance, state = excluded.state, heartbeat_at = excluded.heartbeat_at,"
+                " summary = excluded.summary",
+                (call_sid, business, self.instance_id, state, started, beat, body),
+            )
+
+        await self._run(upsert)
+
+    async def live_call_remove(self, call_sid: str) -> bool:
+        """The call ended: drop it from the registry. False if it was not listed."""
+        _text(call_sid, "call_sid", max_len=64)
+        return await self._run(lambda sql: sql.rowcount("DELETE FROM live_calls WHERE call_sid = ?", (call_sid,)) == 1)
+
+    async def live_calls_heartbeat(self, *, now: datetime | None = None) -> int:
+        """This process is alive: refresh the heartbeat of every call it carries; how many."""
+        beat = utc_text(now or datetime.now(timezone.utc), "now")
+        return await self._run(lambda sql: sql.rowcount(
+            "UPDATE live_calls SET heartbeat_at = ? WHERE instance = ?", (beat, self.instance_id)))
+
+    async def live_calls(self, *, business: str | None = None, now: datetime | None = None,
+                         stale_after_s: float = LIVE_STALE_S) -> list[LiveCallRow]:
+        """Every live call on every process (oldest first; only `business`'s if given). A call
+        whose process sent no heartbeat for `stale_after_s` is dropped: that process is gone."""
+        at = now or datetime.now(timezone.utc)
+        stale = utc_text(at - timedelta(seconds=stale_after_s), "now")
+        only = "" if business is None else " WHERE business = ?"
+
+        def query(sql: Sql) -> list[LiveCallRow]:
+            sql.execute("DELETE FROM live_calls WHERE heartbeat_at < ?", (stale,))
+            rows = sql.execute("SELECT * FROM live_calls" + only + " ORDER BY started_at, call_sid",
+                               () if business is None else (business,))
+            return [
+                LiveCallRow(
+                    call_sid=r["call_sid"], business=r["business"], instance=r["instance"], state=r["state"],
+                    started_at=_req_dt(r["started_at"]), heartbeat_at=_req_dt(r["heartbeat_at"]),
+                    summary=json.loads(r["summary"]),
+                )
+                for r in rows
+            ]
+
+        return await self._run(query)
 
 
 def _limit(limit: int) -> None:
