@@ -19,7 +19,12 @@ import trio
 import trio_websocket
 from twilio.request_validator import RequestValidator
 
-from voicebridge.config import Config
+from decimal import Decimal
+
+from voicebridge.config import Config, Prices
+from voicebridge.engine.session import CallResult
+from voicebridge.ops.cost import quantize_usd, tokens_cost_usd, usage_tokens
+from voicebridge.peers.webhook_receiver import Receiver, serve_webhook_receiver
 from voicebridge.daemon import Daemon, serve_daemon
 from voicebridge.peers.demo import free_port
 from voicebridge.jobs.pizza.job import PizzaJob
@@ -306,3 +311,106 @@ async def test_calls_leave_no_tasks_or_sockets_behind(tmp_path: Path, lean: bool
             assert _task_count(r.daemon.nursery) == before
             assert len(r.peer.connections) == 3
             assert all(c.closed_at is not None for c in r.peer.connections)
+
+
+# -- numbers that are tested: cost, transcript order, metrics ------------------------------
+
+
+def _metric(text: str, name: str) -> float:
+    lines = [line for line in text.splitlines() if line.startswith(name + " ")]
+    assert lines, f"{name} is not in /metrics"
+    return float(lines[0].split()[1])
+
+
+async def test_a_whole_order_call_stores_its_cost_its_transcript_in_order_and_counts_its_webhook(
+        tmp_path: Path) -> None:
+    """One real order call through the daemon (one call: they take seconds each):
+
+    - the stored cost is exactly the priced usage of its responses and of the caller's
+      transcriptions: dropping either (or pricing it wrong) changes the row;
+    - a store slow to take the first transcript line still ends up with the lines in spoken order;
+    - the order's webhook, delivered, shows on /metrics as delivered.
+    """
+    no_twilio = Prices(twilio_per_min_usd=Decimal(0))  # the call's duration varies with the host; tokens do not
+    responses: list[dict[str, Any]] = []
+    transcriptions: list[dict[str, Any]] = []
+    spoken: list[tuple[str, str]] = []
+    three_spoken = trio.Event()
+
+    def observe(sid: str, kind: str, fields: dict[str, Any]) -> None:
+        if kind == "usage":
+            responses.append(fields["usage"])
+        elif kind == "transcription_usage":
+            transcriptions.append(fields["usage"])
+        elif kind == "transcript":
+            spoken.append((fields["role"], fields["text"]))
+            if len(spoken) == 3:
+                three_spoken.set()
+
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            receiver: Receiver = await nursery.start(
+                lambda task_status: serve_webhook_receiver(secret="whsec-test", task_status=task_status))
+            async with running(tmp_path, scenario="full_order", prices=no_twilio, order_webhook_url=receiver.url,
+                               order_webhook_secret="whsec-test") as r, httpx.AsyncClient(base_url=r.base) as http:
+                real_add = r.store.add_transcript
+                writes = 0
+
+                async def slow_first(call_sid: str, **kw: Any) -> None:
+                    nonlocal writes
+                    writes += 1
+                    if writes == 1:  # the first write is slow: it waits until three lines were spoken (20 s at most)
+                        with trio.move_on_after(20):
+                            await three_spoken.wait()
+                    await real_add(call_sid, **kw)
+
+                r.store.add_transcript = slow_first  # type: ignore[method-assign]
+                r.daemon.observers.append(observe)
+                result = await place_call(r.base, load_scenario("full_order"), public_url=PUBLIC, auth_token=TOKEN)
+                await receiver.wait_for(1)
+                text = ""
+                with trio.move_on_after(5):
+                    while 'voicebridge_webhook_deliveries_total{state="delivered"} 1.0' not in text:
+                        text = (await http.get("/metrics")).text
+                        await trio.sleep(0.05)
+                with trio.move_on_after(10):
+                    while len(await r.store.transcript(result.call_sid)) < len(spoken):
+                        await trio.sleep(0.05)
+                stored = [(line.role, line.text) for line in await r.store.transcript(result.call_sid)]
+                [row] = [c for c in await r.store.list_calls() if c.call_sid == result.call_sid]
+            nursery.cancel_scope.cancel()
+    # the cost
+    assert responses and transcriptions
+    tokens: dict[str, int] = {}
+    for usage in responses:
+        for kind, n in usage_tokens(usage).items():
+            tokens[kind] = tokens.get(kind, 0) + n
+    realtime = tokens_cost_usd(tokens, no_twilio)
+    heard_in = sum(u["input_tokens"] for u in transcriptions)
+    heard_out = sum(u["output_tokens"] for u in transcriptions)
+    transcription = (heard_in * no_twilio.transcription_in_usd
+                     + heard_out * no_twilio.transcription_out_usd) / Decimal(1_000_000)
+    assert realtime > 0 and transcription > 0
+    assert row.cost_usd == quantize_usd(realtime + transcription)
+    assert row.cost_details is not None
+    assert row.cost_details["transcriptions"] == len(transcriptions)
+    assert row.cost_details["responses"] == len(responses)
+    # the transcript
+    assert len(spoken) >= 4
+    assert stored == spoken
+    # the webhook
+    assert 'voicebridge_webhook_deliveries_total{state="delivered"} 1.0' in text
+    assert 'voicebridge_webhook_deliveries_total{state="dead"} 0.0' in text
+
+
+async def test_metrics_count_dropped_frames_and_say_what_first_audio_measures(tmp_path: Path) -> None:
+    """A finished call's dropped caller frames are added to frames_dropped_total{direction="in"};
+    the first-audio histogram's help names what the bridge times (stream start to first audio)."""
+    with trio.fail_after(20):
+        async with running(tmp_path) as r, httpx.AsyncClient(base_url=r.base) as http:
+            await r.daemon._on_ended(CallResult(call_sid="CA" + "0" * 32, stream_sid=None, outcome="caller_hung_up",
+                                                counts={"frames_dropped": 3}))
+            text = (await http.get("/metrics")).text
+    assert 'voicebridge_frames_dropped_total{direction="in"} 3.0' in text
+    assert ("# HELP voicebridge_time_to_first_audio_seconds Delay from the start of the call's media stream "
+            "until the first agent audio is sent to the caller.") in text

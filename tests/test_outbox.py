@@ -188,14 +188,16 @@ async def test_order_is_delivered_signed_and_announced(store: Store) -> None:
 async def test_wrong_secret_is_rejected_and_retried_until_dead(store: Store) -> None:
     """A receiver with another secret answers 401; after max_attempts the row is dead, not deleted."""
     order_id = await save(store)
+    results: list[str] = []
     async with trio.open_nursery() as nursery:
         receiver = await start_receiver(nursery, secret="another-secret")
-        worker = fast_worker(store, receiver.url, max_attempts=3, timeout_s=2)
+        worker = fast_worker(store, receiver.url, max_attempts=3, timeout_s=2, on_result=results.append)
         await nursery.start(worker.run)
         await wait_until(lambda: _state_is(store, order_id, "dead"))
         nursery.cancel_scope.cancel()
     row = await box(store, order_id)
     assert (row.attempts, row.last_error) == (3, "HTTP 401")
+    assert results == ["retry", "retry", "dead"]  # what the daemon counts in webhook_deliveries_total
     assert receiver.received == []
     assert [r.problem for r in receiver.requests] == ["bad signature"] * 3
 
@@ -206,7 +208,8 @@ async def test_server_errors_are_retried_until_it_recovers(store: Store) -> None
     async with trio.open_nursery() as nursery:
         receiver = await start_receiver(nursery)
         receiver.behavior = Behavior.FAIL
-        worker = fast_worker(store, receiver.url, max_attempts=20, timeout_s=2)
+        results: list[str] = []
+        worker = fast_worker(store, receiver.url, max_attempts=20, timeout_s=2, on_result=results.append)
         await nursery.start(worker.run)
         with trio.fail_after(5):
             await receiver.wait_for_requests(2)
@@ -219,6 +222,7 @@ async def test_server_errors_are_retried_until_it_recovers(store: Store) -> None
     assert row.attempts == len(failures) + 1
     assert row.last_error == "HTTP 500"
     assert len(receiver.received) == 1
+    assert results == ["retry"] * len(failures) + ["delivered"]
 
 
 async def test_a_hanging_webhook_times_out_and_is_retried(store: Store) -> None:

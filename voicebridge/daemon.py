@@ -153,7 +153,8 @@ class Daemon:
             routes = {b.slug: (b.config.order_webhook_url, b.config.order_webhook_secret)
                       for b in businesses if b.config.order_webhook_url and b.config.order_webhook_secret}
         self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret, routes=routes,
-                                   max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
+                                   max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s,
+                                   on_result=lambda state: self.metrics.webhook_deliveries_total.labels(state).inc())
         self.outbox.on_settled = self._delivery_settled
         # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day; by
         # default the job's own time zone), written through the outbox's "calendar" rows; None keeps
@@ -389,6 +390,12 @@ class Daemon:
         cost = CallCost(self.config.prices)
         for usage in result.usage:
             cost.add_usage(usage)
+        for usage in result.transcription_usage:
+            try:
+                cost.add_transcription_usage(usage)
+            except ValueError as exc:  # one odd event must not lose the call's record
+                log.warning("transcription usage not priced: %s", exc, extra={"event": "bad_usage"})
+        self.metrics.frames_dropped_total.labels("in").inc(result.counts.get("frames_dropped", 0))
         total: Decimal = cost.total_usd(result.duration_s)
         self.metrics.add_call_cost(total)
         details = {**cost.details(), "counts": result.counts, "first_audio_s": result.first_audio_s}

@@ -93,6 +93,7 @@ class CallResult:
     committed_id: int | None = None  # the job's commit of this call (order or booking number)
     counts: dict[str, int] = attrs.field(factory=dict)
     usage: list[dict[str, Any]] = attrs.field(factory=list)
+    transcription_usage: list[dict[str, Any]] = attrs.field(factory=list)  # of the caller's transcribed turns
     custom_parameters: dict[str, str] = attrs.field(factory=dict)
 
 
@@ -203,6 +204,9 @@ class Call:
         self.sockets: trio.Nursery | None = None  # the Realtime sockets' own tasks; outlives `nursery`
         self.outcome: str | None = None
         self.usage: list[dict[str, Any]] = []
+        self.transcription_usage: list[dict[str, Any]] = []
+        self._transcripts: deque[tuple[str, str, str | None]] = deque()  # lines waiting for the store, in order
+        self._writing_transcripts = False
         self.frames_dropped = 0
         self._frames_in = 0
         self._deltas_out = 0
@@ -262,8 +266,13 @@ class Call:
         elif isinstance(e, Transcript):
             self._event("transcript", {"role": e.role, "text": e.text})
             if self.hooks.on_transcript is not None:
-                assert self.nursery is not None
-                self.nursery.start_soon(self.hooks.on_transcript, self.sid, e.role, e.text, e.item_id)
+                # One writer task per call stores the lines in the order they came: tasks started
+                # one per line could reach the store in any order.
+                self._transcripts.append((e.role, e.text, e.item_id))
+                if not self._writing_transcripts:
+                    assert self.nursery is not None
+                    self._writing_transcripts = True
+                    self.nursery.start_soon(self._write_transcripts)
         elif isinstance(e, Notice):
             if e.kind == "usage":
                 self.usage.append(e.fields["usage"])
@@ -288,6 +297,15 @@ class Call:
         self.protocol_errors += 1
         log.warning("bad %s frame: %s", source, exc, extra={"event": "protocol_error", "source": source})
         self._event("protocol_error", {"source": source, "error": str(exc)})
+
+    async def _write_transcripts(self) -> None:
+        assert self.hooks.on_transcript is not None
+        try:
+            while self._transcripts:
+                role, text, item_id = self._transcripts.popleft()
+                await self.hooks.on_transcript(self.sid, role, text, item_id)
+        finally:
+            self._writing_transcripts = False
 
     def _event(self, kind: str, fields: dict[str, Any]) -> None:
         if self.hooks.on_event is not None:
@@ -536,6 +554,9 @@ class Call:
             elif isinstance(ev, rt.TranscriptDone):
                 flow.transcript("assistant", ev.transcript, ev.item_id)
             elif isinstance(ev, rt.InputTranscript):
+                if ev.usage is not None:
+                    self.transcription_usage.append(ev.usage)
+                    self._event("transcription_usage", {"usage": ev.usage})
                 flow.transcript("caller", ev.transcript, ev.item_id)
             elif isinstance(ev, rt.RealtimeError):
                 flow.model_error(ev)
@@ -708,6 +729,7 @@ async def _finish_call(call: Call | None, result: CallResult, twilio: MessageStr
         result.counts = {**call.flow.counts, "frames_dropped": call.frames_dropped,
                          "protocol_errors": call.protocol_errors}
         result.usage = call.usage
+        result.transcription_usage = call.transcription_usage
         if call.flow.first_audio_at is not None:
             result.first_audio_s = call.flow.first_audio_at - t0
     if hooks.on_outcome is not None and result.call_sid:

@@ -16,7 +16,7 @@ from decimal import Decimal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-# Time from the caller's first audio (or the call's start) to the first audio we play: 5 ms..2 s.
+# Time from the call's media stream start to the first agent audio sent to the caller (once per call): 5 ms..2 s.
 FIRST_AUDIO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
 # Time one audio frame spends inside the bridge: 0.1 ms..100 ms.
 FORWARDING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -51,7 +51,7 @@ class Metrics:
         )
         self.time_to_first_audio_seconds = Histogram(
             "voicebridge_time_to_first_audio_seconds",
-            "Delay until the first agent audio of a turn is sent to the caller.",
+            "Delay from the start of the call's media stream until the first agent audio is sent to the caller.",
             buckets=FIRST_AUDIO_BUCKETS,
             registry=r,
         )

@@ -131,6 +131,7 @@ class _Delivery:
         rand: Callable[[], float] = random.random,
         lease_s: float | None = None,
         owner: str | None = None,
+        on_result: Callable[[str], None] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -144,6 +145,7 @@ class _Delivery:
         self.poll_s = poll_s
         self._now = now
         self._rand = rand
+        self._on_result = on_result  # told "delivered", "retry" or "dead" after each attempt (metrics)
         self._wakeup = trio.Event()
         # a claim outlives the longest send (`_send` is bounded by a few timeouts) with room to mark it
         self.lease_s = lease_s if lease_s is not None else 4 * timeout_s + 30.0
@@ -199,7 +201,7 @@ class _Delivery:
 
     async def _attempt(self, row: OutboxRow) -> None:
         try:
-            await self._attempt_claimed(row)
+            state = await self._attempt_claimed(row)
         except trio.Cancelled:
             # stopping (a drain, a restart): hand the claim back so another process need not wait for the
             # lease; if the answer was lost in flight the row is sent again, deduped by its key
@@ -209,8 +211,10 @@ class _Delivery:
                 except StoreError as exc:
                     log.warning("%s: the claim stays until its lease runs out (%s)", _what(row), exc)
             raise
+        if self._on_result is not None:
+            self._on_result(state)
 
-    async def _attempt_claimed(self, row: OutboxRow) -> None:
+    async def _attempt_claimed(self, row: OutboxRow) -> str:
         attempt = row.attempts + 1
         try:
             error = await self._send(row)
@@ -218,7 +222,7 @@ class _Delivery:
             await self.store.mark_dead(row.id, error=f"undeliverable: {exc}", claimed_by=self.owner)
             log.error("%s cannot be delivered to the %s, ever (%s)", _what(row), self.label, exc)
             await self._settled(row, "dead")
-            return
+            return "dead"
         if error is None:
             if await self.store.mark_delivered(row.id, delivered_at=self._now(), claimed_by=self.owner):
                 log.info("%s delivered to the %s (attempt %d)", _what(row), self.label, attempt)
@@ -226,17 +230,20 @@ class _Delivery:
                 log.warning("%s delivered to the %s after its claim ran out (another process may send it again; "
                             "the receiver dedupes by Idempotency-Key)", _what(row), self.label)
             await self._settled(row, "delivered")
+            return "delivered"
         elif attempt >= self.max_attempts:
             await self.store.mark_dead(row.id, error=error, claimed_by=self.owner)
             log.error("%s %s delivery failed %d times, giving up (%s)%s", _what(row), self.label, attempt, error,
                       self._resend_hint(row))
             await self._settled(row, "dead")
+            return "dead"
         else:
             delay = backoff_delay_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s, rand=self._rand)
             await self.store.mark_retry(row.id, next_attempt_at=self._now() + timedelta(seconds=delay), error=error,
                                         claimed_by=self.owner)
             log.warning("%s %s attempt %d failed (%s); retrying in %.1f s", _what(row), self.label, attempt, error,
                         delay)
+            return "retry"
 
     def _resend_hint(self, row: OutboxRow) -> str:
         return ""

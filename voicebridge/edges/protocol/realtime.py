@@ -207,6 +207,7 @@ class TranscriptDone:
 class InputTranscript:
     item_id: str
     transcript: str
+    usage: dict[str, Any] | None = None  # what the transcription is billed on (tokens or seconds)
 
 
 @attrs.frozen
@@ -322,7 +323,7 @@ _SERVER_PARSERS: dict[str, Any] = {
     "response.output_audio_transcript.done": lambda f, m: TranscriptDone(
         f.str(m, "response_id"), f.str(m, "item_id"), f.str(m, "transcript")),
     "conversation.item.input_audio_transcription.completed": lambda f, m: InputTranscript(
-        f.str(m, "item_id"), f.str(m, "transcript")),
+        f.str(m, "item_id"), f.str(m, "transcript"), m["usage"] if isinstance(m.get("usage"), dict) else None),
     "response.function_call_arguments.done": lambda f, m: FunctionCall(
         f.str(m, "response_id"), f.str(m, "item_id"), f.str(m, "call_id"), f.str(m, "name"), f.str(m, "arguments")),
     "conversation.item.truncated": lambda f, m: ItemTruncated(f.str(m, "item_id"), f.int(m, "audio_end_ms")),
