@@ -13,9 +13,10 @@ import httpx
 import pytest
 import trio
 
-from test_daemon import PUBLIC, Running, form, running
+from test_daemon import PUBLIC, TOKEN, Running, form, running
 from voicebridge.peers.twiml import Dial, Hangup, Record, Say, parse_twiml
-from voicebridge.peers.twilio_caller import new_sid
+from voicebridge.peers.scenario import load_scenario
+from voicebridge.peers.twilio_caller import new_sid, place_call
 
 
 async def post(http: httpx.AsyncClient, r: Running, route: str, params: dict[str, str]) -> httpx.Response:
@@ -71,3 +72,16 @@ async def test_ai_down_without_a_transfer_number_takes_a_message(tmp_path: Path)
                                                          "RecordingUrl": "https://api.twilio.invalid/rec/RE1",
                                                          "RecordingDuration": "7"})
             assert [type(v) for v in parse_twiml(back.text).verbs] == [Say, Hangup]
+
+
+async def test_a_voice_transfer_through_the_daemon_dials_with_a_timeout_and_a_way_back(tmp_path: Path) -> None:
+    """"Can I talk to a real person?": transfer_to_human, the stream ends, /stream-ended answers
+    <Dial timeout action=/dial-ended>; the call is stored as transferred."""
+    with trio.fail_after(40):
+        async with running(tmp_path, scenario="voice_transfer") as r:
+            result = await place_call(r.base, load_scenario("voice_transfer"), public_url=PUBLIC, auth_token=TOKEN)
+            assert result.outcome == "dial"
+            dial = parse_twiml(result.action.body).of_type(Dial)[0]
+            assert [t.value for t in dial.targets] == ["+15550001111"]
+            assert (dial.action, dial.timeout_s) == (f"{PUBLIC}/dial-ended", 20)
+            assert [c.outcome for c in await r.store.list_calls()] == ["transferred"]
