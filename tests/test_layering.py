@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "voicebridge"
-FORBIDDEN = frozenset({"trio", "quart", "quart_trio", "hypercorn", "trio_websocket", "sqlite3", "httpx", "time",
+FORBIDDEN = frozenset({"trio", "quart", "quart_trio", "hypercorn", "trio_websocket", "sqlite3", "httpx", "time", "psycopg", "psycopg_pool",
                        "socket"})
 PURE_FOLDERS = ("edges/protocol", "jobs")
 PURE_FILES = ("engine/playout.py", "engine/flow.py", "engine/effects.py", "engine/prompts.py")
@@ -129,6 +129,8 @@ def test_checker_catches_every_import_form(tmp_path: Path) -> None:
         "from time import monotonic",
         "from socket import *",
         "import os, sqlite3",
+        "import psycopg",
+        "from psycopg_pool import ConnectionPool",
         "def later():",
         "    import httpx",
         "    from quart_trio import QuartTrio",

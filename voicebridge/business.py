@@ -29,12 +29,15 @@ from voicebridge.jobs.appointments.job import AppointmentsJob
 from voicebridge.jobs.appointments.records import booked_between, feed_events, upcoming_by_name, upcoming_for_phone
 from voicebridge.jobs.pizza.job import SCHEMA as PIZZA_SCHEMA
 from voicebridge.jobs.pizza.job import PizzaJob
+from voicebridge.ops.staff_store import SCHEMA as STAFF_SCHEMA
 from voicebridge.ops.store import Store
 
 log = logging.getLogger("voicebridge.business")
 
 # Every job's own migrations, by job name: a database holds the tables of all of them.
-SCHEMAS: dict[str, tuple[tuple[str, ...], ...]] = {"pizza": PIZZA_SCHEMA, "appointments": APPOINTMENTS_SCHEMA}
+# "staff": the staff page's accounts, event log and menu's day (voicebridge.ops.staff_store).
+SCHEMAS: dict[str, tuple[tuple[str, ...], ...]] = {"pizza": PIZZA_SCHEMA, "appointments": APPOINTMENTS_SCHEMA,
+                                                   "staff": STAFF_SCHEMA}
 BUSY_TIMEOUT_S = 3.0  # how long a tool waits for the external calendar's busy times
 FEED_PAST_DAYS = 30  # the iCalendar feed keeps bookings this long after they are over
 

@@ -109,9 +109,10 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    from voicebridge.peers.demo import run_demo
+    from voicebridge.peers.demo import StaffDemo, run_demo
 
-    return run_demo(config, scenario=args.scenario, job=args.job, quiet=args.quiet)
+    staff = StaffDemo(wait_s=args.staff_wait_s, linger_s=args.staff_linger_s) if args.staff else None
+    return run_demo(config, scenario=args.scenario, job=args.job, quiet=args.quiet, staff=staff)
 
 
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
@@ -151,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "`demo`, a full order with a barge-in; for appointments `appointments`, "
                                       "a haircut booked for Tuesday at two)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--staff", action="store_true",
+                   help="also serve the staff page (order board, live call) on the demo's port, print its address "
+                        "and a one-time login, start the call once the page is open, and keep the page up "
+                        "afterwards until Ctrl-C")
+    p.add_argument("--staff-wait-s", type=float, default=120.0, metavar="S",
+                   help="with --staff: start the call after S seconds even if no page was opened (default 120)")
+    p.add_argument("--staff-linger-s", type=float, default=None, metavar="S",
+                   help="with --staff: stop S seconds after the call instead of waiting for Ctrl-C")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("replay", help="replay recorded calls against the daemon and report differences",
@@ -164,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timing difference (seconds) still counted as the same behaviour (default 0.25)")
     p.set_defaults(func=cmd_replay)
 
-    for module in ("orders", "bookings", "calls", "call"):
+    for module in ("orders", "bookings", "calls", "call", "staff"):
         register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = __import__(f"voicebridge.commands.{module}", fromlist=["register"]).register
         register(sub)
     return parser

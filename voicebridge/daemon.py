@@ -42,8 +42,10 @@ from voicebridge.edges.calendar import CalDavCalendar
 from voicebridge.edges.ical import CalendarFeed, FeedSource
 from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures
 from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call, utc_now
+from voicebridge.ops import staff_store
 from voicebridge.ops.live_registry import LiveRegistry
 from voicebridge.ops.store import Store
+from voicebridge.edges.staff.hub import StaffHub
 from voicebridge.edges.transport import MessageStream, TrioWebSocketStream, close_quietly, ws_connect
 
 log = logging.getLogger("voicebridge.daemon")
@@ -116,6 +118,10 @@ class Daemon:
                                            allow_unsigned=config.allow_unsigned)
         self.tokens = StreamTokens(ttl_s=config.stream_token_ttl_s)
         self.observers: list[Observer] = []
+        # The staff page's live updates (voicebridge.edges.staff): every call notice, fanned out.
+        self.staff_hub = StaffHub(cart_of=self.cart_of)
+        self.observers.append(self.staff_hub.observe)
+        self.staff_tables = False  # the store has the staff tables (checked when serving starts)
         self.draining = False
         self.live: dict[str, Call] = {}
         self.calls_done = trio.Event()  # set whenever the last live call has ended
@@ -128,6 +134,7 @@ class Daemon:
         self.registry = LiveRegistry(store, business=job.business_name)
         self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret,
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
+        self.outbox.on_settled = self._delivery_settled
         # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day; by
         # default the job's own time zone), written through the outbox's "calendar" rows; None keeps
         # bookings local (and the feed).
@@ -233,7 +240,15 @@ class Daemon:
     async def _commit(self, call_sid: str, task: Any) -> Committed:
         """The caller said yes: the job writes its task and outbox events in one transaction."""
         now = self.setup.wall_clock()
-        done = await self.store.commit(lambda tx: self.job.commit(tx, call_sid, task, now), now=now)
+
+        def commit(tx: Any) -> Committed:
+            done = self.job.commit(tx, call_sid, task, now)
+            # The staff board's event, in the same transaction: a board never misses a committed order.
+            if self.staff_tables:
+                staff_store.record(tx, None, "committed", f"{self.job.name}:{done.id}", {}, now)
+            return done
+
+        done = await self.store.commit(commit, now=now)
         self.outbox.wake()
         if self.calendar_outbox is not None:
             self.calendar_outbox.wake()
@@ -255,6 +270,27 @@ class Daemon:
             self.registry.state(call_sid, str(fields.get("state")))
         for observe in self.observers:
             observe(call_sid, kind, fields)
+
+    async def _delivery_settled(self, row: Any, state: str) -> None:
+        """A webhook delivery was made or given up on: the staff board's event, so its card shows it."""
+        if not self.staff_tables:
+            return
+        now = datetime.now(timezone.utc)
+        await self.store.commit(lambda tx: staff_store.record(tx, None, f"delivery.{state}", row.subject, {}, now))
+        self.staff_hub.stored()
+
+    def cart_of(self, call_sid: str) -> dict[str, Any] | None:
+        """What a live call's task holds now, as the model is told it (the staff page shows it)."""
+        call = self.live.get(call_sid)
+        return None if call is None else self.job.state_for_model(call.task)
+
+    async def refresh_day(self) -> Any:
+        """Load the menu's day (sold out, closed now) from the store into the job; returns it."""
+        day = await self.store.read(staff_store.availability)
+        box = getattr(self.job, "day", None)
+        if box is not None:
+            box.current = day
+        return day
 
     def _on_forward(self, direction: str, seconds: float) -> None:
         self.metrics.forwarding_latency_seconds.labels(direction).observe(seconds)
@@ -324,6 +360,7 @@ class Daemon:
         """Stop new calls; let live ones finish up to the drain deadline; end the rest."""
         self.draining = True
         self.notifier.stopping()
+        self.staff_hub.close_all()  # staff pages' event streams would otherwise hold the web server open
         log.info("draining", extra={"event": "draining", "live_calls": len(self.live)})
         if self.live:
             self.calls_done = trio.Event()
@@ -394,7 +431,6 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     front = listen(cfg.host, cfg.port)
     host, port = front.getsockname()[:2]
     binds = [f"http://[{host}]:{port}" if front.family == socket.AF_INET6 else f"http://{host}:{port}"]
-    app = create_app(daemon, feed=daemon.calendar_feed)
     if cfg.calendar_feed_token and daemon.calendar_feed is None:
         log.warning("VOICEBRIDGE_CALENDAR_FEED_TOKEN is set, but this job has no bookings to publish")
     lean = not cfg.framework_sockets
@@ -413,6 +449,12 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     if shutdown is None:
         shutdown = trio.Event()
     front_scope = trio.CancelScope()
+    try:
+        await daemon.refresh_day()
+        daemon.staff_tables = True
+    except Exception as exc:  # a store opened without the staff tables: no staff page, calls still work
+        log.warning("no staff page: the store has no staff tables (%s)", type(exc).__name__)
+    app = create_app(daemon, feed=daemon.calendar_feed)
     async with trio.open_nursery() as nursery:
         daemon.nursery = nursery
         await nursery.start(daemon.outbox.run)

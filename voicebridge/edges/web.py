@@ -34,7 +34,7 @@ from voicebridge.edges.transport import QuartWebSocketStream
 log = logging.getLogger("voicebridge.edges.web")
 
 HANGUP_OUTCOMES = frozenset({"completed", "ended_no_order", "caller_hung_up", "silence_timeout", "max_duration",
-                             "refused", "shutdown"})
+                             "refused", "shutdown", "ended_by_staff"})
 SORRY = "We're sorry, our ordering assistant is having trouble right now."
 DIAL_TIMEOUT_S = 20  # seconds the shop's phone rings before Twilio gives up and posts /dial-ended
 VOICEMAIL_PROMPT = "Please leave your name, number and order after the tone, and we'll call you back."
@@ -207,4 +207,9 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         return Response(body, content_type="text/calendar; charset=utf-8",
                         headers={"Cache-Control": "private, max-age=60"})
 
+    # The staff page (voicebridge.edges.staff): the pizza shop's order board, calls and menu.
+    if getattr(daemon, "staff_tables", False) and getattr(getattr(daemon, "job", None), "name", None) == "pizza":
+        from voicebridge.edges.staff.routes import staff_blueprint
+
+        app.register_blueprint(staff_blueprint(daemon))
     return app

@@ -314,6 +314,22 @@ class Call:
         if self.nursery is not None:
             self.nursery.cancel_scope.cancel()
 
+    def tell_model(self, text: str) -> bool:
+        """Give the model a system note now (staff changed the menu's day); False if it had to be dropped.
+
+        Called from outside the call's tasks: the note is queued for the model writer, after
+        whatever is already queued, and not answered (the model uses it on its next turn).
+        """
+        if self.outcome is not None:
+            return False
+        try:
+            self.model_send.send_nowait(rt.item_message("system", text))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            log.warning("a note to the model was dropped: its queue is full", extra={"event": "note_dropped"})
+            return False
+        self._q_model += 1
+        return True
+
     async def _commit(self, call_id: str | None) -> None:
         if self.hooks.commit is None:
             self.flow.commit_failed(call_id, "no store configured")

@@ -35,7 +35,7 @@ import random
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 from importlib import metadata
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 import httpx
 import trio
@@ -150,6 +150,15 @@ class _Delivery:
         if self.lease_s <= 0:
             raise ValueError("lease_s must be positive")
         self.owner = owner or store.instance_id
+        # Told when a row is delivered or given up on (row, "delivered" | "dead"): the staff board shows it.
+        self.on_settled: Callable[[OutboxRow, str], Awaitable[None]] | None = None
+
+    async def _settled(self, row: OutboxRow, state: str) -> None:
+        if self.on_settled is not None:
+            try:
+                await self.on_settled(row, state)
+            except Exception as exc:  # the delivery is recorded; only the board's news of it is lost
+                log.error("could not report a settled delivery: %s", type(exc).__name__)
 
     def wake(self) -> None:
         """A row was committed or revived: look for due rows now."""
@@ -206,6 +215,7 @@ class _Delivery:
         except Undeliverable as exc:
             await self.store.mark_dead(row.id, error=f"undeliverable: {exc}", claimed_by=self.owner)
             log.error("%s cannot be delivered to the %s, ever (%s)", _what(row), self.label, exc)
+            await self._settled(row, "dead")
             return
         if error is None:
             if await self.store.mark_delivered(row.id, delivered_at=self._now(), claimed_by=self.owner):
@@ -213,10 +223,12 @@ class _Delivery:
             else:
                 log.warning("%s delivered to the %s after its claim ran out (another process may send it again; "
                             "the receiver dedupes by Idempotency-Key)", _what(row), self.label)
+            await self._settled(row, "delivered")
         elif attempt >= self.max_attempts:
             await self.store.mark_dead(row.id, error=error, claimed_by=self.owner)
             log.error("%s %s delivery failed %d times, giving up (%s)%s", _what(row), self.label, attempt, error,
                       self._resend_hint(row))
+            await self._settled(row, "dead")
         else:
             delay = backoff_delay_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s, rand=self._rand)
             await self.store.mark_retry(row.id, next_attempt_at=self._now() + timedelta(seconds=delay), error=error,

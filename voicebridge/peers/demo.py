@@ -15,7 +15,8 @@ import logging
 import secrets
 import socket
 import sys
-from typing import Any, TextIO
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, TextIO
 
 import attrs
 import trio
@@ -26,6 +27,7 @@ from voicebridge.jobs.appointments.records import get_booking
 from voicebridge.jobs.appointments.words import say_when
 from voicebridge.jobs.pizza.menu import format_money
 from voicebridge.jobs.pizza.records import get_order
+from voicebridge.ops import staff_store
 from voicebridge.ops.store import Store
 from voicebridge.peers.scenario import Scenario, ScenarioError, load_scenario
 
@@ -93,8 +95,17 @@ class DemoResult:
     events: list[tuple[str, dict[str, Any]]]
 
 
+@attrs.frozen
+class StaffDemo:
+    """`voicebridge demo --staff`: the staff page on the demo's port, with a one-time login."""
+
+    wait_s: float = 120.0  # how long the call waits for a staff page to be opened
+    linger_s: float | None = None  # how long the page stays up after the call (None: until Ctrl-C)
+    announce: Callable[[str, str, str], None] | None = None  # (url, name, password), for tests
+
+
 async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sys.stdout, quiet: bool = False,
-                         realtime_speed: float = 4.0) -> DemoResult:
+                         realtime_speed: float = 4.0, staff: StaffDemo | None = None) -> DemoResult:
     from voicebridge.daemon import Daemon, serve_daemon
     from voicebridge.peers.realtime_server import RealtimePeer, serve_realtime_peer
     from voicebridge.peers.twilio_caller import place_call
@@ -122,6 +133,7 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
                               realtime_url=realtime_url, openai_api_key=config.openai_api_key or "local-peer",
                               allow_unsigned=config.twilio_auth_token is None)
         store = await Store.open(config.db_path, schemas=SCHEMAS)
+        login: str | None = None
         try:
             daemon = Daemon(config, job=job, store=store)
             daemon.observers.append(view)
@@ -130,6 +142,11 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
             print(f"voicebridge demo: scenario {scenario.name!r}: {scenario.description}", file=out)
             print(f"  daemon on 127.0.0.1:{port} (as {DEMO_PUBLIC_URL}), local Realtime server on {realtime_url}, "
                   f"records in {store.path}", file=out, flush=True)
+            if staff is not None and job.name != "pizza":
+                print(f"  no staff page: it is the pizza shop's, and this is a {job.name} call", file=out, flush=True)
+                staff = None
+            if staff is not None:
+                login = await open_staff_page(daemon, port, staff, out)
             with trio.fail_after(scenario.max_s + 30):
                 result = await place_call(f"http://127.0.0.1:{port}", scenario, public_url=DEMO_PUBLIC_URL,
                                           auth_token=config.twilio_auth_token)
@@ -147,8 +164,16 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
                         await trio.sleep(0.1)
                 await print_committed(store, job.name, order_id, state, config, out)
             outcome = next((f["outcome"] for k, f in reversed(view.events) if k == "ended"), None)
+            if staff is not None:
+                print("  the staff page stays up" + (f" for {staff.linger_s:g} s" if staff.linger_s is not None else "")
+                      + "; Ctrl-C to stop", file=out, flush=True)
+                with trio.move_on_after(staff.linger_s if staff.linger_s is not None else float("inf")):
+                    while not daemon.draining:  # Ctrl-C: the daemon drains
+                        await trio.sleep(0.2)
             stop.set()
         finally:
+            if login is not None:
+                await store.commit(lambda tx: staff_store.remove_account(tx, login, datetime.now(timezone.utc)))
             await store.aclose()
         nursery.cancel_scope.cancel()
     return DemoResult(outcome, order_id, state, result.outcome, view.events)
@@ -190,6 +215,27 @@ def choose(config: Config, scenario: str | None, job: str | None) -> tuple[Confi
     return attrs.evolve(config, job=job), chosen
 
 
+async def open_staff_page(daemon: Any, port: int, staff: StaffDemo, out: TextIO) -> str:
+    """Add a one-time staff login, print the page's address and the login, and wait (bounded) for the page."""
+    from voicebridge.edges.staff.auth import hash_password
+
+    name, password = f"demo-{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+    now = datetime.now(timezone.utc)
+    await daemon.store.commit(lambda tx: staff_store.add_account(
+        tx, name, hash_password(password), now, expires_at=now + timedelta(hours=12)))
+    url = f"http://127.0.0.1:{port}/staff/"
+    print(f"  staff page: {url}  (log in as {name} / {password}; this login is removed when the demo ends)",
+          file=out, flush=True)
+    if staff.announce is not None:
+        staff.announce(url, name, password)
+    print(f"  the call starts when the staff page is open (or in {staff.wait_s:g} s)", file=out, flush=True)
+    with trio.move_on_after(staff.wait_s):
+        while daemon.staff_hub.subscribers == 0:
+            await trio.sleep(0.1)
+    await trio.sleep(1.0)  # the page shows the call from its first word
+    return name
+
+
 def daemon_order_id(view: LiveView) -> int | None:
     for kind, fields in view.events:
         if kind == "committed":
@@ -197,13 +243,14 @@ def daemon_order_id(view: LiveView) -> int | None:
     return None
 
 
-def run_demo(config: Config, *, scenario: str | None = None, job: str | None = None, quiet: bool = False) -> int:
+def run_demo(config: Config, *, scenario: str | None = None, job: str | None = None, quiet: bool = False,
+             staff: StaffDemo | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="  [%(levelname)s] %(name)s: %(message)s")
     config, chosen = choose(config, scenario, job)
     if config.twilio_auth_token is None:
         print("voicebridge demo: no TWILIO_AUTH_TOKEN, so the local caller's requests are unsigned "
               "(VOICEBRIDGE_ALLOW_UNSIGNED=1 for this run only)", file=sys.stderr)
-    result = trio.run(lambda: run_demo_async(config, chosen, quiet=quiet))
+    result = trio.run(lambda: run_demo_async(config, chosen, quiet=quiet, staff=staff))
     noun = "booking" if config.job == "appointments" else "order"
     print(f"voicebridge demo: call outcome {result.outcome}; {noun} "
           f"{'#' + str(result.order_id) if result.order_id is not None else 'none'}; webhook "

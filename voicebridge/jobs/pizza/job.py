@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from voicebridge.engine.job import CommitError, Committed, JobPrompts, ToolResult, Transaction
+from voicebridge.jobs.pizza.day import DayBox
 from voicebridge.jobs.pizza.menu import Menu
 from voicebridge.jobs.pizza.order import FULFILLMENTS, Order, OrderError
 from voicebridge.jobs.pizza.prompts import PROMPTS, session_instructions
@@ -48,6 +49,13 @@ SCHEMA: tuple[tuple[str, ...], ...] = (
             UNIQUE (order_id, line)
         )""",
     ),
+    # The kitchen board: an order moves confirmed (new) -> preparing -> ready -> completed, or is
+    # cancelled with a reason; status_at is when it last moved.
+    (
+        "ALTER TABLE orders ADD COLUMN status_reason TEXT",
+        "ALTER TABLE orders ADD COLUMN status_at TEXT",
+        "CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status)",
+    ),
 )
 
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -74,15 +82,29 @@ class PizzaJob:
     menu: Menu
     tax_rate_bp: int = 800
     name: str = "pizza"
-    prompts: JobPrompts = PROMPTS
+    base_prompts: JobPrompts = PROMPTS
     schema: tuple[tuple[str, ...], ...] = SCHEMA
+    # What is sold out and whether the shop is closed now: a snapshot the daemon replaces.
+    day: DayBox = attrs.field(factory=DayBox, eq=False)
+
+    @property
+    def prompts(self) -> JobPrompts:
+        """The fixed prompts; while staff have closed the shop, the greeting says so at once."""
+        day = self.day.current
+        if not day.closed:
+            return self.base_prompts
+        return attrs.evolve(self.base_prompts, greeting=(
+            f"Greet the caller and tell them: {day.closed_text()} Offer a transfer to the shop if they want "
+            "a person."))
 
     @property
     def business_name(self) -> str:
         return self.menu.shop_name
 
     def instructions(self, now: datetime) -> str:
-        return session_instructions(self.menu.shop_name, self.menu.summary_text())
+        text = session_instructions(self.menu.shop_name, self.menu.summary_text())
+        note = self.day.current.note_for_model(self.menu)
+        return f"{text}\n\nToday: {note}" if note else text
 
     def tool_definitions(self) -> list[dict[str, Any]]:
         return tool_definitions(self.menu)
@@ -91,7 +113,18 @@ class PizzaJob:
         return Order.empty(caller_number=caller_number)
 
     def run_tool(self, task: Order, name: str, arguments: str, now: datetime) -> ToolResult:
-        return execute_tool(task, self.menu, name, arguments, tax_rate_bp=self.tax_rate_bp)
+        day = self.day.current
+        if day.closed and name in ("add_item", "update_item", "confirm_order"):
+            return ToolResult(output={"ok": False, "error": day.closed_text()}, ok=False, intent=None, changed=False)
+        before = list(task.lines)
+        result = execute_tool(task, self.menu, name, arguments, tax_rate_bp=self.tax_rate_bp)
+        if result.changed and name in ("add_item", "update_item"):
+            for line in task.lines:
+                why = None if any(line is b for b in before) else day.refusal(self.menu, line.item, line.size)
+                if why is not None:  # sold out: the order stays as it was, the model says why
+                    task.lines[:] = before
+                    return ToolResult(output={"ok": False, "error": why}, ok=False, intent=None, changed=False)
+        return result
 
     def state_for_model(self, task: Order) -> dict[str, Any]:
         return order_state(task, self.menu, self.tax_rate_bp)

@@ -1,0 +1,175 @@
+"""The staff page's tables: accounts, the event log (audit trail and board sequence), the menu's day.
+
+`staff_events` is both the audit trail (who did what, when; `actor` is NULL for the system) and
+the order board's event sequence: its ids only grow, across restarts, so a reconnecting board
+asks for "everything after id N" (SSE Last-Event-ID) and misses nothing and sees nothing twice.
+Functions here run on the store's Transaction (`await store.commit(fn)` / `store.read(fn)`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+
+from voicebridge.engine.job import Transaction
+from voicebridge.jobs.pizza.day import Availability
+
+SCHEMA: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE staff_accounts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            expires_at TEXT
+        )""",
+        """CREATE TABLE staff_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            actor TEXT,
+            action TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE TABLE staff_menu_day (
+            kind TEXT NOT NULL CHECK (kind IN ('item', 'size')),
+            key TEXT NOT NULL,
+            PRIMARY KEY (kind, key)
+        )""",
+        """CREATE TABLE staff_settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )""",
+    ),
+)
+
+_TS = "%Y-%m-%dT%H:%M:%S.%fZ"
+MAX_NAME = 64
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime(_TS)
+
+
+def _dt(text: str) -> datetime:
+    return datetime.strptime(text, _TS).replace(tzinfo=timezone.utc)
+
+
+class StaffError(Exception):
+    """Bad staff input (a name taken or malformed); the message is safe to show."""
+
+
+@attrs.frozen
+class Account:
+    id: int
+    name: str
+    password_hash: str
+    disabled: bool
+    expires_at: datetime | None
+
+
+@attrs.frozen
+class Event:
+    id: int
+    at: datetime
+    actor: str | None
+    action: str
+    subject: str
+    detail: dict[str, Any]
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > MAX_NAME or not all(c.isalnum() or c in "._-" for c in name):
+        raise StaffError(f"a staff name is 1 to {MAX_NAME} letters, digits, '.', '_' or '-'")
+    return name
+
+
+def add_account(tx: Transaction, name: str, password_hash: str, now: datetime, *,
+                expires_at: datetime | None = None, actor: str | None = None) -> int:
+    name = check_name(name)
+    if tx.execute("SELECT id FROM staff_accounts WHERE name = ?", (name,)):
+        raise StaffError(f"there is already a staff account named {name!r}")
+    account_id = tx.insert("INSERT INTO staff_accounts (name, password_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                           (name, password_hash, _ts(now), _ts(expires_at) if expires_at else None))
+    record(tx, actor, "staff.added", f"staff:{name}", {}, now)
+    return account_id
+
+
+def get_account(tx: Transaction, name: str) -> Account | None:
+    rows = tx.execute("SELECT * FROM staff_accounts WHERE name = ?", (name,))
+    if not rows:
+        return None
+    r = rows[0]
+    return Account(r["id"], r["name"], r["password_hash"], bool(r["disabled"]),
+                   _dt(r["expires_at"]) if r["expires_at"] else None)
+
+
+def remove_account(tx: Transaction, name: str, now: datetime, *, actor: str | None = None) -> None:
+    tx.execute("DELETE FROM staff_accounts WHERE name = ?", (name,))
+    record(tx, actor, "staff.removed", f"staff:{name}", {}, now)
+
+
+def record(tx: Transaction, actor: str | None, action: str, subject: str, detail: dict[str, Any],
+           now: datetime) -> int:
+    """Append one event (a staff action, or the system's, with actor None); returns its id."""
+    return tx.insert("INSERT INTO staff_events (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                     (_ts(now), actor, action, subject, json.dumps(detail, sort_keys=True)))
+
+
+def events_after(tx: Transaction, after: int, limit: int = 200) -> list[Event]:
+    rows = tx.execute("SELECT * FROM staff_events WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
+    return [_event(r) for r in rows]
+
+
+def recent_events(tx: Transaction, limit: int = 200) -> list[Event]:
+    rows = tx.execute("SELECT * FROM staff_events ORDER BY id DESC LIMIT ?", (limit,))
+    return [_event(r) for r in rows]
+
+
+def last_event_id(tx: Transaction) -> int:
+    rows = tx.execute("SELECT COALESCE(MAX(id), 0) AS n FROM staff_events")
+    return int(rows[0]["n"])
+
+
+def _event(r: dict[str, Any]) -> Event:
+    return Event(r["id"], _dt(r["at"]), r["actor"], r["action"], r["subject"], json.loads(r["detail"]))
+
+
+def session_key(tx: Transaction) -> str:
+    """The key that signs staff session cookies: made once, kept in the store, so logins survive restarts."""
+    rows = tx.execute("SELECT value FROM staff_settings WHERE name = 'session_key'")
+    if rows:
+        return str(rows[0]["value"])
+    key = secrets.token_urlsafe(48)
+    tx.execute("INSERT INTO staff_settings (name, value) VALUES ('session_key', ?)", (key,))
+    return key
+
+
+def availability(tx: Transaction) -> Availability:
+    rows = tx.execute("SELECT kind, key FROM staff_menu_day")
+    settings = {r["name"]: r["value"] for r in tx.execute(
+        "SELECT name, value FROM staff_settings WHERE name IN ('closed', 'closed_message')")}
+    return Availability(sold_out_items=frozenset(r["key"] for r in rows if r["kind"] == "item"),
+                        sold_out_sizes=frozenset(r["key"] for r in rows if r["kind"] == "size"),
+                        closed=settings.get("closed") == "1", closed_message=settings.get("closed_message", ""))
+
+
+def set_sold_out(tx: Transaction, actor: str, kind: str, key: str, sold_out: bool, now: datetime) -> int:
+    if sold_out:
+        tx.execute("INSERT OR IGNORE INTO staff_menu_day (kind, key) VALUES (?, ?)", (kind, key))
+    else:
+        tx.execute("DELETE FROM staff_menu_day WHERE kind = ? AND key = ?", (kind, key))
+    return record(tx, actor, "menu.sold_out" if sold_out else "menu.back", f"{kind}:{key}", {}, now)
+
+
+def set_closed(tx: Transaction, actor: str, closed: bool, message: str, now: datetime) -> int:
+    for name, value in (("closed", "1" if closed else "0"), ("closed_message", message)):
+        tx.execute("INSERT INTO staff_settings (name, value) VALUES (?, ?)"
+                   " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+    return record(tx, actor, "shop.closed" if closed else "shop.open", "shop", {"message": message} if closed else {}, now)
