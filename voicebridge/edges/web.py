@@ -28,8 +28,10 @@ from quart_trio import QuartTrio
 from twilio.twiml.voice_response import VoiceResponse
 
 from voicebridge.edges.ical import CalendarFeed, feed_calendar
+from voicebridge.edges.security import token_binding
 from voicebridge.edges.service import CallService
 from voicebridge.edges.transport import QuartWebSocketStream
+from voicebridge.ops.logs import mask_number
 
 log = logging.getLogger("voicebridge.edges.web")
 
@@ -39,6 +41,7 @@ SORRY = "We're sorry, our ordering assistant is having trouble right now."
 DIAL_TIMEOUT_S = 20  # seconds the shop's phone rings before Twilio gives up and posts /dial-ended
 VOICEMAIL_PROMPT = "Please leave your name, number and order after the tone, and we'll call you back."
 NOBODY_FREE = "We're sorry, nobody at the shop could take your call."
+UNKNOWN_NUMBER = "We're sorry, this number is not in service with us. Please check the number and call again. Goodbye."
 
 
 def _twiml(vr: VoiceResponse, status: int = 200) -> Response:
@@ -54,14 +57,20 @@ def _path_qs() -> str:
     return request.path + ("?" + qs if qs else "")
 
 
+def our_number(form: dict[str, str]) -> str | None:
+    """The business's own number in a call: the number called, or for a call we placed (`voicebridge
+    call`, Direction outbound-api) the caller ID it was placed from."""
+    return form.get("From") if form.get("Direction", "").startswith("outbound") else form.get("To")
+
+
 def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> QuartTrio:
     cfg = daemon.config
     app = QuartTrio("voicebridge")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
-    def dial_shop(vr: VoiceResponse) -> None:
+    def dial_shop(vr: VoiceResponse, number: str) -> None:
         """Ring the shop for a while; whatever happens, Twilio comes back to /dial-ended."""
-        vr.dial(cfg.transfer_number, timeout=DIAL_TIMEOUT_S, action=cfg.public("/dial-ended"))
+        vr.dial(number, timeout=DIAL_TIMEOUT_S, action=cfg.public("/dial-ended"))
 
     def voicemail(vr: VoiceResponse) -> None:
         vr.say(VOICEMAIL_PROMPT)
@@ -86,22 +95,31 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         if not call_sid or len(call_sid) > 64 or not call_sid.replace("_", "").isalnum():
             return _plain("CallSid missing or malformed", 400)
         vr = VoiceResponse()
+        business = daemon.businesses.for_number(our_number(form))
+        if business is None:  # never another business's menu: a polite goodbye
+            daemon.metrics.unknown_numbers_total.inc()
+            log.warning("refused a call to a number no business answers",
+                        extra={"event": "unknown_number", "to": mask_number(our_number(form))})
+            vr.say(UNKNOWN_NUMBER)
+            vr.hangup()
+            return _twiml(vr)
         if daemon.draining:
             vr.say("We're sorry, we can't take your call right now. Please call back in a minute.")
-            if cfg.transfer_number:
-                dial_shop(vr)
+            if business.config.transfer_number:
+                dial_shop(vr, business.config.transfer_number)
             else:
                 vr.hangup()
             return _twiml(vr)
         if daemon.signatures.unsigned:
             log.warning("call accepted without a Twilio signature check (VOICEBRIDGE_ALLOW_UNSIGNED=1)",
                         extra={"event": "unsigned_call"})
-        token = daemon.tokens.mint(call_sid)
-        daemon.prewarm(call_sid)
+        token = daemon.tokens.mint(call_sid, bound=token_binding(business.slug))
+        daemon.prewarm(call_sid, business)
         stream = vr.connect(action=cfg.public("/stream-ended")).stream(url=cfg.stream_url)
         for name in ("CallSid", "From", "To", "Direction"):
             if form.get(name):
                 stream.parameter(name=name, value=form[name][:450])
+        stream.parameter(name="business", value=business.slug)  # signed into the token: checked with it
         stream.parameter(name="token", value=token)
         return _twiml(vr)
 
@@ -130,19 +148,21 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             return _twiml(vr)
         outcome = await daemon.outcome_of(call_sid)
         log.info("stream ended", extra={"event": "stream_ended", "outcome": outcome, "call_sid": call_sid})
+        business = daemon.businesses.for_number(our_number(form)) or daemon.businesses.default
+        transfer_number = business.config.transfer_number
         if outcome in HANGUP_OUTCOMES:
             vr.hangup()
         elif outcome == "transferred":
-            if cfg.transfer_number:
-                dial_shop(vr)
+            if transfer_number:
+                dial_shop(vr, transfer_number)
             else:
                 vr.say("We're sorry, nobody at the shop can take your call right now. Please call back later.")
                 vr.hangup()
         else:  # the AI side failed (or we never saw the stream): apologise, then a person or voicemail
             vr.say(SORRY)
-            if cfg.transfer_number:
+            if transfer_number:
                 vr.say("Let me connect you with the shop.")
-                dial_shop(vr)
+                dial_shop(vr, transfer_number)
             else:
                 voicemail(vr)
         return _twiml(vr)
