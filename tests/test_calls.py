@@ -220,3 +220,10 @@ async def test_fifty_simultaneous_calls_do_not_affect_each_other(autojump_clock:
         assert call.report.protocol_errors == []
     # Every call's flow left the shared state machine when its call ended: nothing keeps it alive.
     assert len(shared_machine().models) == models_before
+
+
+async def test_asking_for_a_person_in_words_transfers(autojump_clock: MockClock) -> None:
+    """"Can I talk to someone": the model calls transfer_to_human; the AI says it is connecting them, then transferred."""
+    call = await run_in_memory("voice_transfer")
+    assert call.result.outcome == "transferred"
+    assert load_clip("a_transfer").audio in call.report.played_audio()

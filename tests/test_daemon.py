@@ -91,7 +91,7 @@ def form(call_sid: str) -> dict[str, str]:
             "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
 
 
-@pytest.mark.parametrize("route", ["/incoming-call", "/stream-ended", "/call-status"])
+@pytest.mark.parametrize("route", ["/incoming-call", "/stream-ended", "/dial-ended", "/call-status"])
 async def test_webhooks_refuse_forged_and_missing_signatures(tmp_path: Path, lean: bool, route: str) -> None:
     """Every webhook: a forged or missing X-Twilio-Signature gets 403; a valid one is served."""
     with trio.fail_after(20):
@@ -167,6 +167,7 @@ async def test_keypad_0_call_ends_with_a_dial_to_the_shop(tmp_path: Path, lean: 
             result = await place_call(r.base, load_scenario("dtmf_transfer"), public_url=PUBLIC, auth_token=TOKEN)
             assert result.outcome == "dial"
             assert "+15550001111" in result.action.body
+            assert f'<Dial action="{PUBLIC}/dial-ended" timeout="20">' in result.action.body
             calls = await r.store.list_calls()
             assert [c.outcome for c in calls] == ["transferred"]
 

@@ -30,6 +30,7 @@ OUTCOMES = {
     "full_order": "completed", "demo": "completed", "change_of_mind": "completed", "realtime_drop": "completed",
     "barge_in_greeting": "caller_hung_up", "hangup_mid_answer": "caller_hung_up",
     "barge_in_twice": "ended_no_order", "silent_caller": "silence_timeout", "dtmf_transfer": "transferred",
+    "voice_transfer": "transferred",
     "appointments": "completed", "appointment_keypad": "completed",
 }
 # What Twilio is told after the stream, by outcome (the replay daemon has no TRANSFER_NUMBER).

@@ -8,7 +8,10 @@ Routes:
   framework in the audio path) and pipes every other request here; this route is what serves
   them under `VOICEBRIDGE_FRAMEWORK_SOCKETS=1`, the debugging fallback.
 - `POST /stream-ended` (the `<Connect>` action): continues the call by its outcome: hang up,
-  dial the shop, or apologise and take a message. No other route changes a live call.
+  dial the shop, or apologise and take a message.
+- `POST /dial-ended` (the `<Dial>` action): the shop did not pick up (no-answer, busy, failed,
+  canceled): the caller is offered voicemail instead of silence; a completed transfer hangs up.
+  No other route changes a live call.
 - `GET /healthz`, `GET /readyz`, `GET /metrics`.
 - `GET /calendar/<token>.ics`: the bookings as an iCalendar feed a calendar app subscribes to,
   when a `CalendarFeed` is given (404 for any other token, compared in constant time).
@@ -35,6 +38,9 @@ log = logging.getLogger("voicebridge.edges.web")
 HANGUP_OUTCOMES = frozenset({"completed", "ended_no_order", "caller_hung_up", "silence_timeout", "max_duration",
                              "refused", "shutdown", "ended_by_staff"})
 SORRY = "We're sorry, our ordering assistant is having trouble right now."
+DIAL_TIMEOUT_S = 20  # seconds the shop's phone rings before Twilio gives up and posts /dial-ended
+VOICEMAIL_PROMPT = "Please leave your name, number and order after the tone, and we'll call you back."
+NOBODY_FREE = "We're sorry, nobody at the shop could take your call."
 UNKNOWN_NUMBER = "We're sorry, this number is not in service with us. Please check the number and call again. Goodbye."
 
 
@@ -61,6 +67,15 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
     cfg = daemon.config
     app = QuartTrio("voicebridge")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    def dial_shop(vr: VoiceResponse, number: str) -> None:
+        """Ring the shop for a while; whatever happens, Twilio comes back to /dial-ended."""
+        vr.dial(number, timeout=DIAL_TIMEOUT_S, action=cfg.public("/dial-ended"))
+
+    def voicemail(vr: VoiceResponse) -> None:
+        vr.say(VOICEMAIL_PROMPT)
+        vr.record(max_length=120, play_beep=True, action=cfg.public("/stream-ended"))
+        vr.hangup()
 
     async def signed_form() -> dict[str, str] | None:
         form = (await request.form).to_dict()
@@ -91,7 +106,7 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         if daemon.draining:
             vr.say("We're sorry, we can't take your call right now. Please call back in a minute.")
             if business.config.transfer_number:
-                vr.dial(business.config.transfer_number)
+                dial_shop(vr, business.config.transfer_number)
             else:
                 vr.hangup()
             return _twiml(vr)
@@ -139,7 +154,7 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             vr.hangup()
         elif outcome == "transferred":
             if transfer_number:
-                vr.dial(transfer_number)
+                dial_shop(vr, transfer_number)
             else:
                 vr.say("We're sorry, nobody at the shop can take your call right now. Please call back later.")
                 vr.hangup()
@@ -147,11 +162,25 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             vr.say(SORRY)
             if transfer_number:
                 vr.say("Let me connect you with the shop.")
-                vr.dial(transfer_number)
+                dial_shop(vr, transfer_number)
             else:
-                vr.say("Please leave your name, number and order after the tone, and we'll call you back.")
-                vr.record(max_length=120, play_beep=True, action=cfg.public("/stream-ended"))
-                vr.hangup()
+                voicemail(vr)
+        return _twiml(vr)
+
+    @app.post("/dial-ended")
+    async def dial_ended() -> Response:
+        form = await signed_form()
+        if form is None:
+            return _plain("forbidden", 403)
+        status = form.get("DialCallStatus", "")
+        log.info("transfer ended", extra={"event": "dial_ended", "call_sid": form.get("CallSid"),
+                                          "status": status[:20]})
+        vr = VoiceResponse()
+        if status == "completed":  # the shop answered and the two talked: nothing left to do
+            vr.hangup()
+        else:  # no-answer, busy, failed, canceled (or anything unknown): never leave the caller in silence
+            vr.say(NOBODY_FREE)
+            voicemail(vr)
         return _twiml(vr)
 
     @app.post("/call-status")
