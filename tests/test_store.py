@@ -193,6 +193,19 @@ async def test_transcript_keeps_order_even_when_written_concurrently(store: Stor
     assert len(await store.transcript("CA1")) == 21
 
 
+async def test_transcript_lines_written_late_read_in_their_spoken_position(store: Store) -> None:
+    """A caller line that arrives after the answer to it, with its spoken position, reads before the answer."""
+    await store.add_transcript("CA1", role="assistant", text="Hello, Bridge Street Pizza.", item_id="a1", at=T0, position=1)
+    await store.add_transcript("CA1", role="assistant", text="One large pepperoni.", item_id="a2", at=T0, position=3)
+    await store.add_transcript("CA1", role="caller", text="A large pepperoni.", item_id="c1", at=T0, position=2)
+    assert [t.item_id for t in await store.transcript("CA1")] == ["a1", "c1", "a2"]
+    with pytest.raises(StoreError, match="already taken"):
+        await store.add_transcript("CA1", role="caller", text="again", item_id="c2", at=T0, position=2)
+    with pytest.raises(StoreError, match="position"):
+        await store.add_transcript("CA1", role="caller", text="x", item_id="c3", at=T0, position=0)
+    assert len(await store.transcript("CA1")) == 3
+
+
 async def test_confirmed_order_stores_order_items_and_a_pending_outbox_row(store: Store) -> None:
     """One call stores the order with totals, its items, and an outbox row due at once with the payload."""
     order_id = await save_order(store, "CA1", confirmed_order(), T0)

@@ -299,10 +299,10 @@ class Daemon:
         except Exception as exc:
             log.error("could not record the call start: %s", exc, extra={"event": "store_error"})
 
-    async def _on_transcript(self, call_sid: str, role: str, text: str, item_id: str | None) -> None:
+    async def _on_transcript(self, call_sid: str, role: str, text: str, item_id: str | None, position: int) -> None:
         try:
             await self.store.add_transcript(call_sid, role=role, text=text, item_id=item_id,
-                                            at=datetime.now(timezone.utc))
+                                            at=datetime.now(timezone.utc), position=position)
         except Exception as exc:
             log.error("could not store a transcript line: %s", exc, extra={"event": "store_error"})
 

@@ -70,7 +70,8 @@ class CallHooks:
 
     on_event: Callable[[str, str, dict[str, Any]], None] | None = None  # (call_sid, kind, fields): notices, transcripts
     on_started: Callable[[tw.Start], Awaitable[None]] | None = None
-    on_transcript: Callable[[str, str, str, str | None], Awaitable[None]] | None = None  # sid, role, text, item
+    # sid, role, text, item, position: where the line was spoken in the call (1, 2, ... by when its turn began)
+    on_transcript: Callable[[str, str, str, str | None, int], Awaitable[None]] | None = None
     commit: Callable[[str, Any], Awaitable[Committed]] | None = None  # (sid, task): the job's commit, in the store
     on_ended: Callable[["CallResult"], Awaitable[None]] | None = None
     on_live: Callable[["Call"], None] | None = None  # the call is running (the daemon keeps it for shutdown)
@@ -205,8 +206,12 @@ class Call:
         self.outcome: str | None = None
         self.usage: list[dict[str, Any]] = []
         self.transcription_usage: list[dict[str, Any]] = []
-        self._transcripts: deque[tuple[str, str, str | None]] = deque()  # lines waiting for the store, in order
+        self._transcripts: deque[tuple[str, str, str | None, int]] = deque()  # lines waiting for the store, in order
         self._writing_transcripts = False
+        # Spoken order: a turn's place is taken when it begins (the caller's speech starts, an agent
+        # message is added), not when its transcript arrives (the caller's comes after the answer's).
+        self._spoken: dict[str, int] = {}
+        self._spoken_count = 0
         self.frames_dropped = 0
         self._frames_in = 0
         self._deltas_out = 0
@@ -266,9 +271,11 @@ class Call:
         elif isinstance(e, Transcript):
             self._event("transcript", {"role": e.role, "text": e.text})
             if self.hooks.on_transcript is not None:
-                # One writer task per call stores the lines in the order they came: tasks started
-                # one per line could reach the store in any order.
-                self._transcripts.append((e.role, e.text, e.item_id))
+                # Each line keeps its place in the spoken order (taken when its turn began); one
+                # writer task per call stores the lines, so no write races another.
+                position = self._spoken.pop(e.item_id, None) if e.item_id else None
+                self._transcripts.append((e.role, e.text, e.item_id,
+                                          position if position is not None else self._turn_began(None)))
                 if not self._writing_transcripts:
                     assert self.nursery is not None
                     self._writing_transcripts = True
@@ -302,10 +309,19 @@ class Call:
         assert self.hooks.on_transcript is not None
         try:
             while self._transcripts:
-                role, text, item_id = self._transcripts.popleft()
-                await self.hooks.on_transcript(self.sid, role, text, item_id)
+                role, text, item_id, position = self._transcripts.popleft()
+                await self.hooks.on_transcript(self.sid, role, text, item_id, position)
         finally:
             self._writing_transcripts = False
+
+    def _turn_began(self, item_id: str | None) -> int:
+        """The next place in the spoken order, kept for `item_id` (once) until its transcript arrives."""
+        if item_id is not None and item_id in self._spoken:
+            return self._spoken[item_id]
+        self._spoken_count += 1
+        if item_id is not None:
+            self._spoken[item_id] = self._spoken_count
+        return self._spoken_count
 
     def _event(self, kind: str, fields: dict[str, Any]) -> None:
         if self.hooks.on_event is not None:
@@ -541,7 +557,12 @@ class Call:
                 await self._forward_model_audio(ev, now)
                 continue
             if isinstance(ev, rt.SpeechStarted):
+                self._turn_began(ev.item_id)
                 flow.speech_started(now)
+            elif isinstance(ev, rt.OutputItemAdded):
+                if ev.item_type == "message":
+                    self._turn_began(ev.item_id)
+                continue
             elif isinstance(ev, rt.SpeechStopped):
                 flow.speech_stopped()
             elif isinstance(ev, rt.ResponseCreated):

@@ -516,9 +516,16 @@ class Store:
         await self._run(update)
 
     async def add_transcript(
-        self, call_sid: str, *, role: str, text: str, item_id: str | None, at: datetime
+        self, call_sid: str, *, role: str, text: str, item_id: str | None, at: datetime, position: int | None = None
     ) -> None:
-        """Append one utterance to a call's transcript (numbered in order)."""
+        """Add one utterance to a call's transcript.
+
+        `position`: where it was spoken in the call (1, 2, ...), so a line that arrives late (the
+        caller's transcript comes after the answer's) still reads in speaking order; None appends it
+        after the last line. A position already taken is a StoreError.
+        """
+        if position is not None and (isinstance(position, bool) or not isinstance(position, int) or position < 1):
+            raise StoreError(f"position must be a whole number from 1, got {position!r}")
         _text(call_sid, "call_sid", max_len=64)
         if role not in ROLES:
             raise StoreError(f"role must be 'caller' or 'assistant', got {role!r}")
@@ -530,9 +537,12 @@ class Store:
         def insert(sql: Sql) -> None:
             with sql.transaction():
                 sql.serialize(f"transcript:{call_sid}")
-                seq = sql.execute(
+                seq = position if position is not None else sql.execute(
                     "SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM transcripts WHERE call_sid = ?", (call_sid,)
                 )[0]["seq"]
+                if position is not None and sql.execute(
+                        "SELECT 1 AS taken FROM transcripts WHERE call_sid = ? AND seq = ?", (call_sid, seq)):
+                    raise StoreError(f"transcript position {seq} of this call is already taken")
                 sql.execute(
                     "INSERT INTO transcripts (call_sid, seq, role, text, item_id, at) VALUES (?, ?, ?, ?, ?, ?)",
                     (call_sid, seq, role, text, item_id, when),

@@ -151,13 +151,15 @@ class RealtimePeer:
     `speed`: audio is generated at this multiple of real time (`math.inf`: no pacing);
     `delta_ms`: audio per `response.output_audio.delta`; `session_max_s`: the session cap;
     `record_audio`: keep the caller audio received in `ConnLog.audio`; `api_key`: when set,
-    only this bearer key is accepted; `seed`: makes the ids reproducible. Faults are
+    only this bearer key is accepted; `seed`: makes the ids reproducible; `transcript_delay_s`:
+    send each caller transcript this late, as the real API does (after the answer began). Faults are
     server-wide: each fires `times` times over all connections.
     """
 
     def __init__(
         self, scenario: Scenario, *, speed: float = 4.0, delta_ms: int = 100, session_max_s: float = 3600.0,
         record_audio: bool = False, api_key: str | None = None, seed: int | None = None,
+        transcript_delay_s: float = 0.0,
     ) -> None:
         if not speed > 0:
             raise ValueError(f"speed must be > 0 (math.inf: as fast as possible), got {speed!r}")
@@ -171,6 +173,9 @@ class RealtimePeer:
         self.delta_ms = int(delta_ms)
         self.session_max_s = float(session_max_s)
         self.record_audio = record_audio
+        if not 0 <= transcript_delay_s <= 10:
+            raise ValueError(f"transcript_delay_s must be within 0..10, got {transcript_delay_s!r}")
+        self.transcript_delay_s = float(transcript_delay_s)
         self.api_key = api_key
         self.connections: list[ConnLog] = []
         self.rejections: list[Rejection] = []
@@ -666,8 +671,17 @@ class _Session:
         self.log.transcripts.append((item_id, heard.clip, heard.text))
         if self.config["audio"]["input"].get("transcription"):
             item.wire["content"][0]["transcript"] = heard.text
-            self.emit(ev.transcription_completed(self.ids.event(), item_id, heard.text, audio_ms=item.audio_ms))
+            done = ev.transcription_completed(self.ids.event(), item_id, heard.text, audio_ms=item.audio_ms)
+            if self.peer.transcript_delay_s and self.nursery is not None:
+                self.nursery.start_soon(self._late, done, self.peer.transcript_delay_s)
+            else:
+                self.emit(done)
         return heard
+
+    async def _late(self, event: dict[str, Any], delay_s: float) -> None:
+        """Send `event` after `delay_s`, as the real API sends a caller's transcript after the answer began."""
+        await trio.sleep(delay_s)
+        self.emit(event)
 
     def _commit_manual(self, event: CommitBuffer) -> None:
         self.buf += self.pending
