@@ -300,3 +300,32 @@ def test_checkers_catch_cycles_and_wrong_directions(tmp_path: Path) -> None:
     assert "voicebridge.daemon imports the CLI" in breaks
     assert "voicebridge.daemon imports the local peers (voicebridge.peers.demo)" in breaks
     assert not any(b.startswith("voicebridge.cli") for b in breaks)
+
+
+LONG_MODULE_LINES = 500
+
+
+def long_modules_without_a_reason(package_dir: Path) -> list[str]:
+    """Modules over LONG_MODULE_LINES lines whose opening docstring does not say why they are long."""
+    found = []
+    for path in sorted(package_dir.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") <= LONG_MODULE_LINES:
+            continue
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if "why" not in doc.lower() or "long" not in doc.lower() and "length" not in doc.lower():
+            found.append(str(path.relative_to(package_dir.parent)))
+    return found
+
+
+def test_a_long_module_says_why_in_its_opening_comment() -> None:
+    assert long_modules_without_a_reason(PACKAGE_DIR) == []
+
+
+def test_the_length_check_is_real(tmp_path: Path) -> None:
+    package = tmp_path / "voicebridge"
+    _write(package, "__init__.py", "")
+    _write(package, "big.py", '"""A big module."""\n' + "x = 1\n" * (LONG_MODULE_LINES + 1))
+    _write(package, "big_ok.py", '"""A big module.\n\nWhy this module is long: one table of data."""\n'
+           + "x = 1\n" * (LONG_MODULE_LINES + 1))
+    assert long_modules_without_a_reason(package) == ["voicebridge/big.py"]

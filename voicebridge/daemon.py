@@ -6,6 +6,10 @@ systemd watchdog and the pre-warmed Realtime sessions waiting for their stream. 
 in its own nursery inside its WebSocket handler (`voicebridge.engine.session.run_call`).
 SIGTERM (or `shutdown`) stops new calls, lets live calls finish up to the drain deadline, then
 ends the rest with the outcome `shutdown` recorded.
+
+Why one module of this length: it is the composition of a running service (businesses, pre-warm,
+calls, stream tokens, the workers that outlive calls and the serve loop); each part is small and
+wires pieces that live elsewhere.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 A call never touches Quart's or trio-websocket's objects directly; it gets a `MessageStream`
 (text frames in, text frames out). The same call code therefore runs over the real sockets,
 over an in-memory pair on a mock clock (tests), and through a recorder.
+
+Why one module of this length: the stream interface and its implementations (in memory, trio-
+websocket, Quart, the RFC 6455 framer) share one contract of errors and close codes; the framer
+is about half of it and is proven against wsproto by tests/test_ws_fuzz.py.
 """
 
 from __future__ import annotations

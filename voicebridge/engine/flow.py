@@ -9,6 +9,10 @@ and `failed` (the AI side is gone); `ended` is terminal for every path. The busi
 where the job's task is (an order, a booking request: "ordering" is gathering it, "confirming" is
 its read-back, "done" is committed after the caller's yes); barge-in, timeouts and reconnection are internal transitions that act on the
 playout accounting (`voicebridge.engine.playout`) and on the response in flight.
+
+Why one module of this length: the flow is one state machine, and every decision it makes
+(barge-in, timers, reconnection, the caller's yes) reads and writes the same per-call state;
+split, each part would reach into the others'.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ Tasks of a call (all in the call's nursery; none outlives it):
 - model_writer: the model channel -> the current Realtime socket (caller audio, control events);
 - timers: named deadlines the flow arms, fired back into the flow.
 The flow (`voicebridge.engine.flow.CallFlow`) decides; tasks only move data and perform its effects.
+
+Why one module of this length: a call's five tasks share its channels and its flow, and
+performing each effect needs them all; the decisions themselves are in flow.py.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ voicebridge refuses to open. Datetimes are stored as ISO-8601 UTC text
 Shared by every process on one database: the outbox's claims (a row being delivered is
 leased to one process, `claim_due`), redeemed stream tokens (`redeem_token`) and the
 live-call registry (`live_call_upsert`, `live_calls`).
+
+Why one module of this length: one public API for every table the engine owns (calls,
+transcripts, the outbox and its claims, tokens, the live-call registry), engine-neutral; the
+engines' differences are in db_sqlite.py and db_postgres.py.
 """
 
 from __future__ import annotations

@@ -33,6 +33,10 @@ previous step's completion, provided audio arrived since the previous step's act
 fires `ms` after the previous step's completion; `playing` fires once `ms` of the current
 answer has played after the previous step's completion. An answer is a run of playout with no
 gap longer than `ANSWER_GAP_S` and no `clear` in it.
+
+Why one module of this length: it plays all of Twilio's side of a call (webhook, TwiML, media
+stream, marks, clear, playout timing, DTMF, the <Connect action>), and its timing model must
+stay one piece to be faithful.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@
   `OtherServerEvent(type)`: new event types are never an error.
 - the server's side, for the local Realtime peer: `parse_client`, as strict as the real service
   (unknown parameters and beta-shaped sessions are rejected with the service's error codes).
+
+Why one module of this length: it is the whole Realtime wire protocol, both directions, kept
+next to each other so a field renamed on one side is seen on the other; each event is a few
+lines.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ path (schema errors, e.g. `items.pepperoni.sizes.large`). Unknown keys are error
 
 Lookups forgive how a model or a caller names things: case, plurals, spaces or hyphens,
 accents, a trailing category word ("pepperoni pizza"), and the aliases the menu lists.
+
+Why one module of this length: loading a menu is mostly validation with a line and field in
+every error message; the checks live beside the data they check.
 """
 
 from __future__ import annotations
