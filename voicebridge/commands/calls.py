@@ -1,4 +1,5 @@
-"""`voicebridge calls`: recent calls with their outcome and estimated cost; `calls show SID` adds the transcript."""
+"""`voicebridge calls`: recent calls with their outcome, estimated cost and voicemail; `calls show SID` adds the
+transcript and the voicemail recording's URL."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from voicebridge.ops.store import CallRow, Store, TranscriptRow
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("calls", help="recent calls: outcome, duration, estimated cost; or one call's transcript",
+    p = subparsers.add_parser("calls", help="recent calls: outcome, duration, estimated cost, voicemail; or one call's transcript",
                               description="List recent calls (newest first) with their outcome, duration and "
                                           "estimated cost (Realtime tokens at the configured prices plus Twilio "
-                                          "minutes), or show one call with its transcript.")
+                                          "minutes) and any voicemail the caller left, or show one call with its transcript "
+                                          "and its voicemail's recording URL.")
     p.add_argument("--limit", type=_positive, default=20, help="how many calls (default 20)")
     p.add_argument("--json", dest="calls_json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_list)
@@ -38,7 +40,14 @@ def _row_json(row: CallRow) -> dict[str, Any]:
     return {"call_sid": row.call_sid, "from": row.from_number, "to": row.to_number, "direction": row.direction,
             "started_at": row.started_at.isoformat(), "ended_at": row.ended_at.isoformat() if row.ended_at else None,
             "outcome": row.outcome, "cost_usd": str(row.cost_usd) if row.cost_usd is not None else None,
-            "cost_details": row.cost_details}
+            "cost_details": row.cost_details, "voicemail_url": row.voicemail_url,
+            "voicemail_duration_s": row.voicemail_duration_s}
+
+
+def _voicemail(row: CallRow) -> str:
+    if row.voicemail_url is None:
+        return "-"
+    return f"{row.voicemail_duration_s}s" if row.voicemail_duration_s is not None else "yes"
 
 
 def run_list(args: argparse.Namespace, config: Config) -> int:
@@ -51,10 +60,11 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
     if not rows:
         print("No calls yet.")
         return EXIT_OK
-    table = [("Time", "Call", "From", "Length", "Outcome", "Cost")]
+    table = [("Time", "Call", "From", "Length", "Outcome", "Cost", "Voicemail")]
     for r in rows:
         cost = f"${r.cost_usd:.4f}" if r.cost_usd is not None else "-"
-        table.append((_local(r.started_at), r.call_sid, r.from_number or "-", _duration(r), r.outcome or "live", cost))
+        table.append((_local(r.started_at), r.call_sid, r.from_number or "-", _duration(r), r.outcome or "live", cost,
+                      _voicemail(r)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -86,6 +96,9 @@ def run_show(args: argparse.Namespace, config: Config) -> int:
         tokens = (row.cost_details or {}).get("tokens") or {}
         detail = ", ".join(f"{k} {v}" for k, v in tokens.items() if v)
         print(f"Estimated cost ${row.cost_usd}" + (f" (tokens: {detail})" if detail else ""))
+    if row.voicemail_url is not None:
+        length = f" ({row.voicemail_duration_s}s)" if row.voicemail_duration_s is not None else ""
+        print(f"Voicemail{length}: {row.voicemail_url}")
     if lines:
         print("Transcript:")
         for t in lines:

@@ -9,6 +9,11 @@ Routes:
   them under `VOICEBRIDGE_FRAMEWORK_SOCKETS=1`, the debugging fallback.
 - `POST /stream-ended` (the `<Connect>` action): continues the call by its outcome: hang up,
   dial the shop, or apologise and take a message. No other route changes a live call.
+- `POST /dial-ended` (the `<Dial>` action): the shop answered (hang up when they are done), or
+  nobody did (no-answer, busy, failed, canceled): the caller is offered voicemail.
+- `POST /voicemail` (the `<Record>` action) and `POST /voicemail-status` (its
+  recordingStatusCallback): the recording is kept on the call's row and the business notified
+  (`voicemail.received`) once, however often Twilio calls.
 - `GET /healthz`, `GET /readyz`, `GET /metrics`.
 - `GET /calendar/<token>.ics`: the bookings as an iCalendar feed a calendar app subscribes to,
   when a `CalendarFeed` is given (404 for any other token, compared in constant time).
@@ -33,6 +38,11 @@ log = logging.getLogger("voicebridge.edges.web")
 HANGUP_OUTCOMES = frozenset({"completed", "ended_no_order", "caller_hung_up", "silence_timeout", "max_duration",
                              "refused", "shutdown", "ended_by_staff"})
 SORRY = "We're sorry, our ordering assistant is having trouble right now."
+LEAVE_MESSAGE = "Please leave your name, number and order after the tone, and we'll call you back."
+THANKS = "Thank you. We'll call you back soon. Goodbye."
+NOBODY_FREE = "We're sorry, nobody at the shop could take your call."
+VOICEMAIL_MAX_S = 120
+DIAL_UNANSWERED = frozenset({"no-answer", "busy", "failed", "canceled"})
 
 
 def _twiml(vr: VoiceResponse, status: int = 200) -> Response:
@@ -60,6 +70,28 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         log.warning("rejected a webhook with a missing or wrong Twilio signature",
                     extra={"event": "bad_signature", "route": request.path})
         daemon.metrics.protocol_errors_total.labels("twilio").inc()
+        return None
+
+    def dial_shop(vr: VoiceResponse, number: str) -> None:
+        vr.dial(number, timeout=cfg.dial_timeout_s, action=cfg.public("/dial-ended"))
+
+    def take_message(vr: VoiceResponse) -> None:
+        vr.say(LEAVE_MESSAGE)
+        vr.record(max_length=VOICEMAIL_MAX_S, play_beep=True, action=cfg.public("/voicemail"),
+                  recording_status_callback=cfg.public("/voicemail-status"))
+        vr.hangup()
+
+    async def keep_voicemail(form: dict[str, str]) -> Response | None:
+        """Store the recording named in a signed callback; a 400 response if the form is unusable."""
+        call_sid, url = form.get("CallSid", ""), form.get("RecordingUrl", "")
+        if not call_sid or len(call_sid) > 64 or not url.startswith("https://") or len(url) > 2000:
+            return _plain("CallSid or RecordingUrl missing or malformed", 400)
+        raw = form.get("RecordingDuration", "")
+        duration = int(raw) if raw.isdigit() and len(raw) < 6 else None
+        fresh = await daemon.voicemail_received(call_sid, url=url, duration_s=duration,
+                                                from_number=form.get("From") or None)
+        log.info("voicemail kept" if fresh else "voicemail callback repeated",
+                 extra={"event": "voicemail", "call_sid": call_sid, "duration_s": duration, "new": fresh})
         return None
 
     @app.post("/incoming-call")
@@ -109,8 +141,11 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             return _plain("forbidden", 403)
         call_sid = form.get("CallSid", "")
         vr = VoiceResponse()
-        if form.get("RecordingUrl"):  # back from the voicemail <Record>
-            vr.say("Thank you. We'll call you back soon. Goodbye.")
+        if form.get("RecordingUrl"):  # a <Record> given out before /voicemail existed (a call across an upgrade)
+            bad = await keep_voicemail(form)
+            if bad is not None:
+                return bad
+            vr.say(THANKS)
             vr.hangup()
             return _twiml(vr)
         outcome = await daemon.outcome_of(call_sid)
@@ -119,20 +154,62 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             vr.hangup()
         elif outcome == "transferred":
             if cfg.transfer_number:
-                vr.dial(cfg.transfer_number)
+                dial_shop(vr, cfg.transfer_number)
             else:
-                vr.say("We're sorry, nobody at the shop can take your call right now. Please call back later.")
-                vr.hangup()
+                vr.say(NOBODY_FREE)
+                take_message(vr)
         else:  # the AI side failed (or we never saw the stream): apologise, then a person or voicemail
             vr.say(SORRY)
             if cfg.transfer_number:
                 vr.say("Let me connect you with the shop.")
-                vr.dial(cfg.transfer_number)
+                dial_shop(vr, cfg.transfer_number)
             else:
-                vr.say("Please leave your name, number and order after the tone, and we'll call you back.")
-                vr.record(max_length=120, play_beep=True, action=cfg.public("/stream-ended"))
-                vr.hangup()
+                take_message(vr)
         return _twiml(vr)
+
+    @app.post("/dial-ended")
+    async def dial_ended() -> Response:
+        form = await signed_form()
+        if form is None:
+            return _plain("forbidden", 403)
+        status = form.get("DialCallStatus", "")
+        log.info("transfer ended", extra={"event": "dial_ended", "call_sid": form.get("CallSid"),
+                                          "status": status[:20]})
+        vr = VoiceResponse()
+        if status in DIAL_UNANSWERED:
+            vr.say(NOBODY_FREE)
+            take_message(vr)
+        else:  # completed (or answered): the caller talked with the shop
+            vr.hangup()
+        return _twiml(vr)
+
+    @app.post("/voicemail")
+    async def voicemail() -> Response:
+        form = await signed_form()
+        if form is None:
+            return _plain("forbidden", 403)
+        if form.get("RecordingUrl"):  # none when the caller hung up before saying anything
+            # The caller is still on the line: whatever happens here, they hear a goodbye, not an
+            # error; the status callback (retried by Twilio) keeps the voicemail if this could not.
+            try:
+                if await keep_voicemail(form) is not None:
+                    log.warning("voicemail action without a usable recording", extra={"event": "voicemail_bad"})
+            except Exception as exc:
+                log.error("could not keep a voicemail: %s", exc, extra={"event": "store_error"})
+        vr = VoiceResponse()
+        vr.say(THANKS)
+        vr.hangup()
+        return _twiml(vr)
+
+    @app.post("/voicemail-status")
+    async def voicemail_status() -> Response:
+        form = await signed_form()
+        if form is None:
+            return _plain("forbidden", 403)
+        if form.get("RecordingStatus", "completed") != "completed":
+            return Response("", status=204)
+        bad = await keep_voicemail(form)
+        return bad if bad is not None else Response("", status=204)
 
     @app.post("/call-status")
     async def call_status() -> Response:
