@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -104,19 +103,26 @@ def start_daemon(port: int, realtime_url: str, workdir: Path, core: str,
         env["PYTHONPATH"] = source
     cmd = ["taskset", "-c", core, sys.executable, "-m", "voicebridge", "serve"]
     log = open(workdir / "daemon.log", "wb")
+    # READY=1 on a notify socket, as systemd hears it: with VOICEBRIDGE_WORKERS=N, once all N serve
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(workdir / "notify.sock"))
+    notify.settimeout(0.2)
+    env["NOTIFY_SOCKET"] = str(workdir / "notify.sock")
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited: {(workdir / 'daemon.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
+    deadline = time.monotonic() + 40
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon exited: {(workdir / 'daemon.log').read_text()[-2000:]}")
+            try:
+                if b"READY=1" in notify.recv(4096).split(b"\n"):
                     return proc
-        except OSError:
-            time.sleep(0.1)
+            except OSError:
+                continue
+    finally:
+        notify.close()
     stop(proc)
-    raise RuntimeError("daemon did not become healthy within 20 s")
+    raise RuntimeError("daemon did not become ready within 40 s")
 
 
 def stop(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM) -> None:
@@ -245,6 +251,9 @@ def main() -> int:
     def record(res: dict[str, Any]) -> None:
         res["label"] = args.label
         res["framework_sockets"] = os.environ.get("VOICEBRIDGE_FRAMEWORK_SOCKETS", "0")
+        res["workers"] = int(os.environ.get("VOICEBRIDGE_WORKERS", "1") or 1)
+        res["bridge_cores"] = args.bridge_core
+        res["harness_cores"] = args.harness_core
         results[:] = [r for r in results if r["calls"] != res["calls"]] + [res]
         results.sort(key=lambda r: r["calls"])
         out_path.write_text(json.dumps(results, indent=1) + "\n")

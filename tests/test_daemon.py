@@ -141,7 +141,7 @@ async def test_stream_start_with_a_bad_token_is_refused_before_any_realtime_sess
                 bound_to = call_sid if token == "reuse" else new_sid("CA")
                 token = r.daemon.tokens.mint(bound_to)
                 if bound_to == call_sid:
-                    r.daemon.tokens.redeem(token, call_sid)  # already used once
+                    await r.daemon.redeem_token(token, call_sid)  # already used once
             url = r.base.replace("http", "ws") + "/media-stream"
             sig = RequestValidator(TOKEN).compute_signature("wss://voicebridge-test.invalid/media-stream", {})
             async with trio_websocket.open_websocket_url(url, extra_headers=[(b"x-twilio-signature", sig.encode())]) as ws:
@@ -212,7 +212,7 @@ async def test_a_live_call_is_in_the_shared_registry_until_it_ends(tmp_path: Pat
                 nursery.start_soon(watch)
                 await place_call(r.base, load_scenario("dtmf_transfer"), public_url=PUBLIC, auth_token=TOKEN)
             [call] = seen
-            assert call.instance == r.store.instance_id and call.business == r.daemon.job.business_name
+            assert call.instance == r.store.instance_id and call.business == r.daemon.businesses.default.slug
             assert call.state and call.summary == {"direction": "inbound", "job": "pizza"}
             assert [c.outcome for c in await r.store.list_calls()] == ["transferred"]
             for _ in range(200):

@@ -104,7 +104,7 @@ def test_env_example_defaults_are_the_real_defaults(tmp_path: Path, monkeypatch:
     monkeypatch.chdir(tmp_path)  # no stray ./.env
     values = {k: v for k, v in example_lines().items() if v}
     examples = {"VOICEBRIDGE_DB", "VOICEBRIDGE_RECORD_DIR", "VOICEBRIDGE_MENU", "ORDER_WEBHOOK_URL", "PUBLIC_URL",
-                "VOICEBRIDGE_CALDAV_URL"}
+                "VOICEBRIDGE_CALDAV_URL", "VOICEBRIDGE_BUSINESSES"}
     documented = Config.from_env({k: v for k, v in values.items() if k not in examples})
     assert documented == Config()
     with_examples = Config.from_env(values)

@@ -122,7 +122,7 @@ class EchoService:
         return None
 
     async def voicemail_received(self, call_sid: str, *, url: str, duration_s: int | None,
-                                 from_number: str | None) -> bool:
+                                 from_number: str | None, business: str = "default") -> bool:
         return False
 
     async def not_ready_reason(self) -> str | None:

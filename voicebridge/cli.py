@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,6 +34,8 @@ environment (also read from ./.env or $VOICEBRIDGE_ENV_FILE):
   ORDER_WEBHOOK_URL/SECRET  where confirmed orders are POSTed, and the HMAC key that signs them
   TRANSFER_NUMBER           the shop's number for "talk to a person" and failures
   VOICEBRIDGE_RECORD_DIR    record every call as JSONL (for `voicebridge replay`)
+  VOICEBRIDGE_WORKERS       worker processes sharing the port (default 1: one process)
+  VOICEBRIDGE_BUSINESSES    business files (or a directory): each number's job, menu and webhook
   more (timeouts, prices, logging): see systemd/voicebridge.env.example
 """
 
@@ -71,22 +74,29 @@ def _port_arg(raw: str) -> int:
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import trio
 
-    from voicebridge.business import SCHEMAS, build_job
+    from voicebridge.business import SCHEMAS, Businesses
     from voicebridge.daemon import Daemon, ListenError, listen, serve_daemon
     from voicebridge.ops.logs import setup_logging
     from voicebridge.ops.store import Store
+    from voicebridge.ops.supervisor import WORKER_ENV, run_supervisor
 
     config = serve_config(args, config)
     config.check_serve()
     try:  # the address is tried before anything else: a port in use is one line, not a traceback
-        listen(config.host, config.port).close()
+        listen(config.host, config.port, reuse_port=config.workers > 1).close()  # workers share the port
     except ListenError as exc:
         print(f"voicebridge: {exc}", file=sys.stderr)
         return 1
+    businesses = Businesses.load(config)  # a bad business file or menu stops here, before any worker starts
     setup_logging(config.log_level, config.log_format,
                   secrets=[config.openai_api_key, config.twilio_auth_token, config.order_webhook_secret,
-                           config.caldav_password, config.calendar_feed_token])
-    job = build_job(config)
+                           config.caldav_password, config.calendar_feed_token, config.stream_secret,
+                           *(b.config.order_webhook_secret for b in businesses)])
+    if config.workers > 1 and not os.environ.get(WORKER_ENV):
+        log.info("starting voicebridge %s with %d workers", __version__, config.workers,
+                 extra={"event": "starting", "config": config.redacted()})
+        env_file = ["--env-file", args.env_file] if getattr(args, "env_file", None) else []
+        return run_supervisor(config, [sys.executable, "-m", "voicebridge", *env_file, "serve"])
     if config.allow_unsigned:
         from voicebridge.edges.security import UNSIGNED_WARNING
 
@@ -96,7 +106,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     async def main() -> None:
         store = await Store.open(config.db_path, schemas=SCHEMAS)
         try:
-            await serve_daemon(Daemon(config, job=job, store=store), freeze_gc=True)
+            await serve_daemon(Daemon(config, businesses=businesses, store=store), freeze_gc=True,
+                               reuse_port=bool(os.environ.get(WORKER_ENV)))
         finally:
             await store.aclose()
 
@@ -194,9 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from voicebridge.jobs.appointments.business import BusinessError
         from voicebridge.jobs.pizza.menu import MenuError
         from voicebridge.peers.scenario import ScenarioError
+        from voicebridge.daemon import ListenError
         from voicebridge.ops.store import StoreError
 
-        if isinstance(exc, (BusinessError, MenuError, ScenarioError, StoreError)):
+        if isinstance(exc, (BusinessError, MenuError, ScenarioError, StoreError, ListenError)):
             print(f"voicebridge: {exc}", file=sys.stderr)
             return 2
         raise

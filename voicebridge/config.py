@@ -77,6 +77,9 @@ class Config:
     # the job: which one (None: as the business file says, else pizza), and its business file
     job: str | None = None
     business_path: Path | None = None  # VOICEBRIDGE_BUSINESS (for pizza, its menu)
+    workers: int = 1  # worker processes behind one port (SO_REUSEPORT) under a supervisor when > 1
+    stream_secret: str | None = None  # signs stream tokens; default: derived from twilio_auth_token
+    businesses: tuple[Path, ...] = ()  # business files (or directories of them): one per set of numbers
     # ordering
     menu_path: Path | None = None  # VOICEBRIDGE_MENU: the pizza job's business file (an alias)
     tax_rate_bp: int = 800  # 8.00 %
@@ -159,6 +162,9 @@ class Config:
             ws_max_message_bytes=g.get("VOICEBRIDGE_WS_MAX_MESSAGE_BYTES", _int_range(1024, 16 * 1024 * 1024), 64 * 1024),
             job=g.get("VOICEBRIDGE_JOB", _choice(JOBS), None),
             business_path=g.get("VOICEBRIDGE_BUSINESS", _path, None),
+            workers=g.get("VOICEBRIDGE_WORKERS", _int_range(1, 64), 1),
+            stream_secret=g.get("VOICEBRIDGE_STREAM_SECRET", _secret16, None),
+            businesses=g.get("VOICEBRIDGE_BUSINESSES", _paths, ()),
             menu_path=g.get("VOICEBRIDGE_MENU", _path, None),
             tax_rate_bp=g.get("VOICEBRIDGE_TAX_RATE", _rate_bp, 800),
             order_webhook_url=g.get("ORDER_WEBHOOK_URL", _http_url, None),
@@ -248,6 +254,8 @@ class Config:
                 value = db_url_redacted(value)
             elif isinstance(value, (Path, Decimal)):
                 value = str(value)
+            elif isinstance(value, tuple):
+                value = [str(v) for v in value]
             elif isinstance(value, Prices):
                 continue
             out[f.name] = value
@@ -255,7 +263,7 @@ class Config:
 
 
 SECRET_FIELDS = frozenset({"openai_api_key", "twilio_auth_token", "order_webhook_secret", "caldav_password",
-                           "calendar_feed_token"})
+                           "calendar_feed_token", "stream_secret"})
 
 
 # -- parsing helpers --------------------------------------------------------------------
@@ -278,7 +286,8 @@ class _Getter:
 
 
 _SECRET_VARS = frozenset({"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "ORDER_WEBHOOK_SECRET", "VOICEBRIDGE_CALDAV_PASSWORD",
-                         "VOICEBRIDGE_CALENDAR_FEED_TOKEN", "VOICEBRIDGE_CALDAV_URL"})  # a bad URL may hold a password
+                         "VOICEBRIDGE_CALENDAR_FEED_TOKEN", "VOICEBRIDGE_CALDAV_URL",  # a bad URL may hold a password
+                         "VOICEBRIDGE_STREAM_SECRET"})
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
@@ -435,6 +444,20 @@ def _db(raw: str) -> Path | str:
     elif "://" in raw:
         raise ValueError("expected a file path, sqlite:///path or postgresql://user@host/dbname")
     return _path(raw)
+
+
+def _secret16(raw: str) -> str:
+    if len(raw) < 16:
+        raise ValueError("expected at least 16 characters (e.g. `openssl rand -hex 32`)")
+    return raw
+
+
+def _paths(raw: str) -> tuple[Path, ...]:
+    """Files or directories, separated by the OS path separator (`:`) or commas."""
+    parts = [p.strip() for p in raw.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
+    if not parts:
+        raise ValueError("expected a directory or a list of business files")
+    return tuple(Path(p).expanduser() for p in parts)
 
 
 def _phone(raw: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import hashlib
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from typing import Any, Callable
 
 import trio
 
+from voicebridge.business import Business, Businesses
 from voicebridge.config import Config
 from voicebridge.ops.cost import CallCost
 from voicebridge.engine.flow import FlowSettings
@@ -40,7 +42,7 @@ from voicebridge.edges.protocol import realtime as rt
 from voicebridge.edges.protocol import twilio_media as tw
 from voicebridge.edges.calendar import CalDavCalendar
 from voicebridge.edges.ical import CalendarFeed, FeedSource
-from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures
+from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures, stream_token_secret, token_binding
 from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call, utc_now
 from voicebridge.ops import staff_store
 from voicebridge.ops.live_registry import LiveRegistry
@@ -53,6 +55,7 @@ log = logging.getLogger("voicebridge.daemon")
 Observer = Callable[[str, str, dict[str, Any]], None]  # (call_sid, kind, fields)
 MAX_REMEMBERED_OUTCOMES = 10_000
 OUTCOME_WAIT_S = 5.0
+PREWARM_CHECK_S = 1.0  # how often a waiting pre-warmed session looks for its call in another process
 
 
 def realtime_connector(config: Config) -> Connector:
@@ -82,7 +85,7 @@ def realtime_connector(config: Config) -> Connector:
 
 
 def make_call_setup(config: Config, job: Job, connector: Connector, *,
-                    check_start: Callable[[tw.Start], None] | None = None,
+                    check_start: Callable[[tw.Start], Any] | None = None,
                     prepare_tool: PrepareTool | None = None,
                     wall_clock: Callable[[], datetime] | None = None) -> CallSetup:
     """How every call is set up: Realtime session settings, the job's tools and words, timers."""
@@ -105,18 +108,29 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
 
 
 class Daemon:
-    def __init__(self, config: Config, *, job: Job, store: Store, metrics: Metrics | None = None,
-                 connector: Connector | None = None, notifier: Notifier | None = None,
+    def __init__(self, config: Config, *, store: Store, job: Job | None = None, businesses: Businesses | None = None,
+                 metrics: Metrics | None = None, connector: Connector | None = None,
+                 notifier: Notifier | None = None,
                  calendar_zone: tzinfo | None = None, feed_events: FeedSource | None = None,
                  busy_source: BusySource | None = None, wall_clock: Callable[[], datetime] | None = None) -> None:
+        """`businesses` answer the calls (by the number called); `job` alone makes the one default business."""
+        if businesses is None:
+            if job is None:
+                raise ValueError("a Daemon needs a job or businesses")
+            businesses = Businesses.single(config, job)
+        job = businesses.default.job
         self.config = config
-        self.job = job
+        self.businesses = businesses
+        self.job = businesses.default.job
         self.store = store
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier()
         self.signatures = TwilioSignatures(config.twilio_auth_token, config.public_url or "http://127.0.0.1",
                                            allow_unsigned=config.allow_unsigned)
-        self.tokens = StreamTokens(ttl_s=config.stream_token_ttl_s)
+        # Any worker (or instance) holding the deployment's secret verifies any token; the database
+        # makes each single-use across all of them (Store.redeem_token).
+        self.tokens = StreamTokens(stream_token_secret(config.stream_secret, config.twilio_auth_token),
+                                   ttl_s=config.stream_token_ttl_s)
         self.observers: list[Observer] = []
         # The staff page's live updates (voicebridge.edges.staff): every call notice, fanned out.
         self.staff_hub = StaffHub(cart_of=self.cart_of)
@@ -131,8 +145,14 @@ class Daemon:
         self._prewarming: dict[str, trio.Event] = {}
         self.nursery: trio.Nursery | None = None
         # every live call, shared through the database with the other processes (the staff page reads it)
-        self.registry = LiveRegistry(store, business=job.business_name)
-        self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret,
+        self.registry = LiveRegistry(store, business=businesses.default.slug)
+        self._business_of: dict[str, str] = {}  # call started here (setting up or live) -> business slug
+        self._drain_expired = False
+        routes = None
+        if businesses.catch_all is None:  # business files: each business's events go to its own webhook
+            routes = {b.slug: (b.config.order_webhook_url, b.config.order_webhook_secret)
+                      for b in businesses if b.config.order_webhook_url and b.config.order_webhook_secret}
+        self.outbox = OutboxWorker(store, config.order_webhook_url, config.order_webhook_secret, routes=routes,
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s)
         self.outbox.on_settled = self._delivery_settled
         # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day; by
@@ -153,25 +173,29 @@ class Daemon:
             self.calendar_feed = CalendarFeed(config.calendar_feed_token, feed_events)
         # the job's lookups before a tool runs: stored bookings, and the calendar's busy times
         # (`busy_source`, by default the CalDAV calendar) so events booked by hand block slots too
-        self.setup = make_call_setup(
-            config, job, connector or realtime_connector(config), check_start=self._check_start,
-            prepare_tool=tool_preparer(job, store, busy_source or self.calendar, clock=wall_clock),
-            wall_clock=wall_clock)
+        connect = connector or realtime_connector(config)
+        self.setups = {b.slug: make_call_setup(
+            b.config, b.job, connect, check_start=self._check_start,
+            prepare_tool=tool_preparer(b.job, store, busy_source or self.calendar, clock=wall_clock),
+            wall_clock=wall_clock) for b in businesses}
+        self.setup = self.setups[businesses.default.slug]
 
     # -- pre-warm ----------------------------------------------------------------------------
 
-    def prewarm(self, call_sid: str) -> None:
-        """Open and configure the call's Realtime session while Twilio fetches TwiML and connects."""
+    def prewarm(self, call_sid: str, business: Business | None = None) -> None:
+        """Open and configure the call's Realtime session (with its business's job and voice) while
+        Twilio fetches TwiML and connects."""
         if self.nursery is None or call_sid in self._prewarming:
             return
         self._prewarming[call_sid] = trio.Event()
-        self.nursery.start_soon(self._prewarm, call_sid)
+        setup = self.setups[(business or self.businesses.default).slug]
+        self.nursery.start_soon(self._prewarm, call_sid, setup)
 
-    async def _prewarm(self, call_sid: str) -> None:
+    async def _prewarm(self, call_sid: str, setup: CallSetup) -> None:
         assert self.nursery is not None
         ready = self._prewarming[call_sid]
         try:
-            stream = await connect_session(self.setup, self.nursery)
+            stream = await connect_session(setup, self.nursery)
         except SetupError as exc:
             log.warning("pre-warm failed (the call will connect on its own): %s", exc,
                         extra={"event": "prewarm_failed", "call_sid": call_sid})
@@ -180,27 +204,66 @@ class Daemon:
             return
         self._prewarmed[call_sid] = stream
         ready.set()
-        await trio.sleep(self.config.prewarm_ttl_s)
+        with trio.move_on_after(self.config.prewarm_ttl_s):
+            await self._wait_for_stream_elsewhere(call_sid)
         self._prewarming.pop(call_sid, None)
         unused = self._prewarmed.pop(call_sid, None)
-        if unused is not None:  # the stream never came: do not leave a session open
+        if unused is not None:  # the stream never came, or went to another process: do not leave it open
+            self.metrics.prewarm_total.labels("unclaimed").inc()
             log.info("discarded an unused pre-warmed session", extra={"event": "prewarm_discarded", "call_sid": call_sid})
             await close_quietly(unused)
+
+    async def _wait_for_stream_elsewhere(self, call_sid: str) -> None:
+        """Return once the call's stream has started in another process (another worker or instance
+        recorded the call), so the unneeded pre-warmed session here is closed at once rather than at
+        the TTL. One indexed read per second while it waits; once claimed here, it only waits (the
+        caller's scope, the TTL, ends it: the CallSid stays known, and is not pre-warmed twice)."""
+        while True:
+            await trio.sleep(PREWARM_CHECK_S)
+            if call_sid not in self._prewarmed or call_sid in self._business_of:  # claimed, or starting here
+                continue
+            try:
+                recorded, _ = await self.store.call_outcome(call_sid)
+            except Exception:  # the TTL still bounds it
+                continue
+            if recorded and call_sid not in self._business_of and call_sid in self._prewarmed:
+                return
 
     async def claim_prewarmed(self, call_sid: str) -> MessageStream | None:
         ready = self._prewarming.get(call_sid)
         if ready is not None:
             with trio.move_on_after(self.config.realtime_connect_timeout_s):
                 await ready.wait()
-        return self._prewarmed.pop(call_sid, None)
+        stream = self._prewarmed.pop(call_sid, None)
+        # "hit": the stream came to the process that pre-warmed; "miss": it connects now, the
+        # greeting waits for that (with several workers, the webhook may have landed elsewhere).
+        self.metrics.prewarm_total.labels("hit" if stream is not None else "miss").inc()
+        return stream
 
     # -- calls -------------------------------------------------------------------------------
 
-    def _check_start(self, start: tw.Start) -> None:
+    async def redeem_token(self, token: str | None, call_sid: str, business: str = "default") -> None:
+        """Use up a stream token for `call_sid` of `business`: valid, and never used before by any
+        process sharing the database; StreamTokenError (with its reason) otherwise."""
+        nonce, expires_at = self.tokens.verify(token, call_sid, bound=token_binding(business))
+        key = hashlib.sha256(nonce.encode("ascii")).hexdigest()
+        if not await self.store.redeem_token(key, datetime.fromtimestamp(expires_at, timezone.utc)):
+            raise StreamTokenError("reused")
+
+    async def _check_start(self, start: tw.Start) -> CallSetup:
+        """The stream's token is for this call and this business, and never used before, anywhere."""
+        slug = start.custom_parameters.get("business") or self.businesses.default.slug
         try:
-            self.tokens.redeem(start.custom_parameters.get("token"), start.call_sid)
+            await self.redeem_token(start.custom_parameters.get("token"), start.call_sid, slug)
         except StreamTokenError as exc:
             raise StreamRefused(exc.reason) from None
+        except Exception as exc:  # the database is unreachable: no call we cannot account for
+            log.error("could not record the stream token as used: %s", exc, extra={"event": "store_error"})
+            raise StreamRefused("store-unavailable") from None
+        setup = self.setups.get(slug)
+        if setup is None:  # signed for a business this deployment no longer has
+            raise StreamRefused("unknown-business")
+        return setup
 
     async def handle_stream(self, twilio: MessageStream) -> CallResult:
         hooks = CallHooks(on_event=self._on_event, on_started=self._on_started, on_transcript=self._on_transcript,
@@ -213,7 +276,10 @@ class Daemon:
         self.metrics.live_calls.inc()
         params = call.start.custom_parameters
         self.registry.started(call.sid, call.flow.state,
-                              {"direction": params.get("Direction") or "inbound", "job": self.job.name})
+                              {"direction": params.get("Direction") or "inbound", "job": call.setup.job.name},
+                              business=self._business_of.get(call.sid))
+        if self._drain_expired:
+            call.end_now("shutdown")
         if self.signatures.unsigned:
             log.warning("call running without Twilio signature checks (VOICEBRIDGE_ALLOW_UNSIGNED=1)",
                         extra={"event": "unsigned_call", "call_sid": call.sid})
@@ -223,10 +289,12 @@ class Daemon:
         # so each of the call's log lines carries its call_sid.
         call_sid_var.set(start.call_sid)
         params = start.custom_parameters
+        self._business_of[start.call_sid] = params.get("business") or self.businesses.default.slug
         try:
             await self.store.call_started(start.call_sid, stream_sid=start.stream_sid, from_number=params.get("From"),
                                           to_number=params.get("To"), direction=params.get("Direction") or "inbound",
-                                          started_at=datetime.now(timezone.utc))
+                                          started_at=datetime.now(timezone.utc),
+                                          business=self._business_of[start.call_sid])
         except Exception as exc:
             log.error("could not record the call start: %s", exc, extra={"event": "store_error"})
 
@@ -240,15 +308,16 @@ class Daemon:
     async def _commit(self, call_sid: str, task: Any) -> Committed:
         """The caller said yes: the job writes its task and outbox events in one transaction."""
         now = self.setup.wall_clock()
+        business = self.businesses.get(self._business_of.get(call_sid)) or self.businesses.default
 
         def commit(tx: Any) -> Committed:
-            done = self.job.commit(tx, call_sid, task, now)
+            done = business.job.commit(tx, call_sid, task, now)
             # The staff board's event, in the same transaction: a board never misses a committed order.
             if self.staff_tables:
-                staff_store.record(tx, None, "committed", f"{self.job.name}:{done.id}", {}, now)
+                staff_store.record(tx, None, "committed", f"{business.job.name}:{done.id}", {}, now)
             return done
 
-        done = await self.store.commit(commit, now=now)
+        done = await self.store.commit(commit, now=now, business=business.slug)
         self.outbox.wake()
         if self.calendar_outbox is not None:
             self.calendar_outbox.wake()
@@ -308,10 +377,11 @@ class Daemon:
         if sid is None:
             return
         self._remember_outcome(sid, result.outcome)
+        self._business_of.pop(sid, None)
         if self.live.pop(sid, None) is not None:
             self.metrics.live_calls.dec()
         self.registry.ended(sid)
-        if not self.live:
+        if not self._calls_running():
             self.calls_done.set()
         self.metrics.calls_total.labels(result.outcome).inc()
         if result.outcome == "refused":  # a stream that failed its token check: no call to record
@@ -331,27 +401,36 @@ class Daemon:
             log.error("could not record the call end: %s", exc, extra={"event": "store_error"})
 
     async def voicemail_received(self, call_sid: str, *, url: str, duration_s: int | None,
-                                 from_number: str | None) -> bool:
+                                 from_number: str | None, business: str = "default") -> bool:
         """Keep the voicemail on the call's row with its `voicemail.received` delivery; wake the outbox."""
-        fresh = await self.store.voicemail_received(call_sid, url=url, duration_s=duration_s, from_number=from_number)
+        fresh = await self.store.voicemail_received(call_sid, url=url, duration_s=duration_s, from_number=from_number,
+                                                    business=business)
         if fresh:
             self.outbox.wake()
         return fresh
 
     async def outcome_of(self, call_sid: str) -> str | None:
-        """The outcome of a call; if it is still finishing, wait for it (a few seconds at most)."""
+        """The outcome of a call; if it is still finishing, wait for it (a few seconds at most).
+
+        A call this process did not run (its stream went to another worker or instance) is looked
+        up in the shared database, waiting likewise for the process that ran it to record its end.
+        """
         with trio.move_on_after(OUTCOME_WAIT_S):
             while call_sid in self.live and call_sid not in self.outcomes:
                 await self._outcomes_changed.wait()
         outcome = self.outcomes.get(call_sid)
-        if outcome is None and call_sid:
-            try:
-                for row in await self.store.list_calls(limit=200):
-                    if row.call_sid == call_sid:
-                        return row.outcome
-            except Exception:
-                return None
-        return outcome
+        if outcome is not None or not call_sid:
+            return outcome
+        with trio.move_on_after(OUTCOME_WAIT_S):
+            while True:
+                try:
+                    recorded, outcome = await self.store.call_outcome(call_sid)
+                except Exception:
+                    return None
+                if outcome is not None or not recorded:
+                    return outcome
+                await trio.sleep(0.05)
+        return None
 
     async def not_ready_reason(self) -> str | None:
         if self.draining:
@@ -364,19 +443,25 @@ class Daemon:
 
     # -- life --------------------------------------------------------------------------------
 
+    def _calls_running(self) -> bool:
+        """A call is running here from its stream's `start` (`_on_started`), through its Realtime
+        setup, until it ends: a drain waits for the ones still setting up too."""
+        return bool(self.live or self._business_of)
+
     async def drain(self) -> None:
         """Stop new calls; let live ones finish up to the drain deadline; end the rest."""
         self.draining = True
         self.notifier.stopping()
         self.staff_hub.close_all()  # staff pages' event streams would otherwise hold the web server open
-        log.info("draining", extra={"event": "draining", "live_calls": len(self.live)})
-        if self.live:
+        log.info("draining", extra={"event": "draining", "live_calls": len(self._business_of.keys() | self.live.keys())})
+        if self._calls_running():
             self.calls_done = trio.Event()
             with trio.move_on_after(self.config.drain_timeout_s):
                 await self.calls_done.wait()
+        self._drain_expired = True  # a call still setting up is ended as soon as it goes live
         for call in list(self.live.values()):
             call.end_now("shutdown")
-        if self.live:
+        if self._calls_running():
             self.calls_done = trio.Event()
             with trio.move_on_after(5):
                 await self.calls_done.wait()
@@ -386,8 +471,12 @@ class ListenError(Exception):
     """The public address cannot be listened on; the message says which and what to change."""
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on (host, port), or ListenError in one line."""
+def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on (host, port), or ListenError in one line.
+
+    With `reuse_port` each worker of `VOICEBRIDGE_WORKERS` binds the same host:port with
+    SO_REUSEPORT (Linux): the kernel spreads new connections across the workers' sockets, and a
+    worker that exits takes only its own queue with it."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -397,6 +486,8 @@ def listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
         sock.listen(1024)
     except OSError as exc:
@@ -413,7 +504,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, freeze_gc: bool = False,
-                       task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                       reuse_port: bool = False, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGTERM/SIGINT (or `shutdown` is set), then drain and stop.
 
     `freeze_gc` (the `serve` command; not in tests, which start many daemons in one process):
@@ -428,6 +519,9 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
 
     The public port is bound before anything starts: if it cannot be, `ListenError` says which
     address and what to change.
+
+    `reuse_port` (a worker of `VOICEBRIDGE_WORKERS`): the public socket is bound with SO_REUSEPORT,
+    shared with the other workers.
     """
     from hypercorn.config import Config as HyperConfig
     from hypercorn.trio import serve
@@ -436,7 +530,7 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     from voicebridge.edges.web import create_app
 
     cfg = daemon.config
-    front = listen(cfg.host, cfg.port)
+    front = listen(cfg.host, cfg.port, reuse_port=reuse_port)
     host, port = front.getsockname()[:2]
     binds = [f"http://[{host}]:{port}" if front.family == socket.AF_INET6 else f"http://{host}:{port}"]
     if cfg.calendar_feed_token and daemon.calendar_feed is None:

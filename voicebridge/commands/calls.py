@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                           "and its voicemail's recording URL.")
     p.add_argument("--limit", type=_positive, default=20, help="how many calls (default 20)")
     p.add_argument("--json", dest="calls_json", action="store_true", help="machine-readable output")
+    p.add_argument("--business", metavar="SLUG", help="only this business's calls (see VOICEBRIDGE_BUSINESSES)")
     p.set_defaults(func=run_list)
     sub = p.add_subparsers(dest="calls_command", metavar="show")
     show = sub.add_parser("show", help="one call with its cost breakdown and transcript")
@@ -37,7 +38,7 @@ def _duration(row: CallRow) -> str:
 
 
 def _row_json(row: CallRow) -> dict[str, Any]:
-    return {"call_sid": row.call_sid, "from": row.from_number, "to": row.to_number, "direction": row.direction,
+    return {"call_sid": row.call_sid, "business": row.business, "from": row.from_number, "to": row.to_number, "direction": row.direction,
             "started_at": row.started_at.isoformat(), "ended_at": row.ended_at.isoformat() if row.ended_at else None,
             "outcome": row.outcome, "cost_usd": str(row.cost_usd) if row.cost_usd is not None else None,
             "cost_details": row.cost_details, "voicemail_url": row.voicemail_url,
@@ -51,7 +52,7 @@ def _voicemail(row: CallRow) -> str:
 
 
 def run_list(args: argparse.Namespace, config: Config) -> int:
-    rows = _with_store(config, "calls", lambda store: store.list_calls(args.limit))
+    rows = _with_store(config, "calls", lambda store: store.list_calls(args.limit, business=args.business))
     if rows is None:
         return EXIT_USAGE
     if args.calls_json:
@@ -60,11 +61,15 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
     if not rows:
         print("No calls yet.")
         return EXIT_OK
-    table = [("Time", "Call", "From", "Length", "Outcome", "Cost", "Voicemail")]
+    table: list[tuple[str, ...]] = [("Time", "Call", "From", "Length", "Outcome", "Cost", "Voicemail")]
+    several = len({r.business for r in rows}) > 1  # many businesses: say whose each call is
+    if several:
+        table[0] += ("Business",)
     for r in rows:
         cost = f"${r.cost_usd:.4f}" if r.cost_usd is not None else "-"
-        table.append((_local(r.started_at), r.call_sid, r.from_number or "-", _duration(r), r.outcome or "live", cost,
-                      _voicemail(r)))
+        cells = (_local(r.started_at), r.call_sid, r.from_number or "-", _duration(r), r.outcome or "live", cost,
+                 _voicemail(r))
+        table.append(cells + ((r.business,) if several else ()))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

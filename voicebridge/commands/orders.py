@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     orders.add_argument("--limit", type=_positive, default=20, help="how many orders to list (default 20)")
     orders.add_argument("--json", action="store_true", dest="list_json", help="print JSON")
+    orders.add_argument("--business", metavar="SLUG", help="only this business's orders (see VOICEBRIDGE_BUSINESSES)")
     orders.set_defaults(func=run_list, show_json=False)
     sub = orders.add_subparsers(dest="orders_command", metavar="show ID")
     show = sub.add_parser("show", help="one order: items, totals, payload, delivery attempts")
@@ -93,7 +94,8 @@ def _with_store(config: Config, command: str, fn: Callable[[Store], Awaitable[T]
 
 def run_list(args: argparse.Namespace, config: Config) -> int:
     """Print recent orders, newest first."""
-    rows = _with_store(config, "orders", lambda store: store.read(lambda tx: list_orders(tx, args.limit)))
+    rows = _with_store(config, "orders", lambda store: store.read(
+        lambda tx: list_orders(tx, args.limit, business=args.business)))
     if rows is None:
         return EXIT_USAGE
     if args.list_json:
@@ -103,10 +105,10 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
         print("No orders yet.")
         return EXIT_OK
     table = [("#", "Time", "Customer", "Total", "Webhook")]
+    several = len({r.business for r in rows}) > 1  # many businesses: say whose each order is
     for r in rows:
-        table.append(
-            (str(r.id), _local(r.created_at), f"{r.customer} ({r.fulfillment})", format_money(r.total_cents), _state(r))
-        )
+        who = f"{r.customer} ({r.fulfillment})" + (f" [{r.business}]" if several else "")
+        table.append((str(r.id), _local(r.created_at), who, format_money(r.total_cents), _state(r)))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
         cells = [row[0].rjust(widths[0]), *(row[i].ljust(widths[i]) for i in (1, 2)), row[3].rjust(widths[3]), row[4]]
@@ -237,6 +239,7 @@ def _iso(when: datetime | None) -> str | None:
 def _row_json(r: OrderRow) -> dict[str, Any]:
     return {
         "id": r.id,
+        "business": r.business,
         "created_at": _iso(r.created_at),
         "call_sid": r.call_sid,
         "status": r.status,
@@ -251,6 +254,7 @@ def _detail_json(d: OrderDetail) -> dict[str, Any]:
     box = d.outbox
     return {
         "id": d.id,
+        "business": d.business,
         "created_at": _iso(d.created_at),
         "call_sid": d.call_sid,
         "status": d.status,

@@ -180,17 +180,28 @@ class StreamTokens:
         self._clock = clock
         self._used: UsedNonceStore = used_store if used_store is not None else MemoryUsedStore(clock=clock)
 
-    def mint(self, call_sid: str) -> str:
-        """A fresh token for `call_sid`, to pass as the TwiML `<Parameter name="token">`."""
+    def mint(self, call_sid: str, *, bound: str = "") -> str:
+        """A fresh token for `call_sid`, to pass as the TwiML `<Parameter name="token">`.
+
+        `bound` is signed with it but not carried in it (the business the call is for, which
+        travels in its own `<Parameter>`): a token only verifies with the same `bound`.
+        """
         if not _CALL_SID.fullmatch(call_sid):
             raise ValueError("call_sid must be 1-64 letters, digits, '_' or '-'")
         expiry_ms = int((self._clock() + self._ttl_s) * 1000)
         nonce = secrets.token_urlsafe(12)
         body = f"{_TOKEN_VERSION}.{call_sid}.{expiry_ms}.{nonce}"
-        return f"{body}.{self._sign(body)}"
+        return f"{body}.{self._sign(body, bound)}"
 
-    def redeem(self, token: str | None, call_sid: str) -> None:
+    def redeem(self, token: str | None, call_sid: str, *, bound: str = "") -> None:
         """Accept `token` for `call_sid` once; raise `StreamTokenError(reason)` otherwise."""
+        nonce, expires_at = self.verify(token, call_sid, bound=bound)
+        if not self._used.add_if_absent(nonce, expires_at):
+            raise StreamTokenError("reused")
+
+    def verify(self, token: str | None, call_sid: str, *, bound: str = "") -> tuple[str, float]:
+        """Check `token` for `call_sid` without using it up: its (nonce, expiry) for a shared
+        single-use record (`Store.redeem_token`); raise `StreamTokenError(reason)` otherwise."""
         if not token:
             raise StreamTokenError("missing")
         parts = token.split(".")
@@ -205,16 +216,33 @@ class StreamTokens:
         ):
             raise StreamTokenError("malformed")
         body = token.rpartition(".")[0]
-        if not hmac.compare_digest(self._sign(body), parts[4]):
+        if not hmac.compare_digest(self._sign(body, bound), parts[4]):
             raise StreamTokenError("bad-signature")
         if not hmac.compare_digest(parts[1].encode(), call_sid.encode("utf-8", "replace")):
             raise StreamTokenError("wrong-call")
         expires_at = int(parts[2]) / 1000
         if self._clock() >= expires_at:
             raise StreamTokenError("expired")
-        if not self._used.add_if_absent(parts[3], expires_at):
-            raise StreamTokenError("reused")
+        return parts[3], expires_at
 
-    def _sign(self, body: str) -> str:
-        mac = hmac.new(self._secret, body.encode("ascii"), hashlib.sha256).digest()
+    def _sign(self, body: str, bound: str = "") -> str:
+        message = body.encode("ascii") + (b"\n" + bound.encode("utf-8") if bound else b"")
+        mac = hmac.new(self._secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def stream_token_secret(explicit: str | None, twilio_auth_token: str | None) -> bytes | None:
+    """The deployment's stream token key: `VOICEBRIDGE_STREAM_SECRET`, else derived from the Twilio
+    auth token (so every worker and machine of one deployment agrees with no extra setting), else
+    None (a random key for this process only: a single process in development)."""
+    if explicit:
+        return explicit.encode("utf-8")
+    if twilio_auth_token:
+        return hmac.new(twilio_auth_token.encode("utf-8"), b"voicebridge stream tokens v1", hashlib.sha256).digest()
+    return None
+
+
+def token_binding(business: str) -> str:
+    """What a stream token is bound to besides its call: the business (nothing for the default one,
+    so tokens of a single-business deployment are as before)."""
+    return "" if business == "default" else f"business={business}"

@@ -13,6 +13,27 @@ from voicebridge.edges.transport import MessageStream
 from voicebridge.ops.metrics import Metrics
 
 
+class Answering(Protocol):
+    """One business, as the web front sees it: its slug and its settings (transfer number, ...)."""
+
+    @property
+    def slug(self) -> str: ...
+
+    @property
+    def config(self) -> Config: ...
+
+
+class Directory(Protocol):
+    """Which business answers a number (`voicebridge.business.Businesses`)."""
+
+    @property
+    def default(self) -> Any: ...
+
+    def for_number(self, to: str | None) -> Any:
+        """The business whose number `to` is (an `Answering`), or None: refuse the call."""
+        ...
+
+
 class CallService(Protocol):
     config: Config
     signatures: TwilioSignatures
@@ -20,7 +41,12 @@ class CallService(Protocol):
     metrics: Metrics
     draining: bool
 
-    def prewarm(self, call_sid: str) -> None:
+    @property
+    def businesses(self) -> Directory:
+        """The businesses this deployment answers for."""
+        ...
+
+    def prewarm(self, call_sid: str, business: Any = None) -> None:
         """Open the call's Realtime session while Twilio connects the stream."""
         ...
 
@@ -33,7 +59,7 @@ class CallService(Protocol):
         ...
 
     async def voicemail_received(self, call_sid: str, *, url: str, duration_s: int | None,
-                                 from_number: str | None) -> bool:
+                                 from_number: str | None, business: str = "default") -> bool:
         """Keep a caller's voicemail and notify the business once; False if it was already kept."""
         ...
 

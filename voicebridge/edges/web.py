@@ -29,9 +29,12 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from twilio.twiml.voice_response import VoiceResponse
 
+from voicebridge.config import Config
 from voicebridge.edges.ical import CalendarFeed, feed_calendar
+from voicebridge.edges.security import token_binding
 from voicebridge.edges.service import CallService
 from voicebridge.edges.transport import QuartWebSocketStream
+from voicebridge.ops.logs import mask_number
 
 log = logging.getLogger("voicebridge.edges.web")
 
@@ -43,6 +46,7 @@ THANKS = "Thank you. We'll call you back soon. Goodbye."
 NOBODY_FREE = "We're sorry, nobody at the shop could take your call."
 VOICEMAIL_MAX_S = 120
 DIAL_UNANSWERED = frozenset({"no-answer", "busy", "failed", "canceled"})
+UNKNOWN_NUMBER = "We're sorry, this number is not in service with us. Please check the number and call again. Goodbye."
 
 
 def _twiml(vr: VoiceResponse, status: int = 200) -> Response:
@@ -56,6 +60,12 @@ def _plain(text: str, status: int) -> Response:
 def _path_qs() -> str:
     qs = request.query_string.decode("latin-1")
     return request.path + ("?" + qs if qs else "")
+
+
+def our_number(form: dict[str, str]) -> str | None:
+    """The business's own number in a call: the number called, or for a call we placed (`voicebridge
+    call`, Direction outbound-api) the caller ID it was placed from."""
+    return form.get("From") if form.get("Direction", "").startswith("outbound") else form.get("To")
 
 
 def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> QuartTrio:
@@ -72,8 +82,8 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         daemon.metrics.protocol_errors_total.labels("twilio").inc()
         return None
 
-    def dial_shop(vr: VoiceResponse, number: str) -> None:
-        vr.dial(number, timeout=cfg.dial_timeout_s, action=cfg.public("/dial-ended"))
+    def dial_shop(vr: VoiceResponse, business_cfg: Config, number: str) -> None:
+        vr.dial(number, timeout=business_cfg.dial_timeout_s, action=cfg.public("/dial-ended"))
 
     def take_message(vr: VoiceResponse) -> None:
         vr.say(LEAVE_MESSAGE)
@@ -88,8 +98,9 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             return _plain("CallSid or RecordingUrl missing or malformed", 400)
         raw = form.get("RecordingDuration", "")
         duration = int(raw) if raw.isdigit() and len(raw) < 6 else None
+        business = daemon.businesses.for_number(our_number(form)) or daemon.businesses.default
         fresh = await daemon.voicemail_received(call_sid, url=url, duration_s=duration,
-                                                from_number=form.get("From") or None)
+                                                from_number=form.get("From") or None, business=business.slug)
         log.info("voicemail kept" if fresh else "voicemail callback repeated",
                  extra={"event": "voicemail", "call_sid": call_sid, "duration_s": duration, "new": fresh})
         return None
@@ -103,22 +114,31 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         if not call_sid or len(call_sid) > 64 or not call_sid.replace("_", "").isalnum():
             return _plain("CallSid missing or malformed", 400)
         vr = VoiceResponse()
+        business = daemon.businesses.for_number(our_number(form))
+        if business is None:  # never another business's menu: a polite goodbye
+            daemon.metrics.unknown_numbers_total.inc()
+            log.warning("refused a call to a number no business answers",
+                        extra={"event": "unknown_number", "to": mask_number(our_number(form))})
+            vr.say(UNKNOWN_NUMBER)
+            vr.hangup()
+            return _twiml(vr)
         if daemon.draining:
             vr.say("We're sorry, we can't take your call right now. Please call back in a minute.")
-            if cfg.transfer_number:
-                vr.dial(cfg.transfer_number)
+            if business.config.transfer_number:
+                vr.dial(business.config.transfer_number)
             else:
                 vr.hangup()
             return _twiml(vr)
         if daemon.signatures.unsigned:
             log.warning("call accepted without a Twilio signature check (VOICEBRIDGE_ALLOW_UNSIGNED=1)",
                         extra={"event": "unsigned_call"})
-        token = daemon.tokens.mint(call_sid)
-        daemon.prewarm(call_sid)
+        token = daemon.tokens.mint(call_sid, bound=token_binding(business.slug))
+        daemon.prewarm(call_sid, business)
         stream = vr.connect(action=cfg.public("/stream-ended")).stream(url=cfg.stream_url)
         for name in ("CallSid", "From", "To", "Direction"):
             if form.get(name):
                 stream.parameter(name=name, value=form[name][:450])
+        stream.parameter(name="business", value=business.slug)  # signed into the token: checked with it
         stream.parameter(name="token", value=token)
         return _twiml(vr)
 
@@ -150,19 +170,21 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             return _twiml(vr)
         outcome = await daemon.outcome_of(call_sid)
         log.info("stream ended", extra={"event": "stream_ended", "outcome": outcome, "call_sid": call_sid})
+        business = daemon.businesses.for_number(our_number(form)) or daemon.businesses.default
+        transfer_number = business.config.transfer_number
         if outcome in HANGUP_OUTCOMES:
             vr.hangup()
         elif outcome == "transferred":
-            if cfg.transfer_number:
-                dial_shop(vr, cfg.transfer_number)
+            if transfer_number:
+                dial_shop(vr, business.config, transfer_number)
             else:
                 vr.say(NOBODY_FREE)
                 take_message(vr)
         else:  # the AI side failed (or we never saw the stream): apologise, then a person or voicemail
             vr.say(SORRY)
-            if cfg.transfer_number:
+            if transfer_number:
                 vr.say("Let me connect you with the shop.")
-                dial_shop(vr, cfg.transfer_number)
+                dial_shop(vr, business.config, transfer_number)
             else:
                 take_message(vr)
         return _twiml(vr)

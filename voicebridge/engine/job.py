@@ -64,6 +64,8 @@ class Committed:
 class Transaction(Protocol):
     """The store's open transaction, as a job's commit sees it (`?` placeholders in every dialect)."""
 
+    business: str  # the business (slug) the task is for: a job stores it on its rows
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run one statement; returns its rows (empty for statements without rows)."""
         ...

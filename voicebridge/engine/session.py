@@ -12,6 +12,7 @@ The flow (`voicebridge.engine.flow.CallFlow`) decides; tasks only move data and 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import time
@@ -104,7 +105,9 @@ class CallSetup:
     flow: FlowSettings
     job: Job  # what the call is for: its tools, words, task and commit
     connect_timeout_s: float = 10.0
-    check_start: Callable[[tw.Start], None] | None = None  # raises StreamRefused
+    # Checks the `start` message (raises StreamRefused); may be async, and may return the setup of
+    # the call it names (the business its parameters carry) to run it with instead of this one.
+    check_start: Callable[[tw.Start], Awaitable[CallSetup | None] | CallSetup | None] | None = None
     # Awaited before each tool runs (bounded by PREPARE_TIMEOUT_S): loads what the job's tool needs
     # from the store or a calendar into the task (see voicebridge.business.tool_preparer).
     prepare_tool: PrepareTool | None = None
@@ -632,7 +635,11 @@ async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallS
     t0 = trio.current_time()
     if setup.check_start is not None:
         try:
-            setup.check_start(start)
+            chosen = setup.check_start(start)
+            if inspect.isawaitable(chosen):
+                chosen = await chosen
+            if chosen is not None:
+                setup = chosen
         except StreamRefused as exc:
             log.warning("stream refused: %s", exc, extra={"event": "stream_refused", "reason": str(exc)})
             result.outcome = "refused"

@@ -34,6 +34,12 @@ _MAX_DEPTH = 6
 _HANDLER_MARK = "_voicebridge_handler"
 
 
+def mask_number(number: str | None) -> str:
+    """A phone number for a log line: its last two digits only (full numbers never go to logs)."""
+    text = (number or "").strip()
+    return "+..." + text[-2:] if len(text) > 2 else "?"
+
+
 def is_secret_name(name: str) -> bool:
     """True for field names whose values must not be logged (`*_token`, `*_key`, `*secret*`, ...)."""
     return bool(_SECRET_NAME.search(name.replace("-", "_")))

@@ -1,11 +1,15 @@
 """Prometheus metrics, one registry per `Metrics` instance (no process-wide state).
 
 The app creates one `Metrics`, passes it to whatever counts, and serves `render()` on
-`/metrics`. With several worker processes each worker has its own registry.
+`/metrics`. With several worker processes (`VOICEBRIDGE_WORKERS`), the supervisor gives every
+worker the same `PROMETHEUS_MULTIPROC_DIR`: each process writes its values there, and whichever
+worker answers a scrape renders the sum over all of them (prometheus_client's multiprocess
+mode), counters of a restarted worker included; `voicebridge_live_calls` counts live workers' calls.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from decimal import Decimal
 
@@ -21,6 +25,7 @@ DIRECTIONS = ("in", "out")  # in = caller -> model, out = model -> caller
 PROTOCOL_SOURCES = ("twilio", "realtime")
 WEBHOOK_STATES = ("delivered", "retry", "dead")
 
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by the supervisor for its workers
 _LABEL_VALUE = re.compile(r"[a-z0-9_.-]{1,64}")
 MAX_ERROR_CODES = 50
 
@@ -31,7 +36,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.live_calls = Gauge("voicebridge_live_calls", "Calls in progress.", registry=r)
+        self._shared_dir = os.environ.get(MULTIPROCESS_ENV) or None  # workers: one exposition for all
+        self.live_calls = Gauge("voicebridge_live_calls", "Calls in progress.", registry=r, multiprocess_mode="livesum")
         self.calls_total = Counter("voicebridge_calls", "Finished calls by outcome.", ["outcome"], registry=r)
         self.barge_ins_total = Counter("voicebridge_barge_ins", "Caller interruptions of agent audio.", registry=r)
         self.realtime_reconnects_total = Counter(
@@ -65,6 +71,13 @@ class Metrics:
         self.frames_dropped_total = Counter(
             "voicebridge_frames_dropped", "Audio frames dropped because a queue was full.", ["direction"], registry=r
         )
+        self.prewarm_total = Counter(
+            "voicebridge_prewarm",
+            "Pre-warmed Realtime sessions: hit (claimed by its stream), miss (the stream found none here and "
+            "connected on its own), unclaimed (closed after VOICEBRIDGE_PREWARM_TTL_S).",
+            ["result"], registry=r)
+        self.unknown_numbers_total = Counter(
+            "voicebridge_unknown_numbers", "Calls refused because no business answers the number called.", registry=r)
         # Known label values start at 0 so dashboards and rate() see them before the first event.
         for direction in DIRECTIONS:
             self.forwarding_latency_seconds.labels(direction)
@@ -73,6 +86,8 @@ class Metrics:
             self.protocol_errors_total.labels(source)
         for state in WEBHOOK_STATES:
             self.webhook_deliveries_total.labels(state)
+        for result in ("hit", "miss", "unclaimed"):
+            self.prewarm_total.labels(result)
         self._error_codes: set[str] = set()
 
     def count_realtime_error(self, code: str | None) -> None:
@@ -92,4 +107,10 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition for `/metrics` and its Content-Type."""
+        if self._shared_dir is not None:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            everyone = CollectorRegistry()
+            MultiProcessCollector(everyone, path=self._shared_dir)  # type: ignore[no-untyped-call]
+            return generate_latest(everyone), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

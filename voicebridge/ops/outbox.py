@@ -152,6 +152,7 @@ class _Delivery:
         self.owner = owner or store.instance_id
         # Told when a row is delivered or given up on (row, "delivered" | "dead"): the staff board shows it.
         self.on_settled: Callable[[OutboxRow, str], Awaitable[None]] | None = None
+        self._businesses: tuple[str, ...] | None = None  # only these businesses' rows (None: all)
 
     async def _settled(self, row: OutboxRow, state: str) -> None:
         if self.on_settled is not None:
@@ -177,7 +178,8 @@ class _Delivery:
                 await self._wakeup.wait()
 
     async def _sleep_for(self) -> float:
-        due = await self.store.next_due_time((self.target,), in_subject_order=self.in_subject_order)
+        due = await self.store.next_due_time((self.target,), in_subject_order=self.in_subject_order,
+                                             businesses=self._businesses)
         if due is None:
             return self.poll_s
         return min(self.poll_s, max(0.0, (due - self._now()).total_seconds()))
@@ -186,7 +188,7 @@ class _Delivery:
         """Attempt every row due now (at most BATCH); returns how many were attempted."""
         for count in range(BATCH):
             row = await self.store.claim_due(self._now(), (self.target,), owner=self.owner, lease_s=self.lease_s,
-                                             in_subject_order=self.in_subject_order)
+                                             in_subject_order=self.in_subject_order, businesses=self._businesses)
             if row is None:
                 return count
             await self._attempt(row)
@@ -253,28 +255,38 @@ class OutboxWorker(_Delivery):
         secret: str | None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        routes: Mapping[str, tuple[str, str]] | None = None,
         **options: Any,
     ) -> None:
+        """`routes` (business slug -> (url, secret)), when given, sends each business's rows to
+        its own webhook and leaves the rows of businesses without one pending; `url` is then unused."""
         if url and not secret:
             raise ValueError("ORDER_WEBHOOK_SECRET is required when ORDER_WEBHOOK_URL is set")
+        for slug, (route_url, route_secret) in (routes or {}).items():
+            if not route_url or not route_secret:
+                raise ValueError(f"business {slug}: a webhook needs both a URL and a secret")
         super().__init__(store, **options)
         self.url = url
         self._secret = secret or ""
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._routes = dict(routes) if routes is not None else None
+        if self._routes is not None:
+            self._businesses = tuple(self._routes)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver due rows, sleep until the next is due (or `wake`), forever.
 
         Without a URL it logs that once and returns: rows stay pending.
         """
-        if not self.url:
+        if not (self._routes if self._routes is not None else self.url):
             log.warning("ORDER_WEBHOOK_URL is not set: confirmed orders stay pending in the outbox")
             task_status.started()
             return
         async with httpx.AsyncClient(transport=self._transport, timeout=self.timeout_s, follow_redirects=False) as client:
             self._client = client
-            log.info("webhook delivery to %s started", redact_url(self.url))
+            for where in ([url for url, _ in self._routes.values()] if self._routes is not None else [self.url]):
+                log.info("webhook delivery to %s started", redact_url(where or ""))
             task_status.started()
             try:
                 await self._deliver_forever()
@@ -286,7 +298,8 @@ class OutboxWorker(_Delivery):
 
     async def _send(self, row: OutboxRow) -> str | None:
         """POST one row; None on 2xx, else a short error for the table and the log."""
-        assert self.url is not None and self._client is not None
+        url, secret = self._routes[row.business] if self._routes is not None else (self.url, self._secret)
+        assert url is not None and self._client is not None
         client = self._client
         body = row.payload.encode()
         timestamp = int(self._now().timestamp())
@@ -295,12 +308,12 @@ class OutboxWorker(_Delivery):
             "X-Voicebridge-Event": row.event,
             "Idempotency-Key": row.idempotency_key,
             "X-Voicebridge-Timestamp": str(timestamp),
-            "X-Voicebridge-Signature": sign(self._secret, timestamp, body),
+            "X-Voicebridge-Signature": sign(secret, timestamp, body),
             "User-Agent": USER_AGENT,
         }
         try:
             with trio.fail_after(self.timeout_s):  # one deadline for the whole exchange
-                response = await client.post(self.url, content=body, headers=headers)
+                response = await client.post(url, content=body, headers=headers)
         except trio.TooSlowError:
             return f"timed out after {self.timeout_s:g} s"
         except httpx.TimeoutException:

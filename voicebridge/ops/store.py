@@ -168,7 +168,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX live_calls_heartbeat ON live_calls (heartbeat_at)",
     ),
-    # 4: a caller's voicemail (the <Record> fallback) lives on the call's row.
+    # 4: one deployment answers for many businesses; each call, delivery and order belongs to one.
+    # (`orders` is here, not in the pizza job's migrations, because migration 1 made it for every
+    # database: a store opened without the job's schemas still takes the job's commits.)
+    (
+        "ALTER TABLE calls ADD COLUMN business TEXT NOT NULL DEFAULT 'default'",
+        "CREATE INDEX calls_by_business ON calls (business, started_at)",
+        "ALTER TABLE outbox ADD COLUMN business TEXT NOT NULL DEFAULT 'default'",
+        "ALTER TABLE orders ADD COLUMN business TEXT NOT NULL DEFAULT 'default'",
+    ),
+    # 5: a caller's voicemail (the <Record> fallback) lives on the call's row.
     (
         "ALTER TABLE calls ADD COLUMN voicemail_url TEXT",
         "ALTER TABLE calls ADD COLUMN voicemail_duration_s INTEGER",
@@ -192,6 +201,7 @@ class CallRow:
     outcome: str | None
     cost_usd: Decimal | None
     cost_details: dict[str, Any] | None
+    business: str = "default"  # the business (slug) whose number was called
     voicemail_url: str | None = None
     voicemail_duration_s: int | None = None
 
@@ -222,6 +232,7 @@ class OutboxRow:
     created_at: datetime
     claimed_by: str | None = None  # the process delivering it now (while lease_until is ahead)
     lease_until: datetime | None = None
+    business: str = "default"  # whose webhook it goes to
 
 
 @attrs.frozen
@@ -284,6 +295,7 @@ def _outbox_row(r: Mapping[str, Any]) -> OutboxRow:
         created_at=_req_dt(r["created_at"]),
         claimed_by=r.get("claimed_by"),
         lease_until=_dt(r.get("lease_until")),
+        business=r.get("business") or "default",
     )
 
 
@@ -330,7 +342,8 @@ def _migrate_component(sql: Sql, name: str, component: str, migrations: Sequence
 class StoreTransaction:
     """`voicebridge.engine.job.Transaction` on an open transaction (or a read-only connection), either engine."""
 
-    def __init__(self, sql: Sql, now: datetime, *, writable: bool) -> None:
+    def __init__(self, sql: Sql, now: datetime, *, writable: bool, business: str = "default") -> None:
+        self.business = business  # the business the task is for: jobs write it on their rows
         self._sql = sql
         self._now = utc_text(now, "now")
         self._writable = writable
@@ -351,8 +364,8 @@ class StoreTransaction:
         key = f"{subject.replace(':', '-')}-{secrets.token_hex(8)}"
         self._sql.execute(
             "INSERT INTO outbox (event, subject, target, idempotency_key, payload, state, attempts, next_attempt_at,"
-            " created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
-            (event, subject, target, key, body, self._now, self._now),
+            " created_at, business) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            (event, subject, target, key, body, self._now, self._now, self.business),
         )
 
 
@@ -455,8 +468,10 @@ class Store:
         to_number: str | None,
         direction: str,
         started_at: datetime,
+        business: str = "default",
     ) -> None:
         """Record a new call; StoreError if `call_sid` is already recorded."""
+        _text(business, "business", max_len=64)
         _text(call_sid, "call_sid", max_len=64)
         stream_sid = _text(stream_sid, "stream_sid", optional=True, max_len=64)
         from_number = _text(from_number, "from_number", optional=True, max_len=64)
@@ -468,9 +483,9 @@ class Store:
         def insert(sql: Sql) -> None:
             try:
                 sql.execute(
-                    "INSERT INTO calls (call_sid, stream_sid, from_number, to_number, direction, started_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (call_sid, stream_sid, from_number, to_number, direction, started),
+                    "INSERT INTO calls (call_sid, stream_sid, from_number, to_number, direction, started_at, business)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (call_sid, stream_sid, from_number, to_number, direction, started, business),
                 )
             except Conflict:
                 raise StoreError(f"call {call_sid} is already recorded") from None
@@ -533,11 +548,12 @@ class Store:
         await self._run(insert)
 
     async def voicemail_received(self, call_sid: str, *, url: str, duration_s: int | None, from_number: str | None,
-                                 now: datetime | None = None) -> bool:
+                                 business: str = "default", now: datetime | None = None) -> bool:
         """Store a caller's voicemail on the call's row and queue `voicemail.received` for the business.
 
         True if this was news; False if the call already has this voicemail (Twilio retried a callback):
-        one row, one delivery. A call the AI never took (it was down) gets its row here.
+        one row, one delivery. A call the AI never took (it was down) gets its row here, for
+        `business`; a call already recorded keeps its own business (whose webhook is told).
         """
         _text(call_sid, "call_sid", max_len=64)
         _text(url, "url", max_len=2000)
@@ -547,32 +563,38 @@ class Store:
         at = now or datetime.now(timezone.utc)
 
         def store(tx: StoreTransaction) -> bool:
-            rows = tx.execute("SELECT from_number, voicemail_url FROM calls WHERE call_sid = ?", (call_sid,))
+            rows = tx.execute("SELECT from_number, voicemail_url, business FROM calls WHERE call_sid = ?",
+                              (call_sid,))
             if rows and rows[0]["voicemail_url"] is not None:
                 return False
             if rows:
+                tx.business = rows[0]["business"]
                 tx.execute("UPDATE calls SET voicemail_url = ?, voicemail_duration_s = ?,"
                            " from_number = COALESCE(from_number, ?) WHERE call_sid = ?",
                            (url, duration_s, from_number, call_sid))
                 caller = rows[0]["from_number"] or from_number
             else:
                 tx.execute("INSERT INTO calls (call_sid, from_number, direction, started_at, outcome, voicemail_url,"
-                           " voicemail_duration_s) VALUES (?, ?, 'inbound', ?, 'voicemail', ?, ?)",
-                           (call_sid, from_number, utc_text(at), url, duration_s))
+                           " voicemail_duration_s, business) VALUES (?, ?, 'inbound', ?, 'voicemail', ?, ?, ?)",
+                           (call_sid, from_number, utc_text(at), url, duration_s, business))
                 caller = from_number
             tx.enqueue("voicemail.received", f"voicemail:{call_sid}",
                        {"event": "voicemail.received", "call_sid": call_sid, "from": caller,
                         "recording_url": url, "duration_s": duration_s, "received_at": utc_text(at)})
             return True
 
-        return await self.commit(store, now=at)
+        return await self.commit(store, now=at, business=business)
 
-    async def list_calls(self, limit: int = 20) -> list[CallRow]:
-        """The most recent calls first."""
+    async def list_calls(self, limit: int = 20, *, business: str | None = None) -> list[CallRow]:
+        """The most recent calls first (only `business`'s calls, if given)."""
         _limit(limit)
 
         def query(sql: Sql) -> list[CallRow]:
-            rows = sql.execute("SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,))
+            if business is None:
+                rows = sql.execute("SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,))
+            else:
+                rows = sql.execute("SELECT * FROM calls WHERE business = ? ORDER BY started_at DESC LIMIT ?",
+                                   (business, limit))
             return [
                 CallRow(
                     call_sid=r["call_sid"],
@@ -585,11 +607,22 @@ class Store:
                     outcome=r["outcome"],
                     cost_usd=None if r["cost_usd"] is None else Decimal(r["cost_usd"]),
                     cost_details=None if r["cost_details"] is None else json.loads(r["cost_details"]),
+                    business=r["business"],
                     voicemail_url=r.get("voicemail_url"),
                     voicemail_duration_s=r.get("voicemail_duration_s"),
                 )
                 for r in rows
             ]
+
+        return await self._run(query)
+
+    async def call_outcome(self, call_sid: str) -> tuple[bool, str | None]:
+        """(whether the call is recorded, its outcome or None while it runs): any process's calls."""
+        _text(call_sid, "call_sid", max_len=64)
+
+        def query(sql: Sql) -> tuple[bool, str | None]:
+            rows = sql.execute("SELECT outcome FROM calls WHERE call_sid = ?", (call_sid,))
+            return (False, None) if not rows else (True, rows[0]["outcome"])
 
         return await self._run(query)
 
@@ -608,18 +641,21 @@ class Store:
 
     # -- a job's commit, and its reads
 
-    async def commit(self, fn: Callable[[StoreTransaction], T], *, now: datetime | None = None) -> T:
+    async def commit(self, fn: Callable[[StoreTransaction], T], *, now: datetime | None = None,
+                     business: str = "default") -> T:
         """Run a job's commit in ONE transaction: its rows and the outbox events it queues land together
         or not at all. `fn` runs in the store's thread; an exception rolls everything back. Commits
-        never overlap, in any number of processes: what `fn` reads stays true until it writes."""
+        never overlap, in any number of processes: what `fn` reads stays true until it writes.
+        `business` is the business the task is for (`tx.business`; its outbox events go to its webhook)."""
         at = now or datetime.now(timezone.utc)
+        _text(business, "business", max_len=64)
 
         def run(sql: Sql) -> T:
             with sql.transaction():
                 # Jobs check-then-write (is the slot still free?): commits run one at a time on every
                 # engine, as SQLite's single writer does (on PostgreSQL a lock held to the commit)
                 sql.serialize("job-commit")
-                return fn(StoreTransaction(sql, at, writable=True))
+                return fn(StoreTransaction(sql, at, writable=True, business=business))
 
         return await self._run(run)
 
@@ -631,12 +667,14 @@ class Store:
 
         return await self._run(run)
 
+    # -- single-use tokens, shared by every process on the database
+
     # -- outbox
 
     async def next_due(self, now: datetime, targets: Sequence[str] = ("webhook",), *,
-                       in_subject_order: bool = False) -> OutboxRow | None:
-        """The pending, unclaimed outbox row for one of `targets` due soonest at or before `now`, or None
-        (a look only: `claim_due` is how a worker takes a row).
+                       in_subject_order: bool = False, businesses: Sequence[str] | None = None) -> OutboxRow | None:
+        """The pending, unclaimed outbox row for one of `targets` (and of `businesses`, if given) due
+        soonest at or before `now`, or None (a look only: `claim_due` is how a worker takes a row).
 
         With `in_subject_order`, a row is not due while an older pending row about the same
         subject and target waits (a booking's calendar writes land in the order they were made).
@@ -644,19 +682,21 @@ class Store:
         at = utc_text(now, "now")
         marks = ", ".join("?" for _ in targets)
         head = _HEAD_OF_SUBJECT if in_subject_order else ""
+        only, whose = _businesses_clause(businesses)
 
         def query(sql: Sql) -> OutboxRow | None:
             rows = sql.execute(
-                f"SELECT * FROM outbox o WHERE state = 'pending' AND target IN ({marks}) AND next_attempt_at <= ?"
+                f"SELECT * FROM outbox o WHERE state = 'pending' AND target IN ({marks}){only} AND next_attempt_at <= ?"
                 f"{_UNCLAIMED}{head} ORDER BY next_attempt_at, id LIMIT 1",
-                (*targets, at, at),
+                (*targets, *whose, at, at),
             )
             return _outbox_row(rows[0]) if rows else None
 
         return await self._run(query)
 
     async def claim_due(self, now: datetime, targets: Sequence[str] = ("webhook",), *, owner: str,
-                        lease_s: float, in_subject_order: bool = False) -> OutboxRow | None:
+                        lease_s: float, in_subject_order: bool = False,
+                        businesses: Sequence[str] | None = None) -> OutboxRow | None:
         """Take the due row `next_due` would give, leased to `owner` until `now + lease_s`, or None.
 
         While the lease runs no other process takes the row; the `mark_*` calls with
@@ -672,13 +712,14 @@ class Store:
         until = utc_text(now + timedelta(seconds=lease_s), "lease_until")
         marks = ", ".join("?" for _ in targets)
         head = _HEAD_OF_SUBJECT if in_subject_order else ""
+        only, whose = _businesses_clause(businesses)
 
         def claim(sql: Sql) -> OutboxRow | None:
             with sql.transaction():
                 rows = sql.execute(
-                    f"SELECT * FROM outbox o WHERE state = 'pending' AND target IN ({marks}) AND next_attempt_at <= ?"
+                    f"SELECT * FROM outbox o WHERE state = 'pending' AND target IN ({marks}){only} AND next_attempt_at <= ?"
                     f"{_UNCLAIMED}{head} ORDER BY next_attempt_at, id LIMIT 1{sql.skip_locked}",
-                    (*targets, at, at),
+                    (*targets, *whose, at, at),
                 )
                 if not rows:
                     return None
@@ -689,15 +730,17 @@ class Store:
         return await self._run(claim)
 
     async def next_due_time(self, targets: Sequence[str] = ("webhook",), *,
-                            in_subject_order: bool = False) -> datetime | None:
-        """When the next pending row for one of `targets` is due (or its claim runs out), or None."""
+                            in_subject_order: bool = False, businesses: Sequence[str] | None = None) -> datetime | None:
+        """When the next pending row for one of `targets` (and `businesses`) is due (or its claim runs
+        out), or None."""
         marks = ", ".join("?" for _ in targets)
         head = _HEAD_OF_SUBJECT if in_subject_order else ""
+        only, whose = _businesses_clause(businesses)
 
         def query(sql: Sql) -> datetime | None:
             rows = sql.execute(
                 "SELECT MIN(CASE WHEN lease_until > next_attempt_at THEN lease_until ELSE next_attempt_at END)"
-                f" AS due FROM outbox o WHERE state = 'pending' AND target IN ({marks}){head}", tuple(targets))
+                f" AS due FROM outbox o WHERE state = 'pending' AND target IN ({marks}){only}{head}", (*targets, *whose))
             return _dt(rows[0]["due"]) if rows else None
 
         return await self._run(query)
@@ -871,6 +914,14 @@ class Store:
             ]
 
         return await self._run(query)
+
+
+def _businesses_clause(businesses: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+    if businesses is None:
+        return "", ()
+    if not businesses:
+        return " AND 1 = 0", ()
+    return f" AND business IN ({', '.join('?' for _ in businesses)})", tuple(businesses)
 
 
 def _limit(limit: int) -> None:

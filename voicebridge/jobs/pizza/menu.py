@@ -320,6 +320,11 @@ def parse_menu(text: str, source: str) -> Menu:
     return _Parser(source).menu(data)
 
 
+def menu_from_data(data: dict[str, Any], source: str) -> Menu:
+    """Validate a menu already read from TOML (a business file's own tables); errors name `source`."""
+    return _Parser(source).menu(data)
+
+
 class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source

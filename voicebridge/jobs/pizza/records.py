@@ -53,6 +53,7 @@ class OrderRow:
     delivery_state: str | None  # the outbox row's state
     attempts: int
     last_error: str | None
+    business: str = "default"  # the business (slug) whose number took the order
 
 
 @attrs.frozen
@@ -86,6 +87,7 @@ class OrderDetail:
     items: tuple[OrderItemRow, ...]
     payload: dict[str, Any]
     outbox: Delivery | None
+    business: str = "default"
 
 
 def _delivery(r: dict[str, Any] | None) -> Delivery | None:
@@ -96,20 +98,22 @@ def _delivery(r: dict[str, Any] | None) -> Delivery | None:
                     idempotency_key=r["idempotency_key"], payload=r["payload"])
 
 
-def list_orders(tx: Transaction, limit: int = 20) -> list[OrderRow]:
-    """The most recent orders first, with their webhook delivery state."""
+def list_orders(tx: Transaction, limit: int = 20, *, business: str | None = None) -> list[OrderRow]:
+    """The most recent orders first (only `business`'s, if given), with their webhook delivery state."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise ValueError(f"limit must be a whole number from 1 to 10000, got {limit!r}")
+    where, params = ("", (limit,)) if business is None else (" WHERE o.business = ?", (business, limit))
     rows = tx.execute(
         "SELECT o.*, x.state, x.attempts, x.last_error FROM orders o"
         " LEFT JOIN outbox x ON x.subject = 'order:' || o.id AND x.target = 'webhook'"
-        " ORDER BY o.id DESC LIMIT ?",
-        (limit,),
+        f"{where} ORDER BY o.id DESC LIMIT ?",
+        params,
     )
     return [
         OrderRow(id=r["id"], call_sid=r["call_sid"], created_at=_req_dt(r["created_at"]), status=r["status"],
                  customer=r["customer"], fulfillment=r["fulfillment"], total_cents=r["total_cents"],
-                 delivery_state=r["state"], attempts=r["attempts"] or 0, last_error=r["last_error"])
+                 delivery_state=r["state"], attempts=r["attempts"] or 0, last_error=r["last_error"],
+                 business=r["business"])
         for r in rows
     ]
 
@@ -137,4 +141,5 @@ def get_order(tx: Transaction, order_id: int) -> OrderDetail | None:
         ),
         payload=json.loads(r["payload"]),
         outbox=_delivery(box[0] if box else None),
+        business=r["business"],
     )
