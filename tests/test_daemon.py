@@ -31,7 +31,7 @@ from voicebridge.jobs.pizza.job import PizzaJob
 from voicebridge.jobs.pizza.menu import load_menu
 from voicebridge.ops.notify import Notifier
 from voicebridge.peers.realtime_server import RealtimePeer, serve_realtime_peer
-from voicebridge.peers.scenario import load_scenario
+from voicebridge.peers.scenario import Scenario, load_scenario
 from voicebridge.peers.twilio_caller import new_sid, place_call
 from voicebridge.edges.protocol import twilio_media as tw
 from voicebridge.ops.store import Store
@@ -55,9 +55,9 @@ class Running:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, scenario: str = "dtmf_transfer", notifier: Notifier | None = None,
+async def running(tmp_path: Path, scenario: str | Scenario = "dtmf_transfer", notifier: Notifier | None = None,
                   **overrides: Any) -> AsyncIterator[Running]:
-    peer = RealtimePeer(load_scenario(scenario))
+    peer = RealtimePeer(load_scenario(scenario) if isinstance(scenario, str) else scenario)
     async with trio.open_nursery() as nursery:
         realtime_url = await nursery.start(partial(serve_realtime_peer, peer))
         port = free_port()

@@ -35,7 +35,9 @@ OUTCOMES = {
 }
 # What Twilio is told after the stream, by outcome (the replay daemon has no TRANSFER_NUMBER).
 TWIML = {"completed": ["Hangup"], "caller_hung_up": ["Hangup"], "ended_no_order": ["Hangup"],
-         "silence_timeout": ["Hangup"], "transferred": ["Say", "Hangup"]}
+         "silence_timeout": ["Hangup"],
+         # replays run without TRANSFER_NUMBER: a transfer then offers voicemail (apology, invitation, <Record>)
+         "transferred": ["Say", "Say", "Record", "Hangup"]}
 
 
 def fixture_path(name: str) -> Path:

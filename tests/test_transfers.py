@@ -34,7 +34,7 @@ async def test_an_unanswered_transfer_brings_the_caller_to_voicemail(tmp_path: P
             verbs = parse_twiml(resp.text).verbs
             assert [type(v) for v in verbs] == [Say, Say, Record, Hangup]
             assert "leave your name" in verbs[1].text
-            assert verbs[2].action == f"{PUBLIC}/stream-ended"
+            assert verbs[2].action == f"{PUBLIC}/voicemail"
 
 
 async def test_a_completed_transfer_hangs_up(tmp_path: Path) -> None:
@@ -66,11 +66,11 @@ async def test_ai_down_without_a_transfer_number_takes_a_message(tmp_path: Path)
             verbs = parse_twiml(resp.text).verbs
             assert [type(v) for v in verbs] == [Say, Say, Record, Hangup]
             assert "trouble" in verbs[0].text and "leave your name" in verbs[1].text
-            assert verbs[2].action == f"{PUBLIC}/stream-ended"
+            assert verbs[2].action == f"{PUBLIC}/voicemail"
             # back from the <Record>: thanked and hung up
-            back = await post(http, r, "/stream-ended", {**form(new_sid("CA")),
-                                                         "RecordingUrl": "https://api.twilio.invalid/rec/RE1",
-                                                         "RecordingDuration": "7"})
+            back = await post(http, r, "/voicemail", {**form(new_sid("CA")),
+                                                      "RecordingUrl": "https://api.twilio.invalid/rec/RE1",
+                                                      "RecordingDuration": "7"})
             assert [type(v) for v in parse_twiml(back.text).verbs] == [Say, Hangup]
 
 

@@ -121,6 +121,10 @@ class EchoService:
     async def outcome_of(self, call_sid: str) -> str | None:
         return None
 
+    async def voicemail_received(self, call_sid: str, *, url: str, duration_s: int | None,
+                                 from_number: str | None, business: str = "default") -> bool:
+        return False
+
     async def not_ready_reason(self) -> str | None:
         return None
 

@@ -62,6 +62,7 @@ class Config:
     twilio_from_number: str | None = None
     public_url: str | None = None
     transfer_number: str | None = None
+    dial_timeout_s: int = 20  # how long <Dial> rings the shop before the caller is offered voicemail
     allow_unsigned: bool = False
     # daemon
     host: str = "127.0.0.1"
@@ -149,6 +150,7 @@ class Config:
             twilio_from_number=g.get("TWILIO_FROM_NUMBER", _phone, None),
             public_url=g.get("PUBLIC_URL", _origin, None),
             transfer_number=g.get("TRANSFER_NUMBER", _phone, None),
+            dial_timeout_s=g.get("VOICEBRIDGE_DIAL_TIMEOUT_S", _int_range(5, 600), 20),
             allow_unsigned=g.get("VOICEBRIDGE_ALLOW_UNSIGNED", _bool, False),
             host=g.get("VOICEBRIDGE_HOST", _nonempty, "127.0.0.1"),
             port=g.get("VOICEBRIDGE_PORT", _port, 8080),

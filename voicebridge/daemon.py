@@ -411,6 +411,15 @@ class Daemon:
         except Exception as exc:
             log.error("could not record the call end: %s", exc, extra={"event": "store_error"})
 
+    async def voicemail_received(self, call_sid: str, *, url: str, duration_s: int | None,
+                                 from_number: str | None, business: str = "default") -> bool:
+        """Keep the voicemail on the call's row with its `voicemail.received` delivery; wake the outbox."""
+        fresh = await self.store.voicemail_received(call_sid, url=url, duration_s=duration_s, from_number=from_number,
+                                                    business=business)
+        if fresh:
+            self.outbox.wake()
+        return fresh
+
     async def outcome_of(self, call_sid: str) -> str | None:
         """The outcome of a call; if it is still finishing, wait for it (a few seconds at most).
 

@@ -1,4 +1,5 @@
-"""`voicebridge calls`: recent calls with their outcome and estimated cost; `calls show SID` adds the transcript."""
+"""`voicebridge calls`: recent calls with their outcome, estimated cost and voicemail; `calls show SID` adds the
+transcript and the voicemail recording's URL."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from voicebridge.ops.store import CallRow, Store, TranscriptRow
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("calls", help="recent calls: outcome, duration, estimated cost; or one call's transcript",
+    p = subparsers.add_parser("calls", help="recent calls: outcome, duration, estimated cost, voicemail; or one call's transcript",
                               description="List recent calls (newest first) with their outcome, duration and "
                                           "estimated cost (Realtime tokens at the configured prices plus Twilio "
-                                          "minutes), or show one call with its transcript.")
+                                          "minutes) and any voicemail the caller left, or show one call with its transcript "
+                                          "and its voicemail's recording URL.")
     p.add_argument("--limit", type=_positive, default=20, help="how many calls (default 20)")
     p.add_argument("--json", dest="calls_json", action="store_true", help="machine-readable output")
     p.add_argument("--business", metavar="SLUG", help="only this business's calls (see VOICEBRIDGE_BUSINESSES)")
@@ -39,7 +41,14 @@ def _row_json(row: CallRow) -> dict[str, Any]:
     return {"call_sid": row.call_sid, "business": row.business, "from": row.from_number, "to": row.to_number, "direction": row.direction,
             "started_at": row.started_at.isoformat(), "ended_at": row.ended_at.isoformat() if row.ended_at else None,
             "outcome": row.outcome, "cost_usd": str(row.cost_usd) if row.cost_usd is not None else None,
-            "cost_details": row.cost_details}
+            "cost_details": row.cost_details, "voicemail_url": row.voicemail_url,
+            "voicemail_duration_s": row.voicemail_duration_s}
+
+
+def _voicemail(row: CallRow) -> str:
+    if row.voicemail_url is None:
+        return "-"
+    return f"{row.voicemail_duration_s}s" if row.voicemail_duration_s is not None else "yes"
 
 
 def run_list(args: argparse.Namespace, config: Config) -> int:
@@ -52,13 +61,14 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
     if not rows:
         print("No calls yet.")
         return EXIT_OK
-    table: list[tuple[str, ...]] = [("Time", "Call", "From", "Length", "Outcome", "Cost")]
+    table: list[tuple[str, ...]] = [("Time", "Call", "From", "Length", "Outcome", "Cost", "Voicemail")]
     several = len({r.business for r in rows}) > 1  # many businesses: say whose each call is
     if several:
         table[0] += ("Business",)
     for r in rows:
         cost = f"${r.cost_usd:.4f}" if r.cost_usd is not None else "-"
-        cells = (_local(r.started_at), r.call_sid, r.from_number or "-", _duration(r), r.outcome or "live", cost)
+        cells = (_local(r.started_at), r.call_sid, r.from_number or "-", _duration(r), r.outcome or "live", cost,
+                 _voicemail(r))
         table.append(cells + ((r.business,) if several else ()))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
@@ -91,6 +101,9 @@ def run_show(args: argparse.Namespace, config: Config) -> int:
         tokens = (row.cost_details or {}).get("tokens") or {}
         detail = ", ".join(f"{k} {v}" for k, v in tokens.items() if v)
         print(f"Estimated cost ${row.cost_usd}" + (f" (tokens: {detail})" if detail else ""))
+    if row.voicemail_url is not None:
+        length = f" ({row.voicemail_duration_s}s)" if row.voicemail_duration_s is not None else ""
+        print(f"Voicemail{length}: {row.voicemail_url}")
     if lines:
         print("Transcript:")
         for t in lines:

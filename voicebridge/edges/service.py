@@ -58,6 +58,11 @@ class CallService(Protocol):
         """How a call ended (waiting briefly while it finishes), or None if unknown."""
         ...
 
+    async def voicemail_received(self, call_sid: str, *, url: str, duration_s: int | None,
+                                 from_number: str | None, business: str = "default") -> bool:
+        """Keep a caller's voicemail and notify the business once; False if it was already kept."""
+        ...
+
     async def not_ready_reason(self) -> str | None:
         """Why the daemon should not get new calls now, or None when it is ready."""
         ...

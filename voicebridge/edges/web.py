@@ -8,10 +8,12 @@ Routes:
   framework in the audio path) and pipes every other request here; this route is what serves
   them under `VOICEBRIDGE_FRAMEWORK_SOCKETS=1`, the debugging fallback.
 - `POST /stream-ended` (the `<Connect>` action): continues the call by its outcome: hang up,
-  dial the shop, or apologise and take a message.
-- `POST /dial-ended` (the `<Dial>` action): the shop did not pick up (no-answer, busy, failed,
-  canceled): the caller is offered voicemail instead of silence; a completed transfer hangs up.
-  No other route changes a live call.
+  dial the shop, or apologise and take a message. No other route changes a live call.
+- `POST /dial-ended` (the `<Dial>` action): the shop answered (hang up when they are done), or
+  nobody did (no-answer, busy, failed, canceled): the caller is offered voicemail.
+- `POST /voicemail` (the `<Record>` action) and `POST /voicemail-status` (its
+  recordingStatusCallback): the recording is kept on the call's row and the business notified
+  (`voicemail.received`) once, however often Twilio calls.
 - `GET /healthz`, `GET /readyz`, `GET /metrics`.
 - `GET /calendar/<token>.ics`: the bookings as an iCalendar feed a calendar app subscribes to,
   when a `CalendarFeed` is given (404 for any other token, compared in constant time).
@@ -27,6 +29,7 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from twilio.twiml.voice_response import VoiceResponse
 
+from voicebridge.config import Config
 from voicebridge.edges.ical import CalendarFeed, feed_calendar
 from voicebridge.edges.security import token_binding
 from voicebridge.edges.service import CallService
@@ -38,9 +41,11 @@ log = logging.getLogger("voicebridge.edges.web")
 HANGUP_OUTCOMES = frozenset({"completed", "ended_no_order", "caller_hung_up", "silence_timeout", "max_duration",
                              "refused", "shutdown", "ended_by_staff"})
 SORRY = "We're sorry, our ordering assistant is having trouble right now."
-DIAL_TIMEOUT_S = 20  # seconds the shop's phone rings before Twilio gives up and posts /dial-ended
-VOICEMAIL_PROMPT = "Please leave your name, number and order after the tone, and we'll call you back."
+LEAVE_MESSAGE = "Please leave your name, number and order after the tone, and we'll call you back."
+THANKS = "Thank you. We'll call you back soon. Goodbye."
 NOBODY_FREE = "We're sorry, nobody at the shop could take your call."
+VOICEMAIL_MAX_S = 120
+DIAL_UNANSWERED = frozenset({"no-answer", "busy", "failed", "canceled"})
 UNKNOWN_NUMBER = "We're sorry, this number is not in service with us. Please check the number and call again. Goodbye."
 
 
@@ -68,15 +73,6 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
     app = QuartTrio("voicebridge")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
-    def dial_shop(vr: VoiceResponse, number: str) -> None:
-        """Ring the shop for a while; whatever happens, Twilio comes back to /dial-ended."""
-        vr.dial(number, timeout=DIAL_TIMEOUT_S, action=cfg.public("/dial-ended"))
-
-    def voicemail(vr: VoiceResponse) -> None:
-        vr.say(VOICEMAIL_PROMPT)
-        vr.record(max_length=120, play_beep=True, action=cfg.public("/stream-ended"))
-        vr.hangup()
-
     async def signed_form() -> dict[str, str] | None:
         form = (await request.form).to_dict()
         if daemon.signatures.check_http(_path_qs(), form, request.headers.get("X-Twilio-Signature")):
@@ -84,6 +80,30 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         log.warning("rejected a webhook with a missing or wrong Twilio signature",
                     extra={"event": "bad_signature", "route": request.path})
         daemon.metrics.protocol_errors_total.labels("twilio").inc()
+        return None
+
+    def dial_shop(vr: VoiceResponse, business_cfg: Config, number: str) -> None:
+        """Ring the shop for a while; whatever happens, Twilio comes back to /dial-ended."""
+        vr.dial(number, timeout=business_cfg.dial_timeout_s, action=cfg.public("/dial-ended"))
+
+    def take_message(vr: VoiceResponse) -> None:
+        vr.say(LEAVE_MESSAGE)
+        vr.record(max_length=VOICEMAIL_MAX_S, play_beep=True, action=cfg.public("/voicemail"),
+                  recording_status_callback=cfg.public("/voicemail-status"))
+        vr.hangup()
+
+    async def keep_voicemail(form: dict[str, str]) -> Response | None:
+        """Store the recording named in a signed callback; a 400 response if the form is unusable."""
+        call_sid, url = form.get("CallSid", ""), form.get("RecordingUrl", "")
+        if not call_sid or len(call_sid) > 64 or not url.startswith("https://") or len(url) > 2000:
+            return _plain("CallSid or RecordingUrl missing or malformed", 400)
+        raw = form.get("RecordingDuration", "")
+        duration = int(raw) if raw.isdigit() and len(raw) < 6 else None
+        business = daemon.businesses.for_number(our_number(form)) or daemon.businesses.default
+        fresh = await daemon.voicemail_received(call_sid, url=url, duration_s=duration,
+                                                from_number=form.get("From") or None, business=business.slug)
+        log.info("voicemail kept" if fresh else "voicemail callback repeated",
+                 extra={"event": "voicemail", "call_sid": call_sid, "duration_s": duration, "new": fresh})
         return None
 
     @app.post("/incoming-call")
@@ -106,7 +126,7 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         if daemon.draining:
             vr.say("We're sorry, we can't take your call right now. Please call back in a minute.")
             if business.config.transfer_number:
-                dial_shop(vr, business.config.transfer_number)
+                dial_shop(vr, business.config, business.config.transfer_number)
             else:
                 vr.hangup()
             return _twiml(vr)
@@ -142,8 +162,11 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             return _plain("forbidden", 403)
         call_sid = form.get("CallSid", "")
         vr = VoiceResponse()
-        if form.get("RecordingUrl"):  # back from the voicemail <Record>
-            vr.say("Thank you. We'll call you back soon. Goodbye.")
+        if form.get("RecordingUrl"):  # a <Record> given out before /voicemail existed (a call across an upgrade)
+            bad = await keep_voicemail(form)
+            if bad is not None:
+                return bad
+            vr.say(THANKS)
             vr.hangup()
             return _twiml(vr)
         outcome = await daemon.outcome_of(call_sid)
@@ -154,17 +177,17 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             vr.hangup()
         elif outcome == "transferred":
             if transfer_number:
-                dial_shop(vr, transfer_number)
+                dial_shop(vr, business.config, transfer_number)
             else:
-                vr.say("We're sorry, nobody at the shop can take your call right now. Please call back later.")
-                vr.hangup()
+                vr.say(NOBODY_FREE)
+                take_message(vr)
         else:  # the AI side failed (or we never saw the stream): apologise, then a person or voicemail
             vr.say(SORRY)
             if transfer_number:
                 vr.say("Let me connect you with the shop.")
-                dial_shop(vr, transfer_number)
+                dial_shop(vr, business.config, transfer_number)
             else:
-                voicemail(vr)
+                take_message(vr)
         return _twiml(vr)
 
     @app.post("/dial-ended")
@@ -176,12 +199,40 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         log.info("transfer ended", extra={"event": "dial_ended", "call_sid": form.get("CallSid"),
                                           "status": status[:20]})
         vr = VoiceResponse()
-        if status == "completed":  # the shop answered and the two talked: nothing left to do
-            vr.hangup()
-        else:  # no-answer, busy, failed, canceled (or anything unknown): never leave the caller in silence
+        if status in DIAL_UNANSWERED:
             vr.say(NOBODY_FREE)
-            voicemail(vr)
+            take_message(vr)
+        else:  # completed (or answered): the caller talked with the shop
+            vr.hangup()
         return _twiml(vr)
+
+    @app.post("/voicemail")
+    async def voicemail() -> Response:
+        form = await signed_form()
+        if form is None:
+            return _plain("forbidden", 403)
+        if form.get("RecordingUrl"):  # none when the caller hung up before saying anything
+            # The caller is still on the line: whatever happens here, they hear a goodbye, not an
+            # error; the status callback (retried by Twilio) keeps the voicemail if this could not.
+            try:
+                if await keep_voicemail(form) is not None:
+                    log.warning("voicemail action without a usable recording", extra={"event": "voicemail_bad"})
+            except Exception as exc:
+                log.error("could not keep a voicemail: %s", exc, extra={"event": "store_error"})
+        vr = VoiceResponse()
+        vr.say(THANKS)
+        vr.hangup()
+        return _twiml(vr)
+
+    @app.post("/voicemail-status")
+    async def voicemail_status() -> Response:
+        form = await signed_form()
+        if form is None:
+            return _plain("forbidden", 403)
+        if form.get("RecordingStatus", "completed") != "completed":
+            return Response("", status=204)
+        bad = await keep_voicemail(form)
+        return bad if bad is not None else Response("", status=204)
 
     @app.post("/call-status")
     async def call_status() -> Response:

@@ -181,6 +181,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE outbox ADD COLUMN business TEXT NOT NULL DEFAULT 'default'",
         "ALTER TABLE orders ADD COLUMN business TEXT NOT NULL DEFAULT 'default'",
     ),
+    # 5: a caller's voicemail (the <Record> fallback) lives on the call's row.
+    (
+        "ALTER TABLE calls ADD COLUMN voicemail_url TEXT",
+        "ALTER TABLE calls ADD COLUMN voicemail_duration_s INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -201,6 +206,8 @@ class CallRow:
     cost_usd: Decimal | None
     cost_details: dict[str, Any] | None
     business: str = "default"  # the business (slug) whose number was called
+    voicemail_url: str | None = None
+    voicemail_duration_s: int | None = None
 
 
 @attrs.frozen
@@ -554,6 +561,44 @@ class Store:
 
         await self._run(insert)
 
+    async def voicemail_received(self, call_sid: str, *, url: str, duration_s: int | None, from_number: str | None,
+                                 business: str = "default", now: datetime | None = None) -> bool:
+        """Store a caller's voicemail on the call's row and queue `voicemail.received` for the business.
+
+        True if this was news; False if the call already has this voicemail (Twilio retried a callback):
+        one row, one delivery. A call the AI never took (it was down) gets its row here, for
+        `business`; a call already recorded keeps its own business (whose webhook is told).
+        """
+        _text(call_sid, "call_sid", max_len=64)
+        _text(url, "url", max_len=2000)
+        from_number = _text(from_number, "from_number", optional=True, max_len=64)
+        if duration_s is not None and not 0 <= duration_s <= 86_400:
+            raise StoreError(f"voicemail duration must be 0 to 86400 seconds, got {duration_s}")
+        at = now or datetime.now(timezone.utc)
+
+        def store(tx: StoreTransaction) -> bool:
+            rows = tx.execute("SELECT from_number, voicemail_url, business FROM calls WHERE call_sid = ?",
+                              (call_sid,))
+            if rows and rows[0]["voicemail_url"] is not None:
+                return False
+            if rows:
+                tx.business = rows[0]["business"]
+                tx.execute("UPDATE calls SET voicemail_url = ?, voicemail_duration_s = ?,"
+                           " from_number = COALESCE(from_number, ?) WHERE call_sid = ?",
+                           (url, duration_s, from_number, call_sid))
+                caller = rows[0]["from_number"] or from_number
+            else:
+                tx.execute("INSERT INTO calls (call_sid, from_number, direction, started_at, outcome, voicemail_url,"
+                           " voicemail_duration_s, business) VALUES (?, ?, 'inbound', ?, 'voicemail', ?, ?, ?)",
+                           (call_sid, from_number, utc_text(at), url, duration_s, business))
+                caller = from_number
+            tx.enqueue("voicemail.received", f"voicemail:{call_sid}",
+                       {"event": "voicemail.received", "call_sid": call_sid, "from": caller,
+                        "recording_url": url, "duration_s": duration_s, "received_at": utc_text(at)})
+            return True
+
+        return await self.commit(store, now=at, business=business)
+
     async def list_calls(self, limit: int = 20, *, business: str | None = None) -> list[CallRow]:
         """The most recent calls first (only `business`'s calls, if given)."""
         _limit(limit)
@@ -577,6 +622,8 @@ class Store:
                     cost_usd=None if r["cost_usd"] is None else Decimal(r["cost_usd"]),
                     cost_details=None if r["cost_details"] is None else json.loads(r["cost_details"]),
                     business=r["business"],
+                    voicemail_url=r.get("voicemail_url"),
+                    voicemail_duration_s=r.get("voicemail_duration_s"),
                 )
                 for r in rows
             ]
