@@ -27,6 +27,7 @@ runs out and another process sends the row again, with the same Idempotency-Key.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import hmac
 import json
@@ -107,7 +108,7 @@ class Undeliverable(Exception):
     """A row its target can never take (a malformed payload, an unknown event): dead at once."""
 
 
-class _Delivery:
+class _Delivery(abc.ABC):
     """The delivery loop every target shares: due rows in, retries with backoff, dead rows kept.
 
     A subclass names its `target` (the outbox column) and `label` (for the log), and sends one
@@ -196,8 +197,9 @@ class _Delivery:
             await self._attempt(row)
         return BATCH
 
+    @abc.abstractmethod
     async def _send(self, row: OutboxRow) -> str | None:
-        raise NotImplementedError
+        """Send one row; None when it landed, else a short error for the table and the log."""
 
     async def _attempt(self, row: OutboxRow) -> None:
         try:
