@@ -8,6 +8,8 @@ with icalendar: it shares no code with `voicebridge.edges.calendar`.
 
 from __future__ import annotations
 
+import contextlib
+
 import socket
 import subprocess
 import sys
@@ -68,11 +70,9 @@ class Radicale:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"radicale exited: {(self.root / 'radicale.log').read_text()[-2000:]}")
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet: poll again until the deadline
                 if httpx.get(self.base + "/.well-known/caldav", timeout=1.0).status_code < 500:
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"radicale did not answer within {START_TIMEOUT_S} s")

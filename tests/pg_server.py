@@ -7,6 +7,8 @@ refuses to run as root, so as root the server runs as the `postgres` user the pa
 
 from __future__ import annotations
 
+import contextlib
+
 import atexit
 import glob
 import os
@@ -81,15 +83,12 @@ class PgServer:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"postgres exited: {(self.root / 'server.log').read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    pass
+            with contextlib.suppress(OSError):  # not accepting yet: poll again until the deadline
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 ready = subprocess.run([str(self.bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
                 if ready.returncode == 0:
                     return
-            except OSError:
-                pass
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"postgres did not start within {START_TIMEOUT_S:g} s")

@@ -39,7 +39,7 @@ class FakeNotifier:
         return self._add("STATUS=" + text)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the messages are kept in memory for the test to read."""
 
     def times(self, message: str) -> list[float]:
         return [t for t, m in self.sent if m == message]

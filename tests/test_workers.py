@@ -12,6 +12,8 @@ killed at the end (its whole process group, workers included).
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import signal
 import subprocess
@@ -79,11 +81,9 @@ async def wait_ready(served: Served) -> None:
             while True:
                 if served.process.returncode is not None:
                     pytest.fail(f"voicebridge serve exited ({served.process.returncode}):\n{served.output()}")
-                try:
+                with contextlib.suppress(httpx.HTTPError):  # not listening yet: poll again until the deadline
                     if (await http.get(served.base + "/readyz")).status_code == 200:
                         return
-                except httpx.HTTPError:
-                    pass
                 await trio.sleep(0.1)
 
 
@@ -101,10 +101,8 @@ async def serving(tmp_path: Path, name: str, env: dict[str, str], *, ready: bool
             await wait_ready(served)
         yield served
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # the group already exited by itself
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         with trio.move_on_after(10):
             await process.wait()
 

@@ -48,13 +48,20 @@ def say_when(local: dt.datetime, today: dt.date | None = None) -> str:
     return f"{say_day(local.date(), today)} at {say_time(local)}"
 
 
+def _looks_iso(words: str) -> bool:
+    """YYYY-MM-DD that is a real date (so 2026-02-30 falls through to the words, and then fails there)."""
+    try:
+        dt.date.fromisoformat(words)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_day(text: str, today: dt.date) -> dt.date:
     """A day from an ISO date or the caller's words; ValueError with a sayable message otherwise."""
     words = " ".join(text.lower().replace(",", " ").split())
-    try:
+    if _looks_iso(words):  # the model's own ISO date; anything else is the caller's words below
         return dt.date.fromisoformat(words)
-    except ValueError:
-        pass
     if words == "today":
         return today
     if words == "tomorrow":
