@@ -13,6 +13,7 @@ MenuError with one line naming the file and the problem.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tomllib
 from datetime import datetime, timedelta, timezone
@@ -23,11 +24,11 @@ from zoneinfo import ZoneInfo
 import attrs
 import trio
 
-from voicebridge.config import JOBS, VOICES, Config, ConfigError, _http_url, _phone, _rate_bp
+from voicebridge.config import JOBS, VOICES, Config, ConfigError, _caldav_url, _feed_token, _http_url, _phone, _rate_bp
 from voicebridge.engine.job import BusySource, Job, PrepareTool
 from voicebridge.ops.logs import mask_number
 from voicebridge.jobs.appointments.booking import BookingRequest, Found
-from voicebridge.jobs.appointments.business import BusinessError, load_business, parse_toml
+from voicebridge.jobs.appointments.business import BusinessError, business_from_data, load_business, parse_toml
 from voicebridge.jobs.appointments.job import SCHEMA as APPOINTMENTS_SCHEMA
 from voicebridge.jobs.appointments.job import AppointmentsJob
 from voicebridge.jobs.appointments.records import booked_between, feed_events, upcoming_by_name, upcoming_for_phone
@@ -78,17 +79,25 @@ def build_job(config: Config) -> Job:
     return PizzaJob(menu=load_menu(config.business_file), tax_rate_bp=config.tax_rate_bp)
 
 
+def _appointments(job: Job) -> AppointmentsJob | None:
+    """The appointments job `job` is (also under a business file's extra instructions), or None."""
+    base = job._job if isinstance(job, _ExtraInstructions) else job
+    return base if isinstance(base, AppointmentsJob) else None
+
+
 def tool_preparer(job: Job, store: Store, busy_source: BusySource | None = None, *,
-                  clock: Callable[[], datetime] | None = None) -> PrepareTool | None:
+                  clock: Callable[[], datetime] | None = None, business: str = "default") -> PrepareTool | None:
     """What the call awaits before a tool runs, for jobs whose tools need the store or a calendar.
 
-    For appointments: the stored bookings and the calendar's busy times of the days the tool is
-    about, and the caller's upcoming bookings (by caller ID, or by the name asked for). A calendar
-    that cannot be read in BUSY_TIMEOUT_S is logged and the tool answers that it cannot check now.
+    For appointments: `business`'s stored bookings and its calendar's busy times of the days the
+    tool is about, and the caller's upcoming bookings there (by caller ID, or by the name asked
+    for). A calendar that cannot be read in BUSY_TIMEOUT_S is logged and the tool answers that it
+    cannot check now.
     """
-    if not isinstance(job, AppointmentsJob):
+    found_job = _appointments(job)
+    if found_job is None:
         return None
-    appointments = job
+    appointments = found_job
 
     async def prepare(task: Any, name: str, arguments: str) -> None:
         assert isinstance(task, BookingRequest)
@@ -100,9 +109,9 @@ def tool_preparer(job: Job, store: Store, busy_source: BusySource | None = None,
         phone, who = lookup.phone, lookup.name
 
         def read(tx: Any) -> tuple[list[Any], list[Any], list[Any]]:
-            booked = booked_between(tx, *window) if window is not None else []
-            mine = upcoming_for_phone(tx, phone, now) if phone else []
-            by_name = upcoming_by_name(tx, who, now) if who else []
+            booked = booked_between(tx, *window, business=business) if window is not None else []
+            mine = upcoming_for_phone(tx, phone, now, business=business) if phone else []
+            by_name = upcoming_by_name(tx, who, now, business=business) if who else []
             return booked, mine, by_name
 
         booked, mine, by_name = await store.read(read)
@@ -123,18 +132,20 @@ def tool_preparer(job: Job, store: Store, busy_source: BusySource | None = None,
 
 def job_time_zone(job: Job) -> ZoneInfo | None:
     """The business's time zone, for jobs that have one (a calendar's all-day events are in it)."""
-    return job.business.tz if isinstance(job, AppointmentsJob) else None
+    appointments = _appointments(job)
+    return appointments.business.tz if appointments is not None else None
 
 
-def feed_source(job: Job, store: Store, *, clock: Callable[[], datetime] | None = None
+def feed_source(job: Job, store: Store, *, clock: Callable[[], datetime] | None = None, business: str = "default"
                 ) -> Callable[[], Awaitable[Sequence[Mapping[str, Any]]]] | None:
-    """The bookings the iCalendar feed serves (confirmed, not over for FEED_PAST_DAYS), or None for jobs without."""
-    if not isinstance(job, AppointmentsJob):
+    """`business`'s bookings the iCalendar feed serves (confirmed, not over for FEED_PAST_DAYS), or
+    None for jobs without."""
+    if _appointments(job) is None:
         return None
 
     async def events() -> Sequence[Mapping[str, Any]]:
         since = (clock() if clock is not None else datetime.now(timezone.utc)) - timedelta(days=FEED_PAST_DAYS)
-        return await store.read(lambda tx: feed_events(tx, since))
+        return await store.read(lambda tx: feed_events(tx, since, business=business))
 
     return events
 
@@ -172,8 +183,15 @@ def _pizza_from_settings(settings: dict[str, Any], source: Path, config: Config)
     return PizzaJob(menu=menu, tax_rate_bp=config.tax_rate_bp)
 
 
+def _appointments_from_settings(settings: dict[str, Any], source: Path, config: Config) -> Job:
+    """An appointments job from a business file: its name, time zone, hours, closures and services
+    inline, as in an appointments business file (voicebridge.jobs.appointments.business)."""
+    return AppointmentsJob(business=business_from_data(settings, str(source)))
+
+
 # How a business file's job settings become a job, by job name (each job adds its builder here).
-JOB_BUILDERS: dict[str, Callable[[dict[str, Any], Path, Config], Job]] = {"pizza": _pizza_from_settings}
+JOB_BUILDERS: dict[str, Callable[[dict[str, Any], Path, Config], Job]] = {
+    "pizza": _pizza_from_settings, "appointments": _appointments_from_settings}
 
 
 class _ExtraInstructions:
@@ -223,11 +241,17 @@ class Businesses:
         found: list[Business] = []
         by_number: dict[str, Business] = {}
         by_slug: dict[str, Business] = {}
+        by_feed: dict[str, Business] = {}
         for path in _business_files(config.businesses):
             business = load_business_file(path, config)
             if business.slug in by_slug:
                 raise BusinessesError(f"{path}: slug {business.slug!r} is also {by_slug[business.slug].source}'s")
             by_slug[business.slug] = business
+            feed = business.config.calendar_feed_token
+            if feed is not None and feed in by_feed:  # a feed URL must name one business's bookings
+                raise BusinessesError(f"{path}: calendar.feed_token_env: the same token as {by_feed[feed].source}'s")
+            if feed is not None:
+                by_feed[feed] = business
             for number in business.numbers:
                 other = by_number.get(number)
                 if other is not None:
@@ -271,10 +295,15 @@ def _business_files(paths: tuple[Path, ...]) -> list[Path]:
     return files
 
 
-def load_business_file(path: Path, config: Config) -> Business:
+def load_business_file(path: Path, config: Config, environ: Mapping[str, str] | None = None) -> Business:
     """One business file; BusinessError if bad. The deployment's keys (`slug`, `numbers`, `job`,
-    `webhook_url`, `webhook_secret`, `transfer_number`, `voice`, `tax_rate`, `instructions`) are
-    taken out; every other key is the job's own settings (JOB_BUILDERS)."""
+    `webhook_url`, `webhook_secret`, `transfer_number`, `voice`, `tax_rate`, `instructions`,
+    `[calendar]`) are taken out; every other key is the job's own settings (JOB_BUILDERS).
+
+    `[calendar]` (appointments only; see `_calendar`) is the business's own CalDAV calendar and
+    iCalendar feed; without it the business has neither: the deployment's VOICEBRIDGE_CALDAV_* and
+    VOICEBRIDGE_CALENDAR_FEED_TOKEN are the zero-configuration default business's alone, so one
+    business's bookings never land in a calendar another business's settings name."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -304,6 +333,10 @@ def load_business_file(path: Path, config: Config) -> Business:
     extra = data.pop("instructions", None)
     if extra is not None and (not isinstance(extra, str) or not extra.strip()):
         raise BusinessesError(f"{path}: instructions: expected text")
+    calendar = data.pop("calendar", None)
+    if calendar is not None and job_name != "appointments":
+        raise BusinessesError(f"{path}: calendar: only an appointments business has a calendar (this is {job_name!r})")
+    changes.update(_calendar(path, calendar, os.environ if environ is None else environ))
     own = attrs.evolve(config, **changes)
     if "order_webhook_url" in changes and "order_webhook_secret" not in changes:
         raise BusinessesError(f"{path}: webhook_secret: needed with webhook_url (deliveries are signed)")
@@ -318,6 +351,62 @@ def load_business_file(path: Path, config: Config) -> Business:
     if extra:
         job = cast(Job, _ExtraInstructions(job, extra.strip()))
     return Business(slug, checked, job, own, str(path))
+
+
+CALENDAR_KEYS = ("url", "username", "password_env", "feed_token_env")
+
+
+def _calendar(path: Path, table: Any, environ: Mapping[str, str]) -> dict[str, Any]:
+    """A business file's `[calendar]` as Config fields (all None without one).
+
+        [calendar]
+        url = "https://dav.example.com/salon/bookings/"   # its CalDAV calendar (optional)
+        username = "salon"
+        password_env = "SALON_CALDAV_PASSWORD"           # the environment variable holding the password
+        feed_token_env = "SALON_FEED_TOKEN"               # ...the feed's secret URL token (optional)
+
+    Secrets are named, not written: business files get copied, versioned and shown around, and the
+    environment (a systemd EnvironmentFile, credentials) is where this deployment keeps every other
+    secret. A named variable that is not set is an error, never a calendar without its password.
+    """
+    fields: dict[str, Any] = {"caldav_url": None, "caldav_username": None, "caldav_password": None,
+                              "calendar_feed_token": None}
+    if table is None:
+        return fields
+    if not isinstance(table, dict):
+        raise BusinessesError(f"{path}: calendar: expected a table ([calendar])")
+    for key in table:
+        if key not in CALENDAR_KEYS:
+            hint = " (a password is never written in the file: name its variable with password_env)" \
+                if key == "password" else ""
+            raise BusinessesError(f"{path}: calendar.{key}: unknown key (allowed: {', '.join(CALENDAR_KEYS)}){hint}")
+
+    def secret(key: str, parse: Callable[[str], str]) -> str | None:
+        name = table.get(key)
+        if name is None:
+            return None
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise BusinessesError(f"{path}: calendar.{key}: expected an environment variable's name, got {name!r}")
+        value = environ.get(name, "").strip()
+        if not value:
+            raise BusinessesError(f"{path}: calendar.{key}: the environment variable {name} is not set")
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise BusinessesError(f"{path}: calendar.{key}: {name} {exc}") from None
+
+    if "url" in table:
+        fields["caldav_url"] = _field(path, "calendar.url", _caldav_url, table["url"])
+    if "username" in table:
+        fields["caldav_username"] = _field(path, "calendar.username", _nonempty_text, table["username"])
+    fields["caldav_password"] = secret("password_env", _nonempty_text)
+    fields["calendar_feed_token"] = secret("feed_token_env", _feed_token)
+    if bool(fields["caldav_username"]) != bool(fields["caldav_password"]):
+        missing = "password_env" if fields["caldav_username"] else "username"
+        raise BusinessesError(f"{path}: calendar.{missing}: needed with the other (the calendar's login)")
+    if fields["caldav_username"] and not fields["caldav_url"]:
+        raise BusinessesError(f"{path}: calendar.url: needed with a username")
+    return fields
 
 
 def _field(path: Path, key: str, parse: Callable[[str], Any], value: Any) -> Any:

@@ -160,28 +160,40 @@ class Daemon:
                                    max_attempts=config.webhook_max_attempts, timeout_s=config.webhook_timeout_s,
                                    on_result=lambda state: self.metrics.webhook_deliveries_total.labels(state).inc())
         self.outbox.on_settled = self._delivery_settled
-        # The business's CalDAV calendar (`calendar_zone`: where its all-day events block the day; by
-        # default the job's own time zone), written through the outbox's "calendar" rows; None keeps
-        # bookings local (and the feed).
-        zone = calendar_zone or job_time_zone(job) or timezone.utc
-        self.calendar: CalDavCalendar | None = None
+        # Each business's CalDAV calendar (its `config.caldav_*`: VOICEBRIDGE_CALDAV_* for the default
+        # business, a business file's [calendar] for its own), where its all-day events block the day in
+        # its own time zone (`calendar_zone`: the default business's, if given). One worker writes every
+        # business's "calendar" rows, each to its business's calendar; a business without one keeps its
+        # bookings local (and in its feed).
+        default = businesses.default
+        self.calendars: dict[str, CalDavCalendar] = {}
+        for b in businesses:
+            if b.config.caldav_url:
+                zone = (calendar_zone if b is default else None) or job_time_zone(b.job) or timezone.utc
+                self.calendars[b.slug] = CalDavCalendar(
+                    b.config.caldav_url, username=b.config.caldav_username, password=b.config.caldav_password,
+                    zone=zone, timeout_s=config.webhook_timeout_s)
+        self.calendar: CalDavCalendar | None = self.calendars.get(default.slug)
         self.calendar_outbox: CalendarWorker | None = None
-        if config.caldav_url:
-            self.calendar = CalDavCalendar(config.caldav_url, username=config.caldav_username,
-                                           password=config.caldav_password, zone=zone,
-                                           timeout_s=config.webhook_timeout_s)
-            self.calendar_outbox = CalendarWorker(store, self.calendar, max_attempts=config.webhook_max_attempts,
+        if self.calendars:
+            self.calendar_outbox = CalendarWorker(store, routes=self.calendars, max_attempts=config.webhook_max_attempts,
                                                   timeout_s=config.webhook_timeout_s)
-        self.calendar_feed: CalendarFeed | None = None
-        feed_events = feed_events or feed_source(job, store, clock=wall_clock)
-        if config.calendar_feed_token and feed_events is not None:
-            self.calendar_feed = CalendarFeed(config.calendar_feed_token, feed_events)
-        # the job's lookups before a tool runs: stored bookings, and the calendar's busy times
-        # (`busy_source`, by default the CalDAV calendar) so events booked by hand block slots too
+        # Each business's iCalendar feed, behind its own secret token (`feed_events`: the default's source)
+        self.calendar_feeds: dict[str, CalendarFeed] = {}
+        for b in businesses:
+            events = (feed_events if b is default else None) or feed_source(b.job, store, clock=wall_clock,
+                                                                               business=b.slug)
+            if b.config.calendar_feed_token and events is not None:
+                name = "Bookings" if businesses.catch_all is not None else f"{b.job.business_name} bookings"
+                self.calendar_feeds[b.slug] = CalendarFeed(b.config.calendar_feed_token, events, name=name)
+        self.calendar_feed: CalendarFeed | None = self.calendar_feeds.get(default.slug)
+        # the job's lookups before a tool runs: the business's stored bookings, and its calendar's busy
+        # times (`busy_source`, by default its CalDAV calendar) so events booked by hand block slots too
         connect = connector or realtime_connector(config)
         self.setups = {b.slug: make_call_setup(
             b.config, b.job, connect, check_start=self._check_start,
-            prepare_tool=tool_preparer(b.job, store, busy_source or self.calendar, clock=wall_clock),
+            prepare_tool=tool_preparer(b.job, store, (busy_source if b is default else None) or self.calendars.get(b.slug),
+                                       clock=wall_clock, business=b.slug),
             wall_clock=wall_clock) for b in businesses}
         self.setup = self.setups[businesses.default.slug]
 
@@ -545,7 +557,12 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
     host, port = front.getsockname()[:2]
     binds = [f"http://[{host}]:{port}" if front.family == socket.AF_INET6 else f"http://{host}:{port}"]
     if cfg.calendar_feed_token and daemon.calendar_feed is None:
-        log.warning("VOICEBRIDGE_CALENDAR_FEED_TOKEN is set, but this job has no bookings to publish")
+        log.warning("VOICEBRIDGE_CALENDAR_FEED_TOKEN is set, but the default business has no bookings to publish"
+                    + (" (with VOICEBRIDGE_BUSINESSES, a business file's [calendar] names its own)"
+                       if cfg.businesses else ""))
+    if cfg.caldav_url and daemon.calendar is None:
+        log.warning("VOICEBRIDGE_CALDAV_URL is unused: with VOICEBRIDGE_BUSINESSES, a business file's [calendar] "
+                    "names its own calendar")
     lean = not cfg.framework_sockets
     private = tempfile.mkdtemp(prefix="voicebridge-") if lean else None
     backend = os.path.join(private, "http.sock") if private else ""
@@ -567,7 +584,7 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
         daemon.staff_tables = True
     except Exception as exc:  # a store opened without the staff tables: no staff page, calls still work
         log.warning("no staff page: the store has no staff tables (%s)", type(exc).__name__)
-    app = create_app(daemon, feed=daemon.calendar_feed)
+    app = create_app(daemon, feeds=tuple(daemon.calendar_feeds.values()))
     async with trio.open_nursery() as nursery:
         daemon.nursery = nursery
         await nursery.start(daemon.outbox.run)

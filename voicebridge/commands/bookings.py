@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     bookings.add_argument("--limit", type=_positive, default=20, help="how many bookings to list (default 20)")
     bookings.add_argument("--upcoming", action="store_true", help="only confirmed appointments still to come")
+    bookings.add_argument("--business", metavar="SLUG",
+                          help="only this business's bookings (see VOICEBRIDGE_BUSINESSES)")
     bookings.add_argument("--json", action="store_true", dest="list_json", help="print JSON")
     bookings.set_defaults(func=run_list, show_json=False)
     sub = bookings.add_subparsers(dest="bookings_command", metavar="show ID")
@@ -55,18 +57,21 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
     """Print recent (or upcoming) bookings."""
     after = datetime.now(timezone.utc) if args.upcoming else None
     rows = _with_store(config, "bookings", lambda store: store.read(
-        lambda tx: list_bookings(tx, limit=args.limit, upcoming_after=after)))
+        lambda tx: list_bookings(tx, limit=args.limit, upcoming_after=after, business=args.business)))
     if rows is None:
         return EXIT_USAGE
     if args.list_json:
         print(json.dumps([_row_json(r) for r in rows], indent=2))
         return EXIT_OK
     if not rows:
-        print("No upcoming bookings." if args.upcoming else "No bookings yet.")
+        whose = f" for {args.business}" if args.business else ""
+        print(f"No upcoming bookings{whose}." if args.upcoming else f"No bookings{whose} yet.")
         return EXIT_OK
+    several = len({r.business for r in rows}) > 1  # many businesses: say whose each booking is
     table = [("#", "When", "Service", "Customer", "Status", "Delivery")]
     for r in rows:
-        table.append((str(r.id), _when(r.start, r.time_zone), r.service_name, r.customer, r.status, _deliveries(r)))
+        who = r.customer + (f" [{r.business}]" if several else "")
+        table.append((str(r.id), _when(r.start, r.time_zone), r.service_name, who, r.status, _deliveries(r)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         cells = [row[0].rjust(widths[0]), *(row[i].ljust(widths[i]) for i in range(1, len(row) - 1)), row[-1]]
@@ -94,6 +99,8 @@ def run_show(args: argparse.Namespace, config: Config) -> int:
     end = r.end.astimezone(ZoneInfo(r.time_zone)).strftime("%H:%M")
     print(f"Booking #{r.id}, {r.status}: {r.service_name}, {_when(r.start, r.time_zone)}-{end} ({r.time_zone})")
     print(f"Customer: {r.customer}" + (f", phone {r.phone}" if r.phone else ""))
+    if r.business != "default":
+        print(f"Business: {r.business}")
     if d.price_cents is not None:
         print(f"Price: {format_money(d.price_cents)}")
     if d.call_sid:
@@ -112,7 +119,7 @@ def run_show(args: argparse.Namespace, config: Config) -> int:
 
 def _row_json(r: BookingRow) -> dict[str, Any]:
     tz = ZoneInfo(r.time_zone)
-    return {"id": r.id, "status": r.status, "service": r.service_name, "start": r.start.astimezone(tz).isoformat(),
+    return {"id": r.id, "business": r.business, "status": r.status, "service": r.service_name, "start": r.start.astimezone(tz).isoformat(),
             "end": r.end.astimezone(tz).isoformat(), "time_zone": r.time_zone, "customer": r.customer,
             "phone": r.phone, "created_at": _iso(r.created_at),
             "delivery": {"webhook": r.delivery_state, "calendar": r.calendar_state}}

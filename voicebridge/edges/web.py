@@ -15,8 +15,9 @@ Routes:
   recordingStatusCallback): the recording is kept on the call's row and the business notified
   (`voicemail.received`) once, however often Twilio calls.
 - `GET /healthz`, `GET /readyz`, `GET /metrics`.
-- `GET /calendar/<token>.ics`: the bookings as an iCalendar feed a calendar app subscribes to,
-  when a `CalendarFeed` is given (404 for any other token, compared in constant time).
+- `GET /calendar/<token>.ics`: a business's bookings as an iCalendar feed a calendar app subscribes
+  to, for each `CalendarFeed` given, each behind its own token (404 for any other token, compared in
+  constant time).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hmac
 import logging
 from datetime import datetime, timezone
+from typing import Sequence
 
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
@@ -68,8 +70,11 @@ def our_number(form: dict[str, str]) -> str | None:
     return form.get("From") if form.get("Direction", "").startswith("outbound") else form.get("To")
 
 
-def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> QuartTrio:
+def create_app(daemon: CallService, *, feed: CalendarFeed | None = None,
+               feeds: Sequence[CalendarFeed] = ()) -> QuartTrio:
+    """The app; `feeds` (or the one `feed`) are the businesses' iCalendar feeds, each behind its own token."""
     cfg = daemon.config
+    all_feeds = (*feeds, *((feed,) if feed is not None else ()))
     app = QuartTrio("voicebridge")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
@@ -265,14 +270,17 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
 
     @app.get("/calendar/<token>.ics")
     async def calendar_feed(token: str) -> Response:
-        if feed is None or not hmac.compare_digest(token.encode(), feed.token.encode()):
+        # every feed's token is compared (in constant time), so the answer's timing names none
+        matches = [f for f in all_feeds if hmac.compare_digest(token.encode(), f.token.encode())]
+        if not matches:
             return _plain("not found", 404)
+        found = matches[0]
         try:
-            events = await feed.events()
+            events = await found.events()
         except Exception as exc:
             log.error("could not read the bookings for the calendar feed: %s", exc, extra={"event": "feed_error"})
             return _plain("the bookings cannot be read right now", 503)
-        body, problems = feed_calendar(events, stamp=datetime.now(timezone.utc), name=feed.name)
+        body, problems = feed_calendar(events, stamp=datetime.now(timezone.utc), name=found.name)
         for problem in problems:
             log.warning("a booking left out of the calendar feed: %s", problem, extra={"event": "feed_skipped"})
         return Response(body, content_type="text/calendar; charset=utf-8",

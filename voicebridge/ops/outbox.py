@@ -353,6 +353,10 @@ CALENDAR_EVENTS = ("calendar.put", "calendar.delete")
 class CalendarWorker(_Delivery):
     """Delivers the outbox rows with target "calendar" to the business's calendar until cancelled.
 
+    One worker serves every business: with `routes` (business slug -> calendar) each row goes to
+    its own business's calendar, and the rows of a business without one stay pending (its
+    bookings are only in its feed); with one `calendar`, every row goes there.
+
     `calendar.put` {"uid", "start", "end", "tz", "summary", "description", "sequence"} creates or
     replaces the event; `calendar.delete` {"uid"} removes it. Rows about one subject (a booking)
     are delivered in the order they were queued: a move retried late never lands after the
@@ -364,13 +368,22 @@ class CalendarWorker(_Delivery):
     label = "calendar"
     in_subject_order = True
 
-    def __init__(self, store: Store, calendar: CalendarTarget, **options: Any) -> None:
+    def __init__(self, store: Store, calendar: CalendarTarget | None = None, *,
+                 routes: Mapping[str, CalendarTarget] | None = None, **options: Any) -> None:
+        if (calendar is None) == (routes is None) or routes == {}:
+            raise ValueError("a calendar worker needs one calendar, or calendars by business")
         super().__init__(store, **options)
         self.calendar = calendar
+        self._routes = dict(routes) if routes is not None else None
+        if self._routes is not None:
+            self._businesses = tuple(self._routes)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver due calendar rows, sleep until the next is due (or `wake`), forever."""
-        log.info("calendar delivery to %r started", self.calendar)
+        if self._routes is None:
+            log.info("calendar delivery to %r started", self.calendar)
+        for slug, calendar in (self._routes or {}).items():
+            log.info("calendar delivery to %r started for %s", calendar, slug)
         task_status.started()
         await self._deliver_forever()
 
@@ -386,12 +399,14 @@ class CalendarWorker(_Delivery):
         uid = payload.get("uid")
         if not isinstance(uid, str) or not uid:
             raise Undeliverable(f"the payload has no uid (got {uid!r})")
+        calendar = self._routes[row.business] if self._routes is not None else self.calendar
+        assert calendar is not None  # only routed businesses' rows are claimed
         try:
             with trio.fail_after(self.timeout_s * 3):  # the calendar bounds each request; this bounds it all
                 if row.event == "calendar.put":
-                    await self.calendar.put_event(payload)
+                    await calendar.put_event(payload)
                 else:
-                    await self.calendar.delete_event(uid)
+                    await calendar.delete_event(uid)
         except ValueError as exc:
             raise Undeliverable(str(exc)) from None
         except trio.TooSlowError:

@@ -152,6 +152,12 @@ def parse_business(text: str, source: str) -> Business:
     return _Parser(source).business(parse_toml(text, source))
 
 
+def business_from_data(data: dict[str, Any], source: str) -> Business:
+    """Validate an already parsed table (a business file of VOICEBRIDGE_BUSINESSES, its deployment
+    keys taken out); `source` prefixes every error message."""
+    return _Parser(source).business({"job": "appointments", **data})
+
+
 _TOP = ("job", "name", "time_zone", "slot_minutes", "horizon_days", "buffer_minutes", "min_notice_minutes",
         "hours", "closures", "services")
 

@@ -2,7 +2,8 @@
 
 The commit re-checks the slot INSIDE the store's transaction (SQLite's BEGIN IMMEDIATE lets one
 writer in at a time), so of two calls racing for one slot exactly one books it; the other gets a
-CommitError that offers the nearest free slots. Each commit queues its webhook event
+CommitError that offers the nearest free slots. A booking belongs to the business the call is for
+(`tx.business`): only that business's bookings are read, taken or changed. Each commit queues its webhook event
 (`booking.created`, `booking.moved`, `booking.cancelled`) and, for the calendar, `calendar.put`
 or `calendar.delete` (target "calendar", delivered only when a calendar is configured).
 """
@@ -56,6 +57,12 @@ SCHEMA: tuple[tuple[str, ...], ...] = (
             starts_at TEXT NOT NULL,
             ends_at TEXT NOT NULL
         )""",
+    ),
+    # 2: many businesses in one database: each booking belongs to the business whose number was
+    # called, and only that business's bookings take its slots (two salons' books are independent).
+    (
+        "ALTER TABLE bookings ADD COLUMN business TEXT NOT NULL DEFAULT 'default'",
+        "CREATE INDEX bookings_by_business ON bookings (business, status, starts_at)",
     ),
 )
 
@@ -119,7 +126,8 @@ class AppointmentsJob:
         # the day and the days after it: for the overlap, and for the nearest free slots if it is taken
         window = slots.day_window(self.business, start.date() - dt.timedelta(days=1),
                                   start.date() + dt.timedelta(days=slots.SEARCH_DAYS))
-        busy = [(b.start, b.end) for b in booked_between(tx, *window) if b.id != exclude] + list(task.found.external)
+        busy = [(b.start, b.end) for b in booked_between(tx, *window, business=tx.business)
+                if b.id != exclude] + list(task.found.external)
         why = slots.refusal(self.business, service, start, busy, now)
         if why is not None:
             today = slots.local_today(self.business, now)
@@ -135,10 +143,10 @@ class AppointmentsJob:
             uid = f"{secrets.token_hex(8)}@voicebridge"
             booking_id = tx.insert(
                 "INSERT INTO bookings (uid, call_sid, created_at, updated_at, status, service, service_name, starts_at,"
-                " ends_at, time_zone, customer, phone, price_cents, sequence)"
-                " VALUES (?, ?, ?, ?, 'confirmed', ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                " ends_at, time_zone, customer, phone, price_cents, sequence, business)"
+                " VALUES (?, ?, ?, ?, 'confirmed', ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                 (uid, call_sid, at, at, service.key, service.name, stored_time(start), stored_time(end),
-                 self.business.time_zone, customer, phone, service.price_cents))
+                 self.business.time_zone, customer, phone, service.price_cents, tx.business))
             # the uid names the booking number too, so the calendar's event says which booking it is
             uid = f"{booking_id}-{uid}"
             tx.execute("UPDATE bookings SET uid = ? WHERE id = ?", (uid, booking_id))
@@ -168,7 +176,7 @@ class AppointmentsJob:
                                       "customer": customer})
 
     def _current(self, tx: Transaction, booking_id: int) -> StoredBooking:
-        current = get_stored(tx, booking_id)
+        current = get_stored(tx, booking_id, business=tx.business)
         if current is None:
             raise CommitError(f"booking {booking_id} was cancelled meanwhile; there is nothing to change")
         return current
