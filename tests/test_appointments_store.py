@@ -146,6 +146,35 @@ async def test_two_calls_racing_for_one_slot_book_it_once(db_target: Path | str)
     assert [e["event"] for e in events] == ["booking.created", "calendar.put"]  # nothing of the loser's
 
 
+async def test_each_business_has_its_own_book_on_both_engines(store: Store) -> None:
+    """Two salons in one database: the same slot books at each (once), each row and outbox event is
+    its business's, and one salon's call can neither see nor cancel the other's booking."""
+    async def book(slug: str, name: str, sid: str) -> Committed:
+        task = booking_request(name=name)
+        task.found = loaded(TUESDAY, booked=tuple(await store.read(
+            lambda tx: booked_between(tx, *loaded(TUESDAY).window, business=slug))))  # type: ignore[misc]
+        return await store.commit(lambda tx: JOB.commit(tx, sid, task, NOW), now=NOW, business=slug)
+
+    assert (await book("cut", "Ana", "CA1")).id == 1
+    assert (await book("shear", "Bo", "CA2")).id == 2
+    with pytest.raises(CommitError, match="already taken"):
+        await book("shear", "Cy", "CA3")
+    rows = await store.read(lambda tx: tx.execute("SELECT id, business, customer FROM bookings ORDER BY id"))
+    assert [(r["id"], r["business"], r["customer"]) for r in rows] == [(1, "cut", "Ana"), (2, "shear", "Bo")]
+    events = await store.read(lambda tx: tx.execute("SELECT subject, business FROM outbox ORDER BY id"))
+    assert [(e["subject"], e["business"]) for e in events] == [("booking:1", "cut"), ("booking:1", "cut"),
+                                                               ("booking:2", "shear"), ("booking:2", "shear")]
+    assert [r.id for r in await store.read(lambda tx: list_bookings(tx, business="shear"))] == [2]
+    # Ana's booking (number 1) asked for on Shear Joy's line: not theirs to cancel
+    t = JOB.new_task(CALLER)
+    t.found = loaded(TUESDAY, mine=tuple(await store.read(
+        lambda tx: booked_between(tx, *loaded(TUESDAY).window, business="cut"))))  # type: ignore[misc]
+    assert run(t, "find_my_bookings").ok and run(t, "cancel_appointment").ok
+    with pytest.raises(CommitError, match="booking 1 was cancelled meanwhile"):
+        await store.commit(lambda tx: JOB.commit(tx, "CA4", t, NOW), now=NOW, business="shear")
+    assert (await store.read(lambda tx: get_booking(tx, 1))).row.status == "confirmed"  # type: ignore[union-attr]
+
+
 async def test_a_slot_gone_stale_by_commit_time_is_refused(store: Store) -> None:
     """Read back at 10 am for 11 am, confirmed at 10:30: an hour's notice is no longer given."""
     t = JOB.new_task(CALLER)
