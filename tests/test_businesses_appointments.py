@@ -23,7 +23,7 @@ from caldav_server import PASSWORD, USER, Radicale, put_by_hand, stored_events
 from test_businesses import LUIGI, PUBLIC, TOKEN, business_file
 from voicebridge.business import SCHEMAS, Businesses, BusinessError
 from voicebridge.cli import main
-from voicebridge.config import Config
+from voicebridge.config import Config, environment
 from voicebridge.daemon import Daemon, serve_daemon
 from voicebridge.edges.web import create_app
 from voicebridge.jobs.appointments.business import load_business
@@ -129,6 +129,29 @@ def test_a_pizza_business_has_no_calendar_and_two_feeds_cannot_share_a_token(
     salon_file(folder, "shear", f'numbers = ["{SHEAR}"]\n[calendar]\nfeed_token_env = "SALON_FEED"\n', shop="Shear Joy")
     with pytest.raises(BusinessError, match="shear.toml: calendar.feed_token_env: the same token as .*cut.toml"):
         Businesses.load(Config(businesses=(folder,)))
+
+
+def test_the_calendar_variables_come_from_the_environment_or_the_env_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` stops with one line naming the file and key while the variable is unset anywhere; a
+    `--env-file` (or `.env`) may hold it, as it holds every other secret."""
+    folder = tmp_path / "businesses"
+    salon_file(folder, "cut", f'numbers = ["{CUT}"]\n' + calendar_table("https://dav.example.com/cut/", "VB_CUT_PW"),
+               shop="Cut Above")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VB_CUT_PW", raising=False)
+    for name, value in {"OPENAI_API_KEY": "k", "PUBLIC_URL": PUBLIC, "TWILIO_AUTH_TOKEN": TOKEN,
+                        "VOICEBRIDGE_BUSINESSES": str(folder)}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "cut.toml: calendar.password_env: the environment variable VB_CUT_PW is not set" in err
+    env_file = tmp_path / "salon.env"
+    env_file.write_text("VB_CUT_PW=from-the-env-file\n")
+    config = Config(businesses=(folder,))
+    cut = Businesses.load(config, environment(env_file=env_file)).get("cut")
+    assert cut is not None and cut.config.caldav_password == "from-the-env-file"
+    assert cut.config.caldav_url == "https://dav.example.com/cut/" and cut.config.caldav_username == USER
 
 
 # -- two salons, two calendars -------------------------------------------------------------------

@@ -234,8 +234,9 @@ class Businesses:
         return cls((default,), {}, default)
 
     @classmethod
-    def load(cls, config: Config) -> Businesses:
-        """The businesses of `config.businesses` (files or directories), or the default business."""
+    def load(cls, config: Config, environ: Mapping[str, str] | None = None) -> Businesses:
+        """The businesses of `config.businesses` (files or directories), or the default business.
+        `environ` (default `os.environ`) holds the variables the files' `[calendar]` tables name."""
         if not config.businesses:
             return cls.single(config, build_job(config))
         found: list[Business] = []
@@ -243,7 +244,7 @@ class Businesses:
         by_slug: dict[str, Business] = {}
         by_feed: dict[str, Business] = {}
         for path in _business_files(config.businesses):
-            business = load_business_file(path, config)
+            business = load_business_file(path, config, environ)
             if business.slug in by_slug:
                 raise BusinessesError(f"{path}: slug {business.slug!r} is also {by_slug[business.slug].source}'s")
             by_slug[business.slug] = business

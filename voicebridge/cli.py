@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from voicebridge import __version__
-from voicebridge.config import JOBS, Config, ConfigError
+from voicebridge.config import JOBS, Config, ConfigError, environment
 
 log = logging.getLogger("voicebridge")
 
@@ -87,11 +87,13 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     except ListenError as exc:
         print(f"voicebridge: {exc}", file=sys.stderr)
         return 1
-    businesses = Businesses.load(config)  # a bad business file or menu stops here, before any worker starts
+    # a bad business file or menu stops here, before any worker starts
+    businesses = Businesses.load(config, environment(env_file=getattr(args, "env_file", None)))
     setup_logging(config.log_level, config.log_format,
                   secrets=[config.openai_api_key, config.twilio_auth_token, config.order_webhook_secret,
                            config.caldav_password, config.calendar_feed_token, config.stream_secret,
-                           *(b.config.order_webhook_secret for b in businesses)])
+                           *(secret for b in businesses for secret in (
+                               b.config.order_webhook_secret, b.config.caldav_password, b.config.calendar_feed_token))])
     if config.workers > 1 and not os.environ.get(WORKER_ENV):
         log.info("starting voicebridge %s with %d workers", __version__, config.workers,
                  extra={"event": "starting", "config": config.redacted()})

@@ -47,6 +47,18 @@ class Prices:
     transcription_per_min_usd: Decimal = Decimal("0.006")
 
 
+def environment(environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = None) -> dict[str, str]:
+    """`environ` (default `os.environ`) over the values of a `.env` file (see `Config.from_env`): also
+    where a business file's `[calendar]` finds the variables it names."""
+    env = dict(os.environ if environ is None else environ)
+    path = env_file if env_file is not None else env.get("VOICEBRIDGE_ENV_FILE")
+    if path is None and Path(".env").is_file():
+        path = ".env"
+    if path is not None:
+        env = {**_read_env_file(Path(path)), **env}
+    return env
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     # OpenAI Realtime
@@ -113,13 +125,7 @@ class Config:
         The environment wins over the file. `env_file` defaults to `$VOICEBRIDGE_ENV_FILE`,
         else `./.env` when it exists.
         """
-        env = dict(os.environ if environ is None else environ)
-        path = env_file if env_file is not None else env.get("VOICEBRIDGE_ENV_FILE")
-        if path is None and Path(".env").is_file():
-            path = ".env"
-        if path is not None:
-            env = {**_read_env_file(Path(path)), **env}
-        return cls._from_mapping(env)
+        return cls._from_mapping(environment(environ, env_file=env_file))
 
     @classmethod
     def _from_mapping(cls, env: Mapping[str, str]) -> "Config":
