@@ -100,6 +100,17 @@ async def test_pcm16_calls_are_recorded_as_the_caller_heard_them(autojump_clock:
     assert any(greeting) and find(right, greeting) >= 0
 
 
+@pytest.mark.parametrize("scenario", ["dtmf_transfer", "voice_transfer", "realtime_drop", "silent_caller",
+                                      "hangup_mid_answer"])
+async def test_every_way_a_call_ends_closes_its_file(autojump_clock: MockClock, tmp_path: Path, scenario: str) -> None:
+    call = await run_in_memory(scenario, audio_recording=LOCAL, audio_recording_dir=tmp_path)
+    path = recording_path(tmp_path, "default", call.report.call_sid)
+    assert [p.name for p in (tmp_path / "default").iterdir()] == [path.name]
+    left, right = read_stereo(path)
+    assert any(right)  # at least the greeting
+    assert abs(len(left) - call.report.media_frames_sent * FRAME) <= 8000  # the whole call, not compressed
+
+
 async def test_recording_off_writes_nothing(autojump_clock: MockClock, tmp_path: Path) -> None:
     call = await run_in_memory("barge_in_greeting", audio_recording_dir=tmp_path)
     assert call.result.outcome == "caller_hung_up"
