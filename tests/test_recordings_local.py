@@ -156,7 +156,7 @@ def test_gaps_between_caller_frames_are_silence_and_cleared_audio_is_taken_out(t
     speech = bytes(range(0, 160))
     rec.caller_audio(speech, 0, now=100.02)
     rec.caller_hears(0, bytes([0x10]) * 1600, now=100.5)  # 200 ms from 500 ms
-    rec.played_to(400)
+    rec.played_to(400, now=100.55)
     rec.cut(800, now=100.6)
     rec.caller_hears(1600, bytes([0x20]) * 160, now=101.0)  # after the clear it plays when sent
     rec.caller_audio(speech, 1020, now=101.04)  # frames 20..1000 ms never came
@@ -179,6 +179,30 @@ def test_a_killed_process_leaves_a_partial_file_that_plays(tmp_path: Path) -> No
     left, right = read_stereo(rec.partial)
     assert len(left) >= 2 * 8000 and set(left) == {decoded(bytes([0x30]))[0]} and not any(right)
     rec.close(None, 3.0)
+
+
+def test_audio_whose_echoes_never_come_is_written_after_a_minute_not_held(tmp_path: Path) -> None:
+    """A peer that never echoes marks: the call's audio still reaches the file, at most 60 s late."""
+    rec = LocalCallAudio(tmp_path / "CA3.local.wav", t0=0.0)
+    for i in range(1, 6001):  # two minutes, the AI talking all along, no mark echo ever
+        now = i * 0.02
+        rec.caller_audio(bytes([0x30]) * FRAME, (i - 1) * 20, now)
+        rec.caller_hears((i - 1) * FRAME, bytes([0x40]) * FRAME, now)
+    rec._file.flush()
+    with wave.open(str(rec.partial), "rb") as w:
+        assert 58 * 8000 <= w.getnframes() <= 61 * 8000
+    assert rec.close(heard_to=6000 * FRAME, now=120.0) == rec.path
+    left, right = read_stereo(rec.path)
+    assert len(left) == 6000 * FRAME + FRAME and set(right[FRAME:6000 * FRAME]) == {decoded(bytes([0x40]))[0]}
+
+
+def test_audio_queued_further_ahead_than_a_minute_is_left_out(tmp_path: Path) -> None:
+    rec = LocalCallAudio(tmp_path / "CA4.local.wav", t0=0.0)
+    rec.caller_hears(0, bytes([0x40]) * 8000 * 70, now=0.0)  # 70 s of audio in one go: kept
+    rec.caller_hears(8000 * 70, bytes([0x50]) * 8000, now=0.0)  # queued to start 70 s ahead: not kept
+    rec.close(heard_to=8000 * 71, now=71.0)
+    _, right = read_stereo(rec.path)
+    assert len(right) == 8000 * 70 and rec.skipped == 8000
 
 
 @pytest.mark.parametrize("raw,expected", [("", frozenset()), ("local", LOCAL), ("twilio, LOCAL", frozenset({"twilio", "local"}))])

@@ -16,7 +16,9 @@ model speaks (PCM16 is converted before it is sent), so both channels are decode
 
 Bounded memory and no long blocking: audio is kept (as µ-law, one byte a sample) only until it
 is final: the caller's up to the last frame received, the caller-heard audio until a mark echo
-proves it played (a later `clear` can no longer cut it), at most `MAX_PENDING_S` of either. Final
+proves it played (a later `clear` can no longer cut it), at most `MAX_PENDING_S` behind the
+present (then it is written as it stands) and `MAX_PENDING_S` ahead of it (audio queued further
+ahead, which no model sends in one answer, is left out with a warning). Final
 audio goes to the file in blocks of `BLOCK_S`: one small write to the page cache (32 KiB a
 second of call) plus the header's two length fields, never an fsync; that costs microseconds,
 less than handing it to a thread would.
@@ -96,6 +98,7 @@ class LocalCallAudio:
         self._max_pending = int(RATE * MAX_PENDING_S)
         self.closed = False
         self.failed = False  # a write failed: the rest of the call is not recorded
+        self.skipped = 0  # bytes of audio sent so far ahead of playback that they were not kept
 
     # -- what the call reports ---------------------------------------------------------------
 
@@ -114,24 +117,30 @@ class LocalCallAudio:
         if self.closed or not ulaw:
             return
         at = max(self._cursor, self._sample(now), self._base)
+        self._cursor = at + len(ulaw)
+        if at - self._sample(now) > self._max_pending:  # queued for later than memory allows: not kept
+            if not self.skipped:
+                log.warning("the call's local recording leaves out audio queued more than %g s ahead", MAX_PENDING_S,
+                            extra={"event": "audio_recording_skipped"})
+            self.skipped += len(ulaw)
+            return
         self._put(self._right, at, ulaw)
         last = self._unsure[-1] if self._unsure else None
         if last is not None and last.position + last.length == position and last.at + last.length == at:
             last.length += len(ulaw)
         else:
             self._unsure.append(_Sent(position, at, len(ulaw)))
-        self._cursor = at + len(ulaw)
         self._flush(self._sample(now))
 
-    def played_to(self, position: int) -> None:
-        """A mark echo: everything sent before playout position `position` has played."""
+    def played_to(self, position: int, now: float) -> None:
+        """A mark echo at `now`: everything sent before playout position `position` has played."""
         while self._unsure and self._unsure[0].position + self._unsure[0].length <= position:
             self._unsure.pop(0)
         if self._unsure and self._unsure[0].position < position:
             first = self._unsure[0]
             done = position - first.position
             self._unsure[0] = _Sent(position, first.at + done, first.length - done)
-        self._flush()
+        self._flush(self._sample(now))
 
     def cut(self, position: int, now: float) -> None:
         """Twilio `clear`: what was sent from playout position `position` on never played."""
@@ -185,20 +194,19 @@ class LocalCallAudio:
     def _end(self) -> int:
         return self._base + max(len(self._left), len(self._right))
 
-    def _final(self, now: int | None) -> int:
+    def _final(self, now: int) -> int:
         """Timeline sample up to which both channels are final (audio sent later plays from `now` on)."""
-        final = self._left_end if now is None else min(self._left_end, now)
+        final = min(self._left_end, now)
         if self._unsure:
             final = min(final, self._unsure[0].at)
+        if now - final > self._max_pending:  # the echoes stopped coming: do not hold on forever
+            final = now - self._max_pending
+            while self._unsure and self._unsure[0].at + self._unsure[0].length <= final:
+                self._unsure.pop(0)
         return final
 
-    def _flush(self, now: int | None = None) -> None:
-        pending = self._end() - self._base
+    def _flush(self, now: int) -> None:
         n = self._final(now) - self._base
-        if pending - n > self._max_pending:  # the echoes stopped coming: do not hold on forever
-            n = pending - self._max_pending
-            while self._unsure and self._unsure[0].at < self._base + n:
-                self._unsure.pop(0)
         if n >= self._block:
             self._write(n)
 

@@ -98,8 +98,8 @@ class AudioTap(Protocol):
     def caller_hears(self, position: int, ulaw: bytes, now: float) -> None:
         """Audio sent to the caller, starting at playout `position`."""
 
-    def played_to(self, position: int) -> None:
-        """Everything before `position` has played (a mark echo)."""
+    def played_to(self, position: int, now: float) -> None:
+        """Everything before `position` has played (a mark echo at `now`)."""
 
     def cut(self, position: int, now: float) -> None:
         """A barge-in's `clear`: what was sent from `position` on never played."""
@@ -445,9 +445,10 @@ class Call:
                     self._held.append(ev.payload_b64)
                 continue
             if isinstance(ev, tw.MarkEcho):
-                flow.mark(ev.name, trio.current_time())
+                now = trio.current_time()
+                flow.mark(ev.name, now)
                 if self.tap is not None:
-                    self.tap.played_to(flow.playout.confirmed)
+                    self.tap.played_to(flow.playout.confirmed, now)
             elif isinstance(ev, tw.Dtmf):
                 flow.dtmf(ev.digit)
             elif isinstance(ev, tw.Stop):
