@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import array
 import wave
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from trio.testing import MockClock
 
 from tests.calls import call_setup, run_in_memory
+from tests.test_businesses import LUIGI, PUBLIC, TOKEN, two_businesses
+from voicebridge.business import Businesses
+from voicebridge.daemon import Daemon, serve_daemon
+from voicebridge.ops.store import Store
+from voicebridge.peers.demo import free_port
+from voicebridge.peers.realtime_server import serve_realtime_peer
+from voicebridge.peers.twilio_caller import place_call
 from voicebridge.config import Config, ConfigError
 from voicebridge.edges import audio
 from voicebridge.edges.call_audio import LocalCallAudio, recording_path
@@ -146,6 +155,36 @@ async def test_a_call_that_drops_still_leaves_a_valid_wav(autojump_clock: MockCl
     assert 2.9 * 8000 <= len(left) <= 3.1 * 8000
     assert any(right)  # the greeting was heard
     assert not (tmp_path / "default" / f"{caller.call_sid}.local.partial.wav").exists()
+
+
+async def test_the_daemon_records_each_call_in_its_business_folder(tmp_path: Path) -> None:
+    """Through the real daemon on loopback: Luigi's number called, the file is in Luigi's folder."""
+    peer = RealtimePeer(load_scenario("dtmf_transfer"))
+    recordings = tmp_path / "rec"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            realtime_url = await nursery.start(partial(serve_realtime_peer, peer))
+            port = free_port()
+            config = Config(host="127.0.0.1", port=port, public_url=PUBLIC, realtime_url=realtime_url,
+                            openai_api_key="test-key", twilio_auth_token=TOKEN, db_path=tmp_path / "vb.sqlite3",
+                            businesses=(two_businesses(tmp_path / "businesses"),),
+                            audio_recording=LOCAL, audio_recording_dir=recordings)
+            store = await Store.open(config.db_path)
+            try:
+                daemon = Daemon(config, businesses=Businesses.load(config), store=store)
+                stop = trio.Event()
+                await nursery.start(partial(serve_daemon, daemon, shutdown=stop))
+                scenario = attrs.evolve(load_scenario("dtmf_transfer"), to_number=LUIGI)
+                result = await place_call(f"http://127.0.0.1:{port}", scenario, public_url=PUBLIC, auth_token=TOKEN)
+                assert result.outcome == "dial"
+                stop.set()
+            finally:
+                await store.aclose()
+            nursery.cancel_scope.cancel()
+    assert [p.relative_to(recordings).as_posix() for p in recordings.rglob("*") if p.is_file()] == [
+        f"luigis/{result.call_sid}.local.wav"]
+    left, right = read_stereo(recordings / "luigis" / f"{result.call_sid}.local.wav")
+    assert any(right) and len(left) >= 8000
 
 
 def test_gaps_between_caller_frames_are_silence_and_cleared_audio_is_taken_out(tmp_path: Path) -> None:
