@@ -431,12 +431,7 @@ class Call:
                 continue
             if isinstance(ev, tw.Media):
                 if self.tap is not None:
-                    try:
-                        self.tap.caller_audio(b64_decode("twilio", "payload", ev.payload_b64), ev.timestamp_ms,
-                                             trio.current_time())
-                    except ProtocolError as exc:
-                        self._bad_frame("twilio", exc)
-                        continue
+                    self._tap_caller(ev)
                 if flow.link_up:
                     self._frames_in += 1
                     timed = self.hooks.on_forward is not None and self._frames_in % LATENCY_SAMPLE_EVERY == 0
@@ -658,6 +653,14 @@ class Call:
         self._q_twilio += 2
         await self.twilio_send.send(media)
         await self.twilio_send.send(mark)
+
+    def _tap_caller(self, ev: tw.Media) -> None:
+        assert self.tap is not None
+        try:
+            ulaw = b64_decode("twilio", "payload", ev.payload_b64)
+        except ProtocolError:  # forwarded as it came, as without a recording; the recording keeps silence
+            return
+        self.tap.caller_audio(ulaw, ev.timestamp_ms, trio.current_time())
 
     def _tap_sent(self, position: int, ulaw: bytes | None, payload_b64: str, now: float) -> None:
         assert self.tap is not None

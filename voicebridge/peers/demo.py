@@ -157,7 +157,7 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
                                           auth_token=config.twilio_auth_token)
             print(f"  Twilio continues the call with: {result.outcome}", file=out, flush=True)
             recording: Path | None = recording_path(config.audio_recording_dir, daemon.businesses.default.slug,
-                                                            result.call_sid)
+                                                    result.call_sid)
             if recording is not None and recording.is_file():
                 print(f"  the call's recording (caller left, what the caller heard right): {recording}",
                       file=out, flush=True)
