@@ -48,15 +48,12 @@ class Prices:
 
 
 def environment(environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = None) -> dict[str, str]:
-    """`environ` (default `os.environ`) over the values of a `.env` file (see `Config.from_env`): also
-    where a business file's `[calendar]` finds the variables it names."""
+    """`environ` (default `os.environ`) over a `.env` file's values: `env_file`, else `$VOICEBRIDGE_ENV_FILE`,
+    else `./.env` when it exists (the settings; also the variables a business file's `[calendar]` names)."""
     env = dict(os.environ if environ is None else environ)
     path = env_file if env_file is not None else env.get("VOICEBRIDGE_ENV_FILE")
-    if path is None and Path(".env").is_file():
-        path = ".env"
-    if path is not None:
-        env = {**_read_env_file(Path(path)), **env}
-    return env
+    path = ".env" if path is None and Path(".env").is_file() else path
+    return {**_read_env_file(Path(path)), **env} if path is not None else env
 
 
 @attrs.frozen(kw_only=True)
@@ -126,11 +123,7 @@ class Config:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = None
     ) -> "Config":
-        """Build from `environ` (default `os.environ`) over the values of a `.env` file.
-
-        The environment wins over the file. `env_file` defaults to `$VOICEBRIDGE_ENV_FILE`,
-        else `./.env` when it exists.
-        """
+        """Build from `environment(environ, env_file=env_file)`: the environment wins over the file."""
         return cls._from_mapping(environment(environ, env_file=env_file))
 
     @classmethod
