@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import attrs
+import httpx
 import trio
 
 from voicebridge.business import SCHEMAS, build_job
 from voicebridge.config import Config
 from voicebridge.daemon import Daemon, serve_daemon
 from voicebridge.edges.staff.auth import hash_password
+from voicebridge.edges.staff.routes import LOGIN_COOKIE
 from voicebridge.ops import staff_store as ss
 from voicebridge.ops.store import Store
 from voicebridge.peers.demo import DEMO_PUBLIC_URL, free_port
@@ -27,6 +29,17 @@ from voicebridge.peers.webhook_receiver import serve_webhook_receiver
 SCENARIO = Path(__file__).parent / "scenarios" / "quick_pepperoni.toml"
 STAFF = "counter"
 PASSWORD = secrets.token_urlsafe(12)
+
+
+async def staff_login(http: httpx.AsyncClient, name: str, password: str) -> httpx.Response:
+    """Log in as a browser does: the form's GET sets the CSRF cookie, its POST sends it back with the field."""
+    form = await http.get("/staff/login")
+    assert form.status_code == 200
+    kept = form.headers["set-cookie"].split(";")[0]
+    assert kept.startswith(LOGIN_COOKIE + "=")
+    token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    return await http.post("/staff/login", data={"name": name, "password": password, "csrf": token},
+                           headers={"Cookie": kept})
 
 
 @attrs.define

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from staff_shop import PASSWORD, STAFF, Shop, open_shop
+from staff_shop import PASSWORD, STAFF, Shop, open_shop, staff_login
 from test_outbound import ACCOUNT, FROM, TOKEN, FakeTwilio, Received, start_fake
 
 from voicebridge.edges.staff.auth import COOKIE
@@ -19,7 +19,7 @@ from voicebridge.ops import staff_store as ss
 
 
 async def staff_client(shop: Shop, http: httpx.AsyncClient) -> tuple[dict[str, str], str]:
-    r = await http.post("/staff/login", data={"name": STAFF, "password": PASSWORD})
+    r = await staff_login(http, STAFF, PASSWORD)
     cookie = {"Cookie": COOKIE + "=" + r.headers["set-cookie"].split(";")[0].split("=", 1)[1]}
     page = await http.get("/staff/menu", headers=cookie)
     return cookie, page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]

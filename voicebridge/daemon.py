@@ -137,7 +137,7 @@ class Daemon:
                                    ttl_s=config.stream_token_ttl_s)
         self.observers: list[Observer] = []
         # The staff page's live updates (voicebridge.edges.staff): every call notice, fanned out.
-        self.staff_hub = StaffHub(cart_of=self.cart_of)
+        self.staff_hub = StaffHub(cart_of=self.cart_of, business_of=self.business_of)
         self.observers.append(self.staff_hub.observe)
         self.staff_tables = False  # the store has the staff tables (checked when serving starts)
         self.draining = False
@@ -319,7 +319,7 @@ class Daemon:
             done = business.job.commit(tx, call_sid, task, now)
             # The staff board's event, in the same transaction: a board never misses a committed order.
             if self.staff_tables:
-                staff_store.record(tx, None, "committed", f"{business.job.name}:{done.id}", {}, now)
+                staff_store.record(tx, None, "committed", f"{business.job.name}:{done.id}", {}, now, business.slug)
             return done
 
         done = await self.store.commit(commit, now=now, business=business.slug)
@@ -350,21 +350,30 @@ class Daemon:
         if not self.staff_tables:
             return
         now = datetime.now(timezone.utc)
-        await self.store.commit(lambda tx: staff_store.record(tx, None, f"delivery.{state}", row.subject, {}, now))
+        await self.store.commit(lambda tx: staff_store.record(tx, None, f"delivery.{state}", row.subject, {}, now,
+                                                              row.business))
         self.staff_hub.stored()
 
     def cart_of(self, call_sid: str) -> dict[str, Any] | None:
         """What a live call's task holds now, as the model is told it (the staff page shows it)."""
         call = self.live.get(call_sid)
-        return None if call is None else self.job.state_for_model(call.task)
+        return None if call is None else call.setup.job.state_for_model(call.task)
 
-    async def refresh_day(self) -> Any:
-        """Load the menu's day (sold out, closed now) from the store into the job; returns it."""
-        day = await self.store.read(staff_store.availability)
-        box = getattr(self.job, "day", None)
-        if box is not None:
-            box.current = day
-        return day
+    def business_of(self, call_sid: str) -> str | None:
+        """The business (slug) of a call starting or live on this process; None if there is none."""
+        return self._business_of.get(call_sid)
+
+    async def refresh_day(self, business: str | None = None) -> Any:
+        """Load the menu's day (sold out, closed now) of `business` (of every business if None) from
+        the store into its job; returns the day of `business` (of the default business if None)."""
+        days = {}
+        for b in self.businesses:
+            if business is None or b.slug == business:
+                days[b.slug] = day = await self.store.read(partial(staff_store.availability, business=b.slug))
+                box = getattr(b.job, "day", None)
+                if box is not None:
+                    box.current = day
+        return days.get(business or self.businesses.default.slug)
 
     def _on_forward(self, direction: str, seconds: float) -> None:
         self.metrics.forwarding_latency_seconds.labels(direction).observe(seconds)
@@ -382,7 +391,7 @@ class Daemon:
         if sid is None:
             return
         self._remember_outcome(sid, result.outcome)
-        self._business_of.pop(sid, None)
+        business = self._business_of.pop(sid, None)
         if self.live.pop(sid, None) is not None:
             self.metrics.live_calls.dec()
         self.registry.ended(sid)
@@ -404,7 +413,8 @@ class Daemon:
         self.metrics.add_call_cost(total)
         details = {**cost.details(), "counts": result.counts, "first_audio_s": result.first_audio_s}
         for observe in self.observers:
-            observe(sid, "ended", {"outcome": result.outcome, "cost_usd": str(total), "committed_id": result.committed_id})
+            observe(sid, "ended", {"outcome": result.outcome, "cost_usd": str(total), "committed_id": result.committed_id,
+                                   "business": business})
         try:
             await self.store.call_ended(sid, outcome=result.outcome, ended_at=result.ended_at or datetime.now(timezone.utc),
                                         cost_usd=total, cost_details=details)
