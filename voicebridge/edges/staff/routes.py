@@ -5,6 +5,9 @@ POSTs) without a valid session, and every POST needs the session's CSRF token (4
 login form's POST needs the token its GET set in a cookie (double submit). An account sees only its
 own business: another business's order or call answers 404, as one that does not exist. An
 operator sees every business and picks one with `?business=SLUG` (all of them without it).
+
+Why this module is long: it is the whole page's routes in one blueprint, sharing the gate's
+session, the business scope and the event stream; split up, each part would reach back for them.
 Pages carry a strict Content-Security-Policy (scripts and styles only from /staff/static), may
 not be framed, and are never cached.
 """
