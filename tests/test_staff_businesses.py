@@ -218,3 +218,37 @@ class _Lines:
 
     def readline(self) -> str:
         return self.lines.pop(0) + "\n"
+
+
+async def test_the_migration_gives_what_was_there_to_the_default_business(db_target: Path | str) -> None:
+    """Accounts, the log, sold-out marks and "closed now" from before businesses keep working (on
+    SQLite and on PostgreSQL)."""
+    from datetime import datetime, timezone
+
+    db = db_target
+    old = await Store.open(db, schemas={"staff": ss.SCHEMA[:1]})
+    try:
+        await old.commit(lambda tx: [
+            tx.execute("INSERT INTO staff_accounts (name, password_hash, created_at) VALUES ('cook', 'h', 'now')"),
+            tx.execute("INSERT INTO staff_events (at, actor, action, subject) VALUES"
+                       " ('2025-01-01T00:00:00.000000Z', NULL, 'staff.added', 'staff:cook'),"
+                       " ('2025-01-01T00:00:01.000000Z', NULL, 'committed', 'pizza:1')"),
+            tx.execute("INSERT INTO staff_menu_day (kind, key) VALUES ('item', 'pepperoni')"),
+            tx.execute("INSERT INTO staff_settings (name, value) VALUES ('closed', '1'), ('closed_message', 'Back at 5')"),
+        ])
+    finally:
+        await old.aclose()
+    store = await Store.open(db, schemas={"staff": ss.SCHEMA})
+    try:
+        cook = await store.read(lambda tx: ss.get_account(tx, "cook"))
+        assert cook is not None and (cook.business, cook.operator) == ("default", False)
+        day = await store.read(lambda tx: ss.availability(tx, "default"))
+        assert day.sold_out_items == {"pepperoni"} and day.closed and day.closed_message == "Back at 5"
+        assert await store.read(lambda tx: ss.availability(tx, "rosa")) == ss.Availability()
+        seen = await store.read(lambda tx: ss.events_after(tx, 0, business="default"))
+        assert [e.action for e in seen] == ["committed"]  # the account's event is the operators' only
+        await store.commit(lambda tx: ss.set_sold_out(tx, "ann", "item", "pepperoni", True,
+                                                      datetime.now(timezone.utc), "rosa"))
+        assert (await store.read(lambda tx: ss.availability(tx, "rosa"))).sold_out_items == {"pepperoni"}
+    finally:
+        await store.aclose()

@@ -212,7 +212,8 @@ def availability(tx: Transaction, business: str = DEFAULT_BUSINESS) -> Availabil
 def set_sold_out(tx: Transaction, actor: str, kind: str, key: str, sold_out: bool, now: datetime,
                  business: str = DEFAULT_BUSINESS) -> int:
     if sold_out:
-        tx.execute("INSERT OR IGNORE INTO staff_menu_day (business, kind, key) VALUES (?, ?, ?)", (business, kind, key))
+        tx.execute("INSERT INTO staff_menu_day (business, kind, key) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                   (business, kind, key))
     else:
         tx.execute("DELETE FROM staff_menu_day WHERE business = ? AND kind = ? AND key = ?", (business, kind, key))
     return record(tx, actor, "menu.sold_out" if sold_out else "menu.back", f"{kind}:{key}", {}, now, business)
