@@ -159,6 +159,7 @@ async def test_a_login_post_without_the_forms_csrf_token_is_refused(tmp_path: Pa
         async with open_shop(tmp_path, accounts=ACCOUNTS, businesses=(folder,)) as shop, \
                 httpx.AsyncClient(base_url=shop.base) as http:
             form = await http.get("/staff/login")
+            assert "Luigi" not in form.text and "Rosa" not in form.text  # nor whose numbers share it
             token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
             kept = {"Cookie": f"{LOGIN_COOKIE}={token}"}
             for data, headers in (({"name": "ann", "password": PASSWORD}, kept),  # no field

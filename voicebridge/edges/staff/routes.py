@@ -166,7 +166,9 @@ def staff_blueprint(daemon: Any) -> Blueprint:
     async def login_form(error: str | None, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         """The login form with a fresh CSRF token, also set in a cookie its POST must send back."""
         token = secrets.token_urlsafe(32)
-        body = await render_template("staff/login.html", error=error, shop=daemon.job.business_name, csrf=token)
+        several = len(daemon.businesses.all) > 1  # the login does not say which businesses share it
+        body = await render_template("staff/login.html", error=error, csrf=token,
+                                     shop="Staff" if several else daemon.job.business_name)
         response = Response(body, status=status, headers=headers or {})
         response.set_cookie(LOGIN_COOKIE, token, max_age=auth.SESSION_MAX_AGE_S, path="/staff", secure=True,
                             httponly=True, samesite="Strict")
