@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from staff_shop import PASSWORD, Shop, open_shop, staff_login
+from staff_shop import PASSWORD, STAFF, Shop, open_shop, staff_login
 from test_businesses import LUIGI, ROSA, two_businesses
 
 from voicebridge.cli import main
@@ -170,6 +170,11 @@ async def test_a_login_post_without_the_forms_csrf_token_is_refused(tmp_path: Pa
             events = await shop.daemon.store.read(lambda tx: ss.recent_events(tx, 20))
             assert "staff.login" not in [e.action for e in events]
             assert (await staff_login(http, "ann", PASSWORD)).status_code == 302
+            # a login of a business this deployment does not serve (made before business files): told so
+            r = await staff_login(http, STAFF, PASSWORD)
+            cookie = {"Cookie": COOKIE + "=" + r.headers["set-cookie"].split(";")[0].split("=", 1)[1]}
+            refused = await http.get("/staff/", headers=cookie)
+            assert refused.status_code == 403 and "business 'default'" in refused.text and "order" not in refused.text
 
 
 async def test_an_appointments_business_shows_a_clear_page_not_a_pizza_board(tmp_path: Path) -> None:

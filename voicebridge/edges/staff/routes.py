@@ -93,6 +93,11 @@ def staff_blueprint(daemon: Any) -> Blueprint:
             if not auth.csrf_ok(session, request.headers.get("X-CSRF-Token") or form.get("csrf")):
                 return Response("bad or missing CSRF token\n", status=403, content_type="text/plain")
         g.staff, g.account = session, account
+        if (account is not None and not account.operator and daemon.businesses.get(account.business) is None
+                and request.endpoint != "staff.logout"):
+            return Response(f"this login belongs to business {account.business!r}, which this deployment does not "
+                            "serve; ask for a login of your business (voicebridge staff add NAME --business SLUG)\n",
+                            status=403, content_type="text/plain")
         wanted = request.args.get("business")
         g.scope = account.business if account is not None and not account.operator else (
             wanted if daemon.businesses.get(wanted) is not None else None)
@@ -449,7 +454,8 @@ def staff_blueprint(daemon: Any) -> Blueprint:
 
     def day_business() -> str:
         """The business whose menu day the page shows and changes (an operator's home one if none picked)."""
-        return scope() or str(g.account.business)
+        own = str(g.account.business)
+        return scope() or (own if daemon.businesses.get(own) is not None else daemon.businesses.default.slug)
 
     async def day_changed(business: str) -> None:
         day = await daemon.refresh_day(business)
