@@ -133,8 +133,10 @@ async def test_each_business_staff_see_only_their_own_orders_and_calls(tmp_path:
             board = (await http.get("/staff/", headers=op)).text
             assert f'id="order-{luigi_order}"' in board and f'id="order-{rosa_order}"' in board
             assert 'name="business"' in board  # the switch
+            assert '<span class="whose">Rosa&#39;s Slices</span>' in board  # each card says whose, when all are shown
             only_rosa = (await http.get("/staff/?business=rosa", headers=op)).text
             assert f'id="order-{rosa_order}"' in only_rosa and f'id="order-{luigi_order}"' not in only_rosa
+            assert 'class="whose"' not in only_rosa and 'class="whose"' not in (await http.get("/staff/", headers=bo)).text
             assert order_ids(await caught_up(http, op)) == {luigi_order, rosa_order}
             assert order_ids(await caught_up(http, op, "?business=rosa")) == {rosa_order}
             # staff cannot pick another business with the switch

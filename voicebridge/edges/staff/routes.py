@@ -221,9 +221,9 @@ def staff_blueprint(daemon: Any) -> Blueprint:
 
     # -- the order board ----------------------------------------------------------------------
 
-    async def order_view(order_id: int, may_see: Callable[[str | None], bool]) -> dict[str, Any] | None:
+    async def order_view(order_id: int, may_see: Callable[[str | None], bool], whose: bool) -> dict[str, Any] | None:
         try:
-            await daemon.store.read(lambda tx: order_business(tx, order_id, may_see))
+            business = await daemon.store.read(lambda tx: order_business(tx, order_id, may_see))
         except NotYours:
             return None
         detail = await daemon.store.read(lambda tx: get_order(tx, order_id))
@@ -239,11 +239,17 @@ def staff_blueprint(daemon: Any) -> Blueprint:
                 "can_cancel": "cancelled" in board.NEXT.get(detail.status, ()),
                 "reason": rows[0]["status_reason"] if rows else None, "placed": _local(detail.created_at),
                 "text": {"order.text_sent": "sent", "order.text_failed": "failed"}.get(texts[0]["action"]) if texts else None,
-                "money": format_money, "labels": board.LABEL}
+                "money": format_money, "labels": board.LABEL,
+                "whose": job_of(business).business_name if whose else None}
 
-    async def card(order_id: int, csrf: str | None = None, may_see: Callable[[str | None], bool] | None = None) -> str:
+    def all_shown() -> bool:
+        """This page shows several businesses at once (an operator's, with none picked): cards say whose."""
+        return scope() is None and len(daemon.businesses.all) > 1
+
+    async def card(order_id: int, csrf: str | None = None, may_see: Callable[[str | None], bool] | None = None,
+                   whose: bool | None = None) -> str:
         """An order's card, or "" if `may_see` (this request's `viewer` if None) may not see it."""
-        view = await order_view(order_id, may_see or viewer())
+        view = await order_view(order_id, may_see or viewer(), all_shown() if whose is None else whose)
         if view is None:
             return ""
         return await render_template("staff/_order.html", csrf=csrf or g.staff.csrf, **view)
@@ -348,14 +354,15 @@ def staff_blueprint(daemon: Any) -> Blueprint:
         return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
     async def stored_since(after: int, csrf: str, business: str | None,
-                           may_see: Callable[[str | None], bool]) -> tuple[list[bytes], int]:
+                           may_see: Callable[[str | None], bool], whose: bool) -> tuple[list[bytes], int]:
         out = []
         start = after
         for ev in await daemon.store.read(lambda tx: ss.events_after(tx, start, CATCH_UP_BATCH, business=business)):
             after = ev.id
             kind, _, number = ev.subject.partition(":")
             if kind in ("order", "pizza") and number.isdigit():
-                out.append(sse("order", {"id": int(number), "action": ev.action, "html": await card(int(number), csrf, may_see)}, ev.id))
+                out.append(sse("order", {"id": int(number), "action": ev.action, "html": await card(int(number), csrf, may_see, whose)},
+                               ev.id))
             else:
                 out.append(sse("log", {"action": ev.action, "subject": ev.subject, "actor": ev.actor}, ev.id))
         return out, after
@@ -366,7 +373,7 @@ def staff_blueprint(daemon: Any) -> Blueprint:
         if not raw.isdigit() or len(raw) > 18:
             return refused("Last-Event-ID must be a whole number", 400)
         send, receive = hub.subscribe()
-        csrf, business, may_see = g.staff.csrf, scope(), viewer()
+        csrf, business, may_see, whose = g.staff.csrf, scope(), viewer(), all_shown()
 
         @stream_with_context  # the cards are rendered with the request's session (its CSRF token)
         async def stream() -> AsyncIterator[bytes]:
@@ -375,7 +382,7 @@ def staff_blueprint(daemon: Any) -> Blueprint:
                 yield b"retry: 1000\n\n"
                 yield sse("calls", {"calls": live_calls(may_see)})
                 while True:
-                    chunks, after = await stored_since(after, csrf, business, may_see)
+                    chunks, after = await stored_since(after, csrf, business, may_see, whose)
                     for chunk in chunks:
                         yield chunk
                     if len(chunks) >= CATCH_UP_BATCH:  # more to catch up on: no wait
