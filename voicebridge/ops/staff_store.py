@@ -209,6 +209,27 @@ def availability(tx: Transaction, business: str = DEFAULT_BUSINESS) -> Availabil
                         closed=settings.get(closed) == "1", closed_message=settings.get(message, ""))
 
 
+def availabilities(tx: Transaction) -> dict[str, Availability]:
+    """Every business's menu day in two queries (a business with nothing marked is not in the result:
+    its day is the default `Availability()`). What each process polls to follow the others' changes."""
+    marks: dict[str, list[dict[str, Any]]] = {}
+    for r in tx.execute("SELECT business, kind, key FROM staff_menu_day"):
+        marks.setdefault(r["business"], []).append(r)
+    settings: dict[str, dict[str, str]] = {}
+    for r in tx.execute("SELECT name, value FROM staff_settings"):  # a handful of rows; no LIKE (its % vs paramstyles)
+        kind, _, business = str(r["name"]).partition(":")
+        if kind in ("closed", "closed_message") and business:
+            settings.setdefault(business, {})[kind] = r["value"]
+    out = {}
+    for business in set(marks) | set(settings):
+        rows, named = marks.get(business, []), settings.get(business, {})
+        out[business] = Availability(
+            sold_out_items=frozenset(r["key"] for r in rows if r["kind"] == "item"),
+            sold_out_sizes=frozenset(r["key"] for r in rows if r["kind"] == "size"),
+            closed=named.get("closed") == "1", closed_message=named.get("closed_message", ""))
+    return out
+
+
 def set_sold_out(tx: Transaction, actor: str, kind: str, key: str, sold_out: bool, now: datetime,
                  business: str = DEFAULT_BUSINESS) -> int:
     if sold_out:

@@ -465,12 +465,7 @@ def staff_blueprint(daemon: Any) -> Blueprint:
         return scope() or (own if daemon.businesses.get(own) is not None else daemon.businesses.default.slug)
 
     async def day_changed(business: str) -> None:
-        day = await daemon.refresh_day(business)
-        note = day.note_for_model(job_of(business).menu) or \
-            "Everything on the menu is available again, and the shop is open."
-        for sid, call in list(daemon.live.items()):
-            if daemon.business_of(sid) == business:
-                call.tell_model(f"Update from the shop: {note}")
+        await daemon.refresh_day(business)  # this process's calls of `business` are told what changed
 
     @bp.get("/menu")
     async def menu_page() -> Any:
