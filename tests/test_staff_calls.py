@@ -5,6 +5,7 @@ customer through a local stand-in of Twilio's REST API."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,56 @@ async def test_a_mark_made_through_another_process_reaches_the_live_call(tmp_pat
                     while not any("Sold out today: pepperoni pizza" in note for note in system_notes(shop)):
                         await trio.sleep(0.02)
                 assert shop.daemon.job.day.current.sold_out_items == {"pepperoni"}  # type: ignore[attr-defined]
+
+
+async def test_a_call_on_another_process_is_listed_and_taken_over_through_the_store(tmp_path: Path) -> None:
+    """Staff's page is served by one worker, the call carried by another: the page lists it from the
+    shared registry, and Take over leaves a request the carrying process takes; the log has it."""
+    with trio.fail_after(60):
+        async with open_shop(tmp_path) as shop, httpx.AsyncClient(base_url=shop.base) as http:
+            cookie, csrf = await staff_client(shop, http)
+            other = await Store.open(shop.daemon.config.db_path, schemas=SCHEMAS)  # the other worker's store
+            try:
+                await other.live_call_upsert("CAelsewhere0001", state="ordering", started_at=datetime.now(timezone.utc),
+                                             business="default")
+                lines: list[str] = []
+                with trio.move_on_after(1.5):
+                    async with http.stream("GET", "/staff/events", headers=cookie,
+                                           timeout=httpx.Timeout(5, read=None)) as r:
+                        async for line in r.aiter_lines():
+                            lines.append(line)
+                listed = next(json.loads(line[6:])["calls"] for line in lines if line.startswith("data: {\"calls\""))
+                assert [(c["sid"], c["state"]) for c in listed] == [("CAelsewhere0001", "ordering")]
+                r = await http.post("/staff/calls/CAelsewhere0001/takeover", headers=cookie, data={"csrf": csrf})
+                assert r.status_code == 302
+                asked = await other.read(lambda tx: tx.execute("SELECT call_sid, action FROM staff_call_actions"))
+                assert [(a["call_sid"], a["action"]) for a in asked] == [("CAelsewhere0001", "transferred")]
+                gone = await http.post("/staff/calls/CAnowhere000001/end", headers=cookie, data={"csrf": csrf})
+                assert gone.status_code == 404  # carried by no process: nothing asked
+                assert len(await other.read(lambda tx: tx.execute("SELECT * FROM staff_call_actions"))) == 1
+            finally:
+                await other.aclose()
+            events = await shop.daemon.store.read(lambda tx: ss.recent_events(tx, 5))
+            assert (events[0].actor, events[0].action, events[0].subject) == (STAFF, "call.takeover", "call:CAelsewhere0001")
+
+
+async def test_a_take_over_asked_through_another_process_dials_the_shop(tmp_path: Path) -> None:
+    """The other side: a request written by another worker's page ends this process's call as a
+    transfer within a second or so, and is removed once taken."""
+    with trio.fail_after(60):
+        async with open_shop(tmp_path) as shop:
+            results: list[object] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: _keep(results, shop.place()))
+                sid = await live_call(shop)
+                other = await Store.open(shop.daemon.config.db_path, schemas=SCHEMAS)
+                try:
+                    await other.commit(lambda tx: ss.request_call_action(tx, sid, "transferred", datetime.now(timezone.utc)))
+                finally:
+                    await other.aclose()
+            assert results[0].outcome == "dial"  # type: ignore[attr-defined]
+            assert await shop.daemon.outcome_of(sid) == "transferred"
+            assert await shop.daemon.store.read(lambda tx: tx.execute("SELECT * FROM staff_call_actions")) == []
 
 
 async def test_ending_a_call_from_the_page_hangs_up(tmp_path: Path) -> None:

@@ -390,20 +390,30 @@ class Daemon:
             if self.business_of(sid) == business.slug:
                 call.tell_model(f"Update from the shop: {note}")
 
-    async def follow_day(self, *, every_s: float = DAY_FOLLOW_S,
-                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Follow staff changes made through another process (another worker, another machine): the
-        store is the one truth, read every `every_s` in two small queries. A change made through this
-        process's own staff page is applied at once by the page; this loop then finds nothing new."""
+    async def follow_store(self, *, every_s: float = DAY_FOLLOW_S,
+                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow what staff did through another process (another worker, another machine): the
+        store is the one truth, read every `every_s` in a few small queries. The menu's day is
+        applied where it changed; a take-over or end asked for one of this process's live calls is
+        carried out. What staff do through this process's own page is applied at once by the page;
+        this loop then finds nothing new."""
         task_status.started()
         failing = False
         while True:
             await trio.sleep(every_s)
             try:
                 await self.refresh_day()
+                live = set(self.live)
+                if await self.store.read(staff_store.call_actions_pending):  # a read; writes only when asked
+                    now = datetime.now(timezone.utc)
+                    asked = await self.store.commit(partial(staff_store.take_call_actions, call_sids=live, now=now))
+                    for sid, outcome in asked.items():
+                        call = self.live.get(sid)
+                        if call is not None:
+                            call.end_now(outcome)
             except Exception as exc:  # the store is down: calls keep the last known day; say so once
                 if not failing:
-                    log.warning("cannot read the menu's day from the store: %s", exc, extra={"event": "store_error"})
+                    log.warning("cannot follow the staff's changes in the store: %s", exc, extra={"event": "store_error"})
                 failing = True
             else:
                 failing = False
@@ -616,7 +626,7 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
         await nursery.start(daemon.outbox.run)
         await nursery.start(daemon.registry.run)
         if daemon.staff_tables:
-            await nursery.start(daemon.follow_day)
+            await nursery.start(daemon.follow_store)
         if daemon.calendar_outbox is not None:
             await nursery.start(daemon.calendar_outbox.run)
         served = trio.Event()

@@ -70,6 +70,15 @@ SCHEMA: tuple[tuple[str, ...], ...] = (
         "UPDATE staff_settings SET name = 'closed:default' WHERE name = 'closed'",
         "UPDATE staff_settings SET name = 'closed_message:default' WHERE name = 'closed_message'",
     ),
+    # 3: several processes: staff act on a call carried by another process (worker or machine); the
+    # page writes the request here, and the process carrying the call takes it within a second.
+    (
+        """CREATE TABLE staff_call_actions (
+            call_sid TEXT PRIMARY KEY,
+            action TEXT NOT NULL CHECK (action IN ('transferred', 'ended_by_staff')),
+            requested_at TEXT NOT NULL
+        )""",
+    ),
 )
 
 _TS = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -228,6 +237,31 @@ def availabilities(tx: Transaction) -> dict[str, Availability]:
             sold_out_sizes=frozenset(r["key"] for r in rows if r["kind"] == "size"),
             closed=named.get("closed") == "1", closed_message=named.get("closed_message", ""))
     return out
+
+
+def request_call_action(tx: Transaction, call_sid: str, outcome: str, now: datetime) -> None:
+    """Ask the process carrying `call_sid` to end its AI part with `outcome` ("transferred" or
+    "ended_by_staff"); a second request for the same call replaces the first."""
+    tx.execute("INSERT INTO staff_call_actions (call_sid, action, requested_at) VALUES (?, ?, ?)"
+               " ON CONFLICT (call_sid) DO UPDATE SET action = excluded.action, requested_at = excluded.requested_at",
+               (call_sid, outcome, _ts(now)))
+
+
+def call_actions_pending(tx: Transaction) -> bool:
+    return bool(tx.execute("SELECT call_sid FROM staff_call_actions LIMIT 1"))
+
+
+def take_call_actions(tx: Transaction, call_sids: set[str], now: datetime, *,
+                      forget_after_s: float = 600.0) -> dict[str, str]:
+    """The requests for `call_sids` (this process's live calls), removed as they are taken; requests
+    for calls no process took within `forget_after_s` (they ended meanwhile) are dropped."""
+    rows = tx.execute("SELECT call_sid, action, requested_at FROM staff_call_actions")
+    taken = {r["call_sid"]: r["action"] for r in rows if r["call_sid"] in call_sids}
+    stale = [r["call_sid"] for r in rows if r["call_sid"] not in taken
+             and (now - _dt(r["requested_at"])).total_seconds() > forget_after_s]
+    for sid in [*taken, *stale]:
+        tx.execute("DELETE FROM staff_call_actions WHERE call_sid = ?", (sid,))
+    return taken
 
 
 def set_sold_out(tx: Transaction, actor: str, kind: str, key: str, sold_out: bool, now: datetime,

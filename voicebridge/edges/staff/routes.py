@@ -33,12 +33,14 @@ from voicebridge.jobs.pizza import board
 from voicebridge.jobs.pizza.menu import format_money
 from voicebridge.jobs.pizza.records import get_order
 from voicebridge.ops import staff_store as ss
+from voicebridge.ops.store import StoreError
 
 log = logging.getLogger("voicebridge.staff")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 KEEPALIVE_S = 15.0
+CALLS_REFRESH_S = 2.0  # how often a stream re-reads the shared registry for other processes' calls
 CATCH_UP_BATCH = 200  # stored events read at a time by a (re)connecting stream
 BOARD_DONE_SHOWN = 12  # finished orders still shown at the foot of the board
 LOGIN_COOKIE = "vb_staff_login"  # the login form's CSRF token (double submit: cookie and form field)
@@ -271,7 +273,7 @@ def staff_blueprint(daemon: Any) -> Blueprint:
         active, finished, last = await daemon.store.read(ids)
         cards = [await card(i) for i in active]
         done_cards = [await card(i) for i in finished]
-        return await page("board.html", cards=cards, done_cards=done_cards, last=last, live=live_calls())
+        return await page("board.html", cards=cards, done_cards=done_cards, last=last, live=await live_calls())
 
     @bp.post("/orders/<int:order_id>/status")
     async def order_status(order_id: int) -> Any:
@@ -338,7 +340,9 @@ def staff_blueprint(daemon: Any) -> Blueprint:
 
     # -- the event stream -----------------------------------------------------------------------
 
-    def live_calls(may_see: Callable[[str | None], bool] | None = None) -> list[dict[str, Any]]:
+    async def live_calls(may_see: Callable[[str | None], bool] | None = None) -> list[dict[str, Any]]:
+        """The live calls `may_see` allows: this process's, with their carts, and those other processes
+        (workers, machines) carry, from the shared registry, with their state."""
         may_see = may_see or viewer()
         calls = []
         for sid, call in list(daemon.live.items()):
@@ -347,7 +351,36 @@ def staff_blueprint(daemon: Any) -> Blueprint:
             started = time.time() - (trio.current_time() - call.started_at)
             calls.append({"sid": sid, "state": call.flow.state, "started_ms": int(started * 1000),
                           "cart": daemon.cart_of(sid)})
+        try:
+            shared = await daemon.store.live_calls()
+        except StoreError as exc:  # the store is down: this process's calls are still shown
+            log.warning("cannot read other processes' live calls: %s", exc)
+            shared = []
+        for row in shared:
+            if row.instance != daemon.store.instance_id and row.call_sid not in daemon.live and may_see(row.business):
+                calls.append({"sid": row.call_sid, "state": row.state, "cart": None,
+                              "started_ms": int(row.started_at.timestamp() * 1000)})
         return calls
+
+    async def carried_elsewhere(sid: str) -> str | None:
+        """The business of `sid` if another process carries it (the shared registry says so), else None."""
+        for row in await daemon.store.live_calls():
+            if row.call_sid == sid and row.instance != daemon.store.instance_id:
+                return str(row.business or daemon.businesses.default.slug)
+        return None
+
+    async def act_on_call(sid: str, outcome: str, action: str) -> Any:
+        call, business = daemon.live.get(sid), daemon.business_of(sid)
+        if call is not None and sees(business):
+            call.end_now(outcome)
+        else:
+            business = await carried_elsewhere(sid) if call is None else None
+            if business is None or not sees(business):
+                return refused("that call has ended", 404)
+            now = datetime.now(timezone.utc)  # the process carrying it takes the request within a second
+            await daemon.store.commit(lambda tx: ss.request_call_action(tx, sid, outcome, now))
+        await audit(action, f"call:{sid}", business)
+        return done("/staff/calls" + query())
 
     def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
         head = f"id: {event_id}\n" if event_id is not None else ""
@@ -380,7 +413,9 @@ def staff_blueprint(daemon: Any) -> Blueprint:
             after = int(raw)
             try:
                 yield b"retry: 1000\n\n"
-                yield sse("calls", {"calls": live_calls(may_see)})
+                listed = await live_calls(may_see)
+                yield sse("calls", {"calls": listed})
+                quiet = 0.0
                 while True:
                     chunks, after = await stored_since(after, csrf, business, may_see, whose)
                     for chunk in chunks:
@@ -388,13 +423,22 @@ def staff_blueprint(daemon: Any) -> Blueprint:
                     if len(chunks) >= CATCH_UP_BATCH:  # more to catch up on: no wait
                         continue
                     message = None
-                    with trio.move_on_after(KEEPALIVE_S):
+                    with trio.move_on_after(CALLS_REFRESH_S):
                         try:
                             message = await receive.receive()
                         except trio.EndOfChannel:  # dropped for falling behind: the browser reconnects
                             return
-                    if message is None:
-                        yield b": keepalive\n\n"
+                    if message is None:  # quiet here: calls on other processes may have come or gone
+                        now_listed = await live_calls(may_see)
+                        if [(c["sid"], c["state"]) for c in now_listed] != [(c["sid"], c["state"]) for c in listed]:
+                            listed = now_listed
+                            yield sse("calls", {"calls": listed})
+                            quiet = 0.0
+                        else:
+                            quiet += CALLS_REFRESH_S
+                            if quiet >= KEEPALIVE_S:
+                                yield b": keepalive\n\n"
+                                quiet = 0.0
                     elif message["type"] == "call" and may_see(message.get("business")):
                         yield sse("call", message)
             finally:
@@ -424,7 +468,7 @@ def staff_blueprint(daemon: Any) -> Blueprint:
         last = await daemon.store.read(ss.last_event_id)
         rows = [{"c": c, "order": by_call.get(c.call_sid), "placed": _local(c.started_at),
                  "length": _length(c.started_at, c.ended_at)} for c in finished]
-        return await page("calls.html", live=live_calls(), finished=rows, last=last)
+        return await page("calls.html", live=await live_calls(), finished=rows, last=last)
 
     @bp.get("/calls/<sid>")
     async def call_page(sid: str) -> Any:
@@ -441,21 +485,11 @@ def staff_blueprint(daemon: Any) -> Blueprint:
 
     @bp.post("/calls/<sid>/takeover")
     async def call_takeover(sid: str) -> Any:
-        call, business = daemon.live.get(sid), daemon.business_of(sid)
-        if call is None or not sees(business):
-            return refused("that call has ended", 404)
-        call.end_now("transferred")  # /stream-ended then dials TRANSFER_NUMBER
-        await audit("call.takeover", f"call:{sid}", business)
-        return done("/staff/calls" + query())
+        return await act_on_call(sid, "transferred", "call.takeover")  # /stream-ended then dials TRANSFER_NUMBER
 
     @bp.post("/calls/<sid>/end")
     async def call_end(sid: str) -> Any:
-        call, business = daemon.live.get(sid), daemon.business_of(sid)
-        if call is None or not sees(business):
-            return refused("that call has ended", 404)
-        call.end_now("ended_by_staff")
-        await audit("call.end", f"call:{sid}", business)
-        return done("/staff/calls" + query())
+        return await act_on_call(sid, "ended_by_staff", "call.end")
 
     # -- the menu's day -----------------------------------------------------------------------------
 
