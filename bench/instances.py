@@ -80,7 +80,7 @@ class Orders:
         self._thread.start()
         if not self._ready.wait(30) or self.receiver is None:
             raise RuntimeError(f"webhook receiver did not start: {self.errors}")
-        return self.receiver.url
+        return str(self.receiver.url)
 
     def commit_over(self, seconds: float) -> None:
         """Begin committing the orders, evenly over `seconds`."""

@@ -185,7 +185,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(1.0)
         idle_rss = rss_mib(pid) if pid else None
         samples: dict[str, Any] = {"rss": []}
-        marks: dict[str, float] = {}
+        marks: dict[str, Any] = {}
 
         def watch() -> None:
             for raw in lg.stderr:  # type: ignore[union-attr]
@@ -217,7 +217,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
         if lg.poll() is None:
             raise RuntimeError("load generator did not finish in time")
         w.join(timeout=5)
-        result = json.loads(lg.stdout.read().decode().strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(lg.stdout.read().decode().strip().splitlines()[-1])
         if pid and "cpu1" in marks:
             window_min = (marks["t1"] - marks["t0"]) / 60
             cpu = marks["cpu1"] - marks["cpu0"]
