@@ -12,9 +12,16 @@ one-worker runs it takes the largest N whose median inbound p99 stayed under 20 
 of the core the worker used there (u); from the K-worker runs at that N, the CPU-s per
 call-minute (c_K) and the busiest worker's share of the calls (s_max, from its share of the CPU).
 A worker with a core of its own is assumed to hold p99 < 20 ms up to the same u, so the busiest
-one reaches it at N_K = u * 60 / (c_K * s_max) calls in all. That assumption (and that the load
-generator, the database and the kernel's network work are elsewhere) is what the machine could
-not test.
+one reaches it at N_K = u * 60 / (c * s_max) calls in all, with c between two bounds:
+
+- low: c = c_K as measured with the K workers sharing the core(s) they ran on: it includes what
+  workers add per call (a pre-warmed session opened on one worker and the stream on another,
+  the cross-process lookups) but also the run loops taking turns on one core, which a core each
+  would not have;
+- high: c = c_1, a worker with a core of its own costing per call what a single process does.
+
+That assumption (and that the load generator, the database and the kernel's network work are
+elsewhere) is what the machine could not test.
 """
 
 from __future__ import annotations
@@ -81,11 +88,11 @@ def main(labels: list[str]) -> int:
     workers = int(many[at][0].get("workers", 2))
     c_k = med([r["cpu_s_per_call_min"] for r in many[at]])
     s_max = med([s[0] for s in (worker_shares(r, workers) for r in many[at]) if s])
-    n_k = u * 60 / (c_k * s_max)
+    low, high = u * 60 / (c_k * s_max), u * 60 / (c1 * s_max)
     print(f"\nDERIVED (not measured): one worker held inbound p99 < 20 ms at N = {n1} using u = {u:.3f} of its core "
           f"({c1:.3f} CPU-s per call-minute). With {workers} workers (measured at N = {at}): {c_k:.3f} CPU-s per "
           f"call-minute in all, busiest worker {s_max:.3f} of the calls. With a core per worker the busiest reaches u "
-          f"at N ≈ {n_k:.0f}: {n_k / n1:.2f}× one worker.")
+          f"at N ≈ {low:.0f} to {high:.0f}: {low / n1:.2f}× to {high / n1:.2f}× one worker.")
     return 0
 
 

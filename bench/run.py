@@ -263,6 +263,8 @@ def main() -> int:
     ap.add_argument("--twilio-token", default="")
     ap.add_argument("--source", help="a directory holding another voicebridge package to measure (PYTHONPATH)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each N, all kept (bench/capacity.py takes medians)")
+    ap.add_argument("--repeat-from", type=int, default=0,
+                    help="number the runs from here (to add repeats to a label, e.g. interleaved with another)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     build_loadgen()
@@ -289,7 +291,7 @@ def main() -> int:
         for rep in range(args.repeat):
             for n in ns:
                 res = run_one(n, args)
-                res["repeat"] = rep
+                res["repeat"] = args.repeat_from + rep
                 record(res)
         if args.find_max:
             n = max(ns)
