@@ -301,7 +301,12 @@ def main() -> int:
     ap.add_argument("--bridge-core", default="0", help="the daemons' and the database server's core(s)")
     ap.add_argument("--harness-core", default="1")
     ap.add_argument("--label", default="instances")
+    ap.add_argument("--tables", action="store_true", help="only print the tables of results/LABEL.json")
     args = ap.parse_args()
+    if args.tables:
+        saved = json.loads((HERE / "results" / f"{args.label}.json").read_text())
+        print(summary(saved), every_run(saved), sep="\n\n")
+        return 0
     layouts = [x for x in args.layouts.split(",") if x]
     if set(layouts) - {"sqlite1", "pg2"}:
         ap.error("--layouts: sqlite1 and/or pg2")
@@ -334,6 +339,8 @@ def main() -> int:
         if pg is not None:
             pg.stop()
     print(summary(results))
+    print()
+    print(every_run(results))
     return 0
 
 
@@ -348,6 +355,26 @@ def line(r: dict[str, Any]) -> str:
     for i, inst in enumerate(r.get("instances", [])):
         parts.append(f"  [{i}] {inst['calls_placed']} calls in {t(inst['inbound_ms'])} out {t(inst['outbound_ms'])}")
     return "  ".join(parts)
+
+
+def every_run(results: list[dict[str, Any]]) -> str:
+    """One Markdown row per run, in the order of docs/performance.md's second table."""
+    out = ["| layout | N | run | load average before → after | inbound p50 / p99 / max ms | outbound p50 / p99 / max ms "
+           "| p99 in / out per instance | bridge CPU-s per call-min | PostgreSQL CPU-s per call-min "
+           "| greeting (bridge share) p99 ms | failed calls | orders received / committed |",
+           "|---" * 12 + "|"]
+    for r in sorted(results, key=lambda r: (r["calls"], r["repeat"], r["layout"] != "sqlite1")):
+        i, o = r["inbound_ms"], r["outbound_ms"]
+        per = " · ".join(f"{x['inbound_ms'].get('p99', 0):.2f} / {x['outbound_ms'].get('p99', 0):.2f}"
+                         for x in r.get("instances", [])) or "–"
+        db = f"{r['db_server_cpu_s_per_call_min']:.3f}" if r["layout"] == "pg2" else "–"
+        out.append(f"| {r['layout']} | {r['calls']} | {r['repeat'] + 1} | {r['load_before'][0]} → {r['load_after'][0]} "
+                   f"| {i.get('p50', 0):.2f} / {i.get('p99', 0):.2f} / {i.get('max', 0):.1f} "
+                   f"| {o.get('p50', 0):.2f} / {o.get('p99', 0):.2f} / {o.get('max', 0):.1f} | {per} "
+                   f"| {r.get('cpu_s_per_call_min', float('nan')):.3f} | {db} "
+                   f"| {r['greeting_bridge_ms'].get('p99', 0):.1f} | {r['calls_failed']} "
+                   f"| {r['deliveries']['received']}/{r['deliveries']['orders_committed']} |")
+    return "\n".join(out)
 
 
 def summary(results: list[dict[str, Any]]) -> str:
