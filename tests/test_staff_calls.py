@@ -5,21 +5,25 @@ customer through a local stand-in of Twilio's REST API."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from staff_shop import PASSWORD, STAFF, Shop, open_shop
+from staff_shop import PASSWORD, STAFF, Shop, open_shop, staff_login
 from test_outbound import ACCOUNT, FROM, TOKEN, FakeTwilio, Received, start_fake
 
+from voicebridge.business import SCHEMAS
+from voicebridge.daemon import DAY_FOLLOW_S
 from voicebridge.edges.staff.auth import COOKIE
 from voicebridge.ops import staff_store as ss
+from voicebridge.ops.store import Store
 
 
 async def staff_client(shop: Shop, http: httpx.AsyncClient) -> tuple[dict[str, str], str]:
-    r = await http.post("/staff/login", data={"name": STAFF, "password": PASSWORD})
+    r = await staff_login(http, STAFF, PASSWORD)
     cookie = {"Cookie": COOKIE + "=" + r.headers["set-cookie"].split(";")[0].split("=", 1)[1]}
     page = await http.get("/staff/menu", headers=cookie)
     return cookie, page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
@@ -59,6 +63,27 @@ async def test_a_sold_out_mark_reaches_the_live_call_and_take_over_dials_the_sho
                 (STAFF, "call.takeover", f"call:{sid}"), (STAFF, "menu.sold_out", "item:margherita")]
             gone = await http.post(f"/staff/calls/{sid}/end", headers=cookie, data={"csrf": csrf})
             assert gone.status_code == 404
+
+
+async def test_a_mark_made_through_another_process_reaches_the_live_call(tmp_path: Path) -> None:
+    """Another worker (or machine) wrote the mark: this one's live call hears of it from the shared
+    store within DAY_FOLLOW_S and a little, and its job refuses the item from then on."""
+    with trio.fail_after(60):
+        async with open_shop(tmp_path) as shop:
+            results: list[object] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: _keep(results, shop.place()))
+                await live_call(shop)
+                other = await Store.open(shop.daemon.config.db_path, schemas=SCHEMAS)  # another process's store
+                try:
+                    await other.commit(lambda tx: ss.set_sold_out(tx, "elsewhere", "item", "pepperoni", True,
+                                                                  datetime.now(timezone.utc)))
+                finally:
+                    await other.aclose()
+                with trio.fail_after(DAY_FOLLOW_S + 1.5):
+                    while not any("Sold out today: pepperoni pizza" in note for note in system_notes(shop)):
+                        await trio.sleep(0.02)
+                assert shop.daemon.job.day.current.sold_out_items == {"pepperoni"}  # type: ignore[attr-defined]
 
 
 async def test_ending_a_call_from_the_page_hangs_up(tmp_path: Path) -> None:
