@@ -12,6 +12,8 @@ from voicebridge.engine.job import CommitError, Committed, JobPrompts, ToolResul
 from voicebridge.jobs.pizza.day import DayBox
 from voicebridge.jobs.pizza.menu import Menu
 from voicebridge.jobs.pizza.order import FULFILLMENTS, Order, OrderError
+from voicebridge.jobs.hours import is_open, next_opening, say_opening
+from voicebridge.jobs.pizza import prompts as words
 from voicebridge.jobs.pizza.prompts import PROMPTS, session_instructions
 from voicebridge.jobs.pizza.tools import execute_tool, tool_definitions
 
@@ -100,6 +102,25 @@ class PizzaJob:
             f"Greet the caller and tell them: {day.closed_text()} Offer a transfer to the shop if they want "
             "a person."))
 
+    def prompts_at(self, now: datetime) -> JobPrompts:
+        """The fixed prompts for a call starting at `now`: outside the opening hours the greeting
+        says the shop is closed, when it opens again and what the caller is offered."""
+        closed = self.closed_by_hours(now)
+        if closed is None:
+            return self.prompts
+        return attrs.evolve(self.base_prompts,
+                            greeting=words.closed_greeting(closed, words.closed_offer(self.menu.when_closed)))
+
+    def closed_by_hours(self, now: datetime) -> str | None:
+        """Why no order can be taken at `now` by the menu's hours (words to say), or None when open.
+
+        Staff's "closed now" is the day's own refusal (Availability.closed_text); this is the hours'."""
+        opening = self.menu.opening
+        if opening is None or self.day.current.closed or is_open(opening, now):
+            return None
+        nxt = next_opening(opening, now)
+        return words.closed_by_hours(None if nxt is None else say_opening(nxt, now, opening.tz))
+
     @property
     def business_name(self) -> str:
         return self.menu.shop_name
@@ -107,6 +128,9 @@ class PizzaJob:
     def instructions(self, now: datetime) -> str:
         text = session_instructions(self.menu.shop_name, self.menu.summary_text())
         note = self.day.current.note_for_model(self.menu)
+        closed = self.closed_by_hours(now)
+        if closed is not None:
+            note = f"{closed} {words.closed_offer(self.menu.when_closed)} {note}".rstrip()
         return f"{text}\n\nToday: {note}" if note else text
 
     def tool_definitions(self) -> list[dict[str, Any]]:
@@ -117,8 +141,10 @@ class PizzaJob:
 
     def run_tool(self, task: Order, name: str, arguments: str, now: datetime) -> ToolResult:
         day = self.day.current
-        if day.closed and name in ("add_item", "update_item", "confirm_order"):
-            return ToolResult(output={"ok": False, "error": day.closed_text()}, ok=False, intent=None, changed=False)
+        if name in ("add_item", "update_item", "confirm_order"):
+            closed = day.closed_text() if day.closed else self.closed_by_hours(now)
+            if closed is not None:
+                return ToolResult(output={"ok": False, "error": closed}, ok=False, intent=None, changed=False)
         before = list(task.lines)
         result = execute_tool(task, self.menu, name, arguments, tax_rate_bp=self.tax_rate_bp)
         if result.changed and name in ("add_item", "update_item"):
@@ -139,6 +165,9 @@ class PizzaJob:
         delivery attempt sends.
         """
         order = task
+        closed = self.closed_by_hours(now)
+        if closed is not None:  # keypad 1 reaches here without confirm_order's check
+            raise CommitError(closed)
         missing = order.missing()
         if missing:
             raise CommitError(f"the order is not complete: missing {', '.join(missing)}")

@@ -33,3 +33,21 @@ NOT_READ_BACK = ("The order has not been read back yet. Call review_order and re
 PROMPTS = JobPrompts(greeting=GREETING, confirmed_by_keypad=CONFIRMED_BY_KEYPAD, save_failed=SAVE_FAILED,
                      not_read_back=NOT_READ_BACK, transfer=TRANSFER,
                      saved_as="The order is saved as number {id}.")
+
+
+def closed_by_hours(next_opening: str | None) -> str:
+    """The tool error and the model's note while the shop is outside its opening hours."""
+    again = f" We open again {next_opening}." if next_opening else ""
+    return f"The shop is closed right now and cannot take orders.{again}"
+
+
+def closed_offer(when_closed: str) -> str:
+    """What the caller is offered while the shop is closed (the menu's hours.when_closed)."""
+    assert when_closed == "message", when_closed
+    return ("Tell the caller so, kindly, with when the shop opens again, and offer to connect them with the "
+            "shop (call transfer_to_human) where they can leave a message if nobody answers.")
+
+
+def closed_greeting(closed_text: str, offer: str) -> str:
+    """The greeting while the shop is closed."""
+    return f"Greet the caller and tell them: {closed_text} {offer}"

@@ -1,0 +1,147 @@
+"""The pizza shop keeps its menu's opening hours: the menu's [hours] timezone/closures/when_closed,
+and a job that, outside them, says when it opens again and takes no order."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from voicebridge.business import SCHEMAS
+from voicebridge.engine.job import CommitError
+from voicebridge.jobs.pizza.day import Availability
+from voicebridge.jobs.pizza.job import PizzaJob
+from voicebridge.jobs.pizza.menu import MenuError, load_menu, parse_menu
+from voicebridge.jobs.pizza.order import Order, OrderLine
+from voicebridge.ops.store import Store
+
+NY = ZoneInfo("America/New_York")
+DEFAULT_HOURS = """[hours]
+monday = "11:00-22:00"
+tuesday = "11:00-22:00"
+wednesday = "11:00-22:00"
+thursday = "11:00-22:00"
+friday = "11:00-23:00"
+saturday = "11:00-23:00"
+sunday = "12:00-21:00"
+"""
+KEPT_HOURS = """[hours]
+timezone = "America/New_York"
+closures = ["2026-12-25", "2026-12-31..2027-01-01"]
+when_closed = "message"
+monday = "11:00-22:00"
+tuesday = "11:00-22:00"
+wednesday = "11:00-22:00"
+thursday = "11:00-22:00"
+friday = "11:00-14:00, 17:00-01:30"
+saturday = "17:00-01:30"
+sunday = "closed"
+"""
+
+
+def menu_text(hours: str = KEPT_HOURS) -> str:
+    path = Path(__file__).parents[1] / "voicebridge" / "jobs" / "pizza" / "default_menu.toml"
+    text = path.read_text(encoding="utf-8")
+    assert DEFAULT_HOURS in text
+    return text.replace(DEFAULT_HOURS, hours)
+
+
+def bad(hours: str) -> str:
+    with pytest.raises(MenuError) as info:
+        parse_menu(menu_text(hours), "menu.toml")
+    return str(info.value)
+
+
+def job() -> PizzaJob:
+    return PizzaJob(parse_menu(menu_text(), "menu.toml"))
+
+
+def at(*args: int) -> datetime:
+    return datetime(*args, tzinfo=NY).astimezone(timezone.utc)  # type: ignore[misc]
+
+
+def test_the_menu_reads_its_time_zone_closures_and_what_the_caller_is_offered() -> None:
+    """timezone, closures (dates and ranges) and when_closed; the hours' words for the model stay as they were."""
+    menu = parse_menu(menu_text(), "menu.toml")
+    assert menu.opening is not None and menu.opening.time_zone == "America/New_York"
+    assert [str(a) + ".." + str(b) for a, b in menu.opening.closures] == [
+        "2026-12-25..2026-12-25", "2026-12-31..2027-01-01"]
+    assert menu.when_closed == "message"
+    assert "Friday 11am to 2pm and 5pm to 1:30am; Saturday 5pm to 1:30am; Sunday closed." in menu.summary_text()
+    # the packaged menu gives no time zone: its hours stay words only, exactly as before
+    default = load_menu(None)
+    assert default.opening is None
+    assert "Monday 11am to 10pm;" in default.summary_text()
+
+
+def test_bad_hours_settings_name_the_file_and_key() -> None:
+    """An unknown zone, closures without a zone, a bad date or offer: each error names the file and key."""
+    assert bad(KEPT_HOURS.replace("America/New_York", "Mars/Olympus")) == (
+        'menu.toml: hours.timezone: unknown time zone "Mars/Olympus" (use an IANA name like "America/New_York")')
+    assert bad(KEPT_HOURS.replace('timezone = "America/New_York"\n', "")).startswith(
+        "menu.toml: hours.closures: needs hours.timezone")
+    assert bad(KEPT_HOURS.replace('"2026-12-25"', '"Christmas"')).startswith(
+        'menu.toml: hours.closures[0]: "Christmas" is not a date')
+    assert bad(KEPT_HOURS.replace('when_closed = "message"', 'when_closed = "pigeon"')) == (
+        "menu.toml: hours.when_closed: expected one of 'message', got 'pigeon'")
+    assert bad(KEPT_HOURS.replace('closures = [', 'closures = "2026-12-25"\n#')).startswith(
+        "menu.toml: hours.closures: expected a list of dates")
+    assert bad(KEPT_HOURS.replace("sunday", "sundae")).startswith("menu.toml: hours.sundae: unknown key")
+
+
+def test_outside_the_hours_the_job_says_when_it_opens_and_takes_no_order() -> None:
+    """Friday 15:00 in New York (between lunch and evening): refused, with "today at 5 pm" in its words."""
+    pizza, order = job(), Order.empty()
+    closed = at(2026, 12, 4, 15, 0)
+    out = pizza.run_tool(order, "add_item", json.dumps({"item": "margherita", "size": "large"}), closed)
+    assert out.output == {"ok": False, "error": "The shop is closed right now and cannot take orders. "
+                                                "We open again today at 5 pm."}
+    assert order.lines == []
+    assert not pizza.run_tool(order, "confirm_order", "{}", closed).ok
+    assert pizza.run_tool(order, "get_menu", "{}", closed).ok  # the caller may still ask what there is
+    assert "We open again today at 5 pm." in pizza.instructions(closed)
+    greeting = pizza.prompts_at(closed).greeting
+    assert greeting.startswith("Greet the caller and tell them: The shop is closed right now and cannot take "
+                               "orders. We open again today at 5 pm.")
+    assert "leave a message" in greeting
+    # half past midnight on Saturday: still Friday's evening, so open
+    late = at(2026, 12, 5, 0, 30)
+    assert pizza.run_tool(order, "add_item", json.dumps({"item": "margherita", "size": "large"}), late).ok
+    assert pizza.prompts_at(late).greeting.startswith("Greet the caller: thank them for calling")
+    assert "closed right now" not in pizza.instructions(late)
+    # Christmas is a Friday: closed all day; the next opening is Saturday evening
+    christmas = at(2026, 12, 25, 12, 0)
+    assert "We open again tomorrow at 5 pm." in pizza.instructions(christmas)
+    # New Year's Eve and Day closed (a range): from Wednesday night the next opening is Saturday
+    assert "We open again Saturday at 5 pm." in pizza.instructions(at(2026, 12, 30, 23, 0))
+
+
+def test_staff_closed_now_wins_over_open_hours() -> None:
+    """Inside the hours, staff's "closed now" still refuses, with staff's own words."""
+    pizza, order = job(), Order.empty()
+    pizza.day.current = Availability(closed=True, closed_message="Back tomorrow.")
+    out = pizza.run_tool(order, "add_item", json.dumps({"item": "margherita", "size": "large"}),
+                         at(2026, 12, 3, 12, 0))
+    assert out.output["error"] == "The shop is closed right now and cannot take orders. Back tomorrow."
+
+
+async def test_a_commit_outside_the_hours_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """Keypad 1 commits without confirm_order: the commit itself refuses after closing; no order row, no webhook."""
+    store = await Store.open(tmp_path / "vb.sqlite3", schemas=SCHEMAS)
+    try:
+        pizza = job()
+        order = Order.empty(caller_number="+15550100111")
+        order.lines.append(OrderLine("pepperoni", "large", 1))
+        order.customer_name, order.fulfillment = "Sam", "pickup"
+        with pytest.raises(CommitError, match="We open again tomorrow at 11 am"):
+            await store.commit(lambda tx: pizza.commit(tx, "CA1", order, at(2026, 12, 6, 12, 0)))
+        counts = await store.read(lambda tx: tx.execute(
+            "SELECT (SELECT COUNT(*) FROM orders) AS orders, (SELECT COUNT(*) FROM outbox) AS outbox"))
+        assert counts == [{"orders": 0, "outbox": 0}]
+        done = await store.commit(lambda tx: pizza.commit(tx, "CA1", order, at(2026, 12, 7, 12, 0)))
+        assert done.id == 1
+    finally:
+        await store.aclose()
