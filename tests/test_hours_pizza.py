@@ -5,18 +5,30 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import trio
 
 from voicebridge.business import SCHEMAS
+from voicebridge.config import Config
+from voicebridge.daemon import Daemon, serve_daemon
+from voicebridge.engine.session import job_prompts
 from voicebridge.engine.job import CommitError
 from voicebridge.jobs.pizza.day import Availability
 from voicebridge.jobs.pizza.job import PizzaJob
 from voicebridge.jobs.pizza.menu import MenuError, load_menu, parse_menu
 from voicebridge.jobs.pizza.order import Order, OrderLine
 from voicebridge.ops.store import Store
+from voicebridge.peers.demo import free_port
+from voicebridge.peers.realtime_server import RealtimePeer, serve_realtime_peer
+from voicebridge.peers.scenario import load_scenario
+from voicebridge.peers.twilio_caller import place_call
+
+TOKEN = "test-auth-token-0123456789abcdef"
+PUBLIC = "https://voicebridge-test.invalid"
 
 NY = ZoneInfo("America/New_York")
 DEFAULT_HOURS = """[hours]
@@ -145,3 +157,46 @@ async def test_a_commit_outside_the_hours_is_refused_and_writes_nothing(tmp_path
         assert done.id == 1
     finally:
         await store.aclose()
+
+
+async def test_a_whole_call_on_the_daemon_while_closed_hears_the_next_opening_and_commits_nothing(
+        tmp_path: Path) -> None:
+    """The daemon over loopback with its clock on a closed Sunday: the caller is still answered, the model is
+    told the shop is closed and opens "tomorrow at 11 am" (session and greeting), every attempt to order is
+    refused with those words, and no order row or webhook is written, though the caller said yes."""
+    menu = parse_menu(menu_text(), "menu.toml")
+    sunday = at(2026, 12, 6, 12, 0)
+    peer = RealtimePeer(load_scenario("full_order"))
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            realtime_url = await nursery.start(partial(serve_realtime_peer, peer))
+            port = free_port()
+            config = Config(host="127.0.0.1", port=port, public_url=PUBLIC, realtime_url=realtime_url,
+                            openai_api_key="test-key", twilio_auth_token=TOKEN, db_path=tmp_path / "vb.sqlite3")
+            store = await Store.open(config.db_path, schemas=SCHEMAS)
+            try:
+                daemon = Daemon(config, job=PizzaJob(menu, config.tax_rate_bp), store=store,
+                                wall_clock=lambda: sunday)
+                assert job_prompts(daemon.setup).greeting.startswith(
+                    "Greet the caller and tell them: The shop is closed right now and cannot take orders. "
+                    "We open again tomorrow at 11 am.")
+                stop = trio.Event()
+                await nursery.start(partial(serve_daemon, daemon, shutdown=stop))
+                result = await place_call(f"http://127.0.0.1:{port}", load_scenario("full_order"),
+                                          public_url=PUBLIC, auth_token=TOKEN)
+                stop.set()
+                counts = await store.read(lambda tx: tx.execute(
+                    "SELECT (SELECT COUNT(*) FROM orders) AS orders, (SELECT COUNT(*) FROM order_items) AS items,"
+                    " (SELECT COUNT(*) FROM outbox) AS outbox"))
+            finally:
+                nursery.cancel_scope.cancel()
+                await store.aclose()
+    assert result.call_sid
+    assert counts == [{"orders": 0, "items": 0, "outbox": 0}]
+    [conn] = peer.connections
+    closed = "The shop is closed right now and cannot take orders. We open again tomorrow at 11 am."
+    assert closed in conn.session_updates[0]["instructions"]
+    outputs = {json.loads(i["output"]).get("error") for i in conn.items_created if i["type"] == "function_call_output"}
+    assert closed in outputs  # add_item and confirm_order said it back to the model
+    tools = [c.name for r in conn.responses for c in r.calls]
+    assert tools.count("add_item") == 2 and "confirm_order" in tools
