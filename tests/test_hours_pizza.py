@@ -98,7 +98,7 @@ def test_bad_hours_settings_name_the_file_and_key() -> None:
     assert bad(KEPT_HOURS.replace('"2026-12-25"', '"Christmas"')).startswith(
         'menu.toml: hours.closures[0]: "Christmas" is not a date')
     assert bad(KEPT_HOURS.replace('when_closed = "message"', 'when_closed = "pigeon"')) == (
-        "menu.toml: hours.when_closed: expected one of 'message', got 'pigeon'")
+        "menu.toml: hours.when_closed: expected one of 'message', 'order_ahead', got 'pigeon'")
     assert bad(KEPT_HOURS.replace('closures = [', 'closures = "2026-12-25"\n#')).startswith(
         "menu.toml: hours.closures: expected a list of dates")
     assert bad(KEPT_HOURS.replace("sunday", "sundae")).startswith("menu.toml: hours.sundae: unknown key")
@@ -200,3 +200,89 @@ async def test_a_whole_call_on_the_daemon_while_closed_hears_the_next_opening_an
     assert closed in outputs  # add_item and confirm_order said it back to the model
     tools = [c.name for r in conn.responses for c in r.calls]
     assert tools.count("add_item") == 2 and "confirm_order" in tools
+
+
+def run(pizza: PizzaJob, order: Order, tool: str, now: datetime, **args: object) -> dict[str, object]:
+    return pizza.run_tool(order, tool, json.dumps(args), now).output
+
+
+def ready(order: Order) -> Order:
+    order.lines.append(OrderLine("pepperoni", "large", 1))
+    order.customer_name, order.fulfillment = "Sam", "pickup"
+    return order
+
+
+def test_a_pickup_time_is_offered_only_by_a_menu_that_keeps_hours() -> None:
+    """set_pickup_time is a tool only with hours.timezone: the packaged menu's tools are as before."""
+    assert "set_pickup_time" in [t["name"] for t in job().tool_definitions()]
+    assert "set_pickup_time" not in [t["name"] for t in PizzaJob(load_menu(None)).tool_definitions()]
+
+
+def test_a_pickup_time_inside_the_hours_is_read_back_and_outside_them_refused() -> None:
+    """Thursday noon: 18:30 is "today at 6:30 pm" in the read-back; 23:00 and Sunday noon are refused."""
+    pizza, order = job(), ready(Order.empty())
+    thursday = at(2026, 12, 3, 12, 0)
+    assert run(pizza, order, "set_pickup_time", thursday, time="23:00") == {
+        "ok": False, "error": "We are not open today at 11 pm. The next opening after that is tomorrow at 11 am. "
+                              "Ask the caller for a time when we are open."}
+    assert run(pizza, order, "set_pickup_time", thursday, time="12:00", date="2026-12-06")["ok"] is False
+    assert run(pizza, order, "set_pickup_time", thursday, time="11:00", date="2026-12-31")["error"] == (
+        "We take orders up to 7 days ahead. Ask the caller for a sooner time.")
+    assert run(pizza, order, "set_pickup_time", thursday, time="half past six")["ok"] is False
+    assert order.wanted_at is None
+    assert run(pizza, order, "set_pickup_time", thursday, time="18:30") == {"ok": True, "time": "today at 6:30 pm"}
+    assert "For pickup today at 6:30 pm, name Sam." in str(run(pizza, order, "review_order", thursday)["read_back"])
+    assert run(pizza, order, "set_pickup_time", thursday, time="asap") == {"ok": True, "time": "asap"}
+    assert "For pickup, name Sam." in str(run(pizza, order, "review_order", thursday)["read_back"])
+    # 01:00 after midnight is the next day's, inside Friday evening's hours that run to 01:30
+    friday_night = at(2026, 12, 4, 23, 0)
+    assert run(pizza, order, "set_pickup_time", friday_night, time="01:00") == {"ok": True,
+                                                                                 "time": "tomorrow at 1 am"}
+
+
+async def test_confirm_order_refuses_a_pickup_time_outside_the_hours_and_nothing_is_stored(tmp_path: Path) -> None:
+    """A pickup time that has passed by the yes, or is outside the hours, is refused by confirm_order and
+    by the commit (keypad 1): no order row, no webhook. A time inside them is stored and sent."""
+    store = await Store.open(tmp_path / "vb.sqlite3", schemas=SCHEMAS)
+    try:
+        pizza, order = job(), ready(Order.empty(caller_number="+15550100111"))
+        assert run(pizza, order, "set_pickup_time", at(2026, 12, 3, 21, 30), time="21:45")["ok"] is True
+        late = at(2026, 12, 3, 21, 50)
+        assert run(pizza, order, "confirm_order", late)["error"] == (
+            "Today at 9:45 pm has already passed. Ask the caller for a later time.")
+        order.wanted_at, order.wanted_words = at(2026, 12, 3, 23, 0), "today at 11 pm"
+        assert str(run(pizza, order, "confirm_order", late)["error"]).startswith("We are not open today at 11 pm.")
+        with pytest.raises(CommitError, match="We are not open today at 11 pm"):
+            await store.commit(lambda tx: pizza.commit(tx, "CA1", order, late))
+        counts = await store.read(lambda tx: tx.execute(
+            "SELECT (SELECT COUNT(*) FROM orders) AS orders, (SELECT COUNT(*) FROM outbox) AS outbox"))
+        assert counts == [{"orders": 0, "outbox": 0}]
+        assert run(pizza, order, "set_pickup_time", late, time="11:30")["time"] == "tomorrow at 11:30 am"
+        assert run(pizza, order, "confirm_order", late)["ok"] is True
+        await store.commit(lambda tx: pizza.commit(tx, "CA1", order, late))
+        rows = await store.read(lambda tx: tx.execute("SELECT payload FROM orders"))
+        assert json.loads(rows[0]["payload"])["wanted_at"] == "2026-12-04T16:30:00Z"
+    finally:
+        await store.aclose()
+
+
+def test_a_shop_that_takes_orders_ahead_builds_the_order_while_closed_for_a_time_after_it_opens() -> None:
+    """when_closed = "order_ahead": on a closed Sunday the order is built; the yes needs a time inside the hours."""
+    menu = parse_menu(menu_text(KEPT_HOURS.replace('"message"', '"order_ahead"')), "menu.toml")
+    pizza, order = PizzaJob(menu), Order.empty()
+    sunday = at(2026, 12, 6, 12, 0)
+    assert pizza.prompts_at(sunday).greeting.startswith(
+        "Greet the caller and tell them: The shop is closed right now. We open again tomorrow at 11 am. Tell the "
+        "caller so, kindly, with when the shop opens again, and offer to take their order now")
+    assert run(pizza, order, "add_item", sunday, item="pepperoni", size="large")["ok"] is True
+    run(pizza, order, "set_customer", sunday, name="Sam", fulfillment="pickup")
+    assert run(pizza, order, "confirm_order", sunday)["error"] == (
+        "The shop is closed right now, so the order needs a time after we open again tomorrow at 11 am. Ask the "
+        "caller when they want it and call set_pickup_time.")
+    assert run(pizza, order, "set_pickup_time", sunday, time="10:30")["ok"] is False  # before the opening
+    assert run(pizza, order, "set_pickup_time", sunday, time="12:00") == {"ok": True, "time": "tomorrow at noon"}
+    assert run(pizza, order, "confirm_order", sunday)["ok"] is True
+    assert pizza.state_for_model(order)["wanted"] == "tomorrow at noon"
+    payload = order.to_json(menu, 800, call_sid="CA1", created_at=sunday)
+    assert payload["wanted_at"] == "2026-12-07T17:00:00Z"
+    assert "wanted_at" not in Order.empty().to_json(menu, 800, call_sid=None, created_at=sunday)

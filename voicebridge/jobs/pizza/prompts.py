@@ -41,11 +41,44 @@ def closed_by_hours(next_opening: str | None) -> str:
     return f"The shop is closed right now and cannot take orders.{again}"
 
 
+def closed_for_now(next_opening: str | None) -> str:
+    """The note and greeting while closed, for a shop that takes orders ahead."""
+    again = f" We open again {next_opening}." if next_opening else ""
+    return f"The shop is closed right now.{again}"
+
+
 def closed_offer(when_closed: str) -> str:
     """What the caller is offered while the shop is closed (the menu's hours.when_closed)."""
-    assert when_closed == "message", when_closed
+    if when_closed == "order_ahead":
+        return ("Tell the caller so, kindly, with when the shop opens again, and offer to take their order now "
+                "for a time after that: ask when they want it and call set_pickup_time.")
     return ("Tell the caller so, kindly, with when the shop opens again, and offer to connect them with the "
             "shop (call transfer_to_human) where they can leave a message if nobody answers.")
+
+
+def closed_needs_time(next_opening: str | None) -> str:
+    """confirm_order while closed, for a shop that takes orders ahead, without a time after the opening."""
+    again = f" after we open again {next_opening}" if next_opening else ""
+    return (f"The shop is closed right now, so the order needs a time{again}. Ask the caller when they want it "
+            "and call set_pickup_time.")
+
+
+def time_outside_hours(when: str, next_opening: str | None) -> str:
+    """A wanted time the shop is not open at."""
+    nxt = f" The next opening after that is {next_opening}." if next_opening else ""
+    return f"We are not open {when}.{nxt} Ask the caller for a time when we are open."
+
+
+def time_in_the_past(when: str) -> str:
+    return f"{when[0].upper()}{when[1:]} has already passed. Ask the caller for a later time."
+
+
+def time_too_far(days: int) -> str:
+    return f"We take orders up to {days} days ahead. Ask the caller for a sooner time."
+
+
+def time_not_understood(text: str) -> str:
+    return f"{text!r} is not a time like '18:30' (24-hour clock) or 'asap'."
 
 
 def closed_greeting(closed_text: str, offer: str) -> str:
