@@ -228,7 +228,12 @@ def test_a_pickup_time_inside_the_hours_is_read_back_and_outside_them_refused() 
     assert run(pizza, order, "set_pickup_time", thursday, time="12:00", date="2026-12-06")["ok"] is False
     assert run(pizza, order, "set_pickup_time", thursday, time="11:00", date="2026-12-31")["error"] == (
         "We take orders up to 7 days ahead. Ask the caller for a sooner time.")
-    assert run(pizza, order, "set_pickup_time", thursday, time="half past six")["ok"] is False
+    assert run(pizza, order, "set_pickup_time", thursday, time="half past six")["error"] == (
+        "'half past six' is not a time like '18:30' (24-hour clock) or 'asap'.")
+    assert run(pizza, order, "set_pickup_time", thursday, time="18:30", date="someday")["error"] == (
+        "'someday' is not a date like 2026-12-05.")
+    assert str(run(pizza, order, "set_pickup_time", thursday, when="18:30")["error"]).startswith(
+        "set_pickup_time takes a JSON object with time")
     assert order.wanted_at is None
     assert run(pizza, order, "set_pickup_time", thursday, time="18:30") == {"ok": True, "time": "today at 6:30 pm"}
     assert "For pickup today at 6:30 pm, name Sam." in str(run(pizza, order, "review_order", thursday)["read_back"])

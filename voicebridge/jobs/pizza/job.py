@@ -179,7 +179,7 @@ class PizzaJob:
         except ValueError:
             raw = None
         if not isinstance(raw, dict) or set(raw) - {"time", "date"} or not isinstance(raw.get("time"), str):
-            return _refused("set_pickup_time takes a JSON object with time ('18:30' or 'asap') and an optional date.")
+            return _refused(words.time_arguments())
         text = raw["time"].strip()
         if text.lower() in ("asap", "as soon as possible", "now"):
             changed = task.wanted_at is not None
@@ -195,7 +195,7 @@ class PizzaJob:
             try:
                 day = date.fromisoformat(str(raw["date"]))
             except ValueError:
-                return _refused(f"{raw['date']!r} is not a date like 2026-12-05.")
+                return _refused(words.date_not_understood(str(raw["date"])))
         else:
             day = today if wall_instant(today, minutes, tz) > now else today + timedelta(days=1)
         wanted = wall_instant(day, minutes, tz).astimezone(tz)

@@ -77,6 +77,14 @@ def time_too_far(days: int) -> str:
     return f"We take orders up to {days} days ahead. Ask the caller for a sooner time."
 
 
+def time_arguments() -> str:
+    return "set_pickup_time takes a JSON object with time ('18:30' or 'asap') and an optional date (YYYY-MM-DD)."
+
+
+def date_not_understood(text: str) -> str:
+    return f"{text!r} is not a date like 2026-12-05."
+
+
 def time_not_understood(text: str) -> str:
     return f"{text!r} is not a time like '18:30' (24-hour clock) or 'asap'."
 
