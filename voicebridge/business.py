@@ -25,6 +25,7 @@ import trio
 
 from voicebridge.config import JOBS, VOICES, Config, ConfigError, _http_url, _phone, _rate_bp
 from voicebridge.engine.job import BusySource, Job, PrepareTool
+from voicebridge.i18n import DEFAULT_LANGUAGES, LanguageError, Translators, load_translators
 from voicebridge.ops.logs import mask_number
 from voicebridge.jobs.appointments.booking import BookingRequest, Found
 from voicebridge.jobs.appointments.business import BusinessError, load_business, parse_toml
@@ -72,10 +73,22 @@ def _declared_job(path: Path) -> str | None:
 def build_job(config: Config) -> Job:
     """The job `config` names, loaded and validated (a bad file raises MenuError/BusinessError with file and line)."""
     if job_name(config) == "appointments":
-        return AppointmentsJob(business=load_business(config.business_file))
+        business = load_business(config.business_file)
+        return AppointmentsJob(business=business,
+                               translators=translators_for(business.languages, config, business.source))
     from voicebridge.jobs.pizza.menu import load_menu
 
-    return PizzaJob(menu=load_menu(config.business_file), tax_rate_bp=config.tax_rate_bp)
+    menu = load_menu(config.business_file)
+    return PizzaJob(menu=menu, tax_rate_bp=config.tax_rate_bp,
+                    translators=translators_for(menu.languages, config, menu.source))
+
+
+def translators_for(declared: tuple[str, ...] | None, config: Config, source: str) -> Translators:
+    """The business's languages with their catalogs: its file's `languages`, else VOICEBRIDGE_LANGUAGES, else en."""
+    try:
+        return load_translators(declared or config.languages or DEFAULT_LANGUAGES, f"{source}: languages")
+    except LanguageError as exc:
+        raise BusinessError(str(exc)) from None
 
 
 def tool_preparer(job: Job, store: Store, busy_source: BusySource | None = None, *,
@@ -169,7 +182,8 @@ def _pizza_from_settings(settings: dict[str, Any], source: Path, config: Config)
         menu = menu_from_data(settings, str(source))
     else:
         menu = load_menu(config.business_file)
-    return PizzaJob(menu=menu, tax_rate_bp=config.tax_rate_bp)
+    return PizzaJob(menu=menu, tax_rate_bp=config.tax_rate_bp,
+                    translators=translators_for(menu.languages, config, menu.source))
 
 
 # How a business file's job settings become a job, by job name (each job adds its builder here).

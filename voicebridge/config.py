@@ -83,6 +83,7 @@ class Config:
     # ordering
     menu_path: Path | None = None  # VOICEBRIDGE_MENU: the pizza job's business file (an alias)
     tax_rate_bp: int = 800  # 8.00 %
+    languages: tuple[str, ...] | None = None  # VOICEBRIDGE_LANGUAGES: a business file's `languages` wins; else en
     order_webhook_url: str | None = None
     order_webhook_secret: str | None = None
     webhook_max_attempts: int = 8
@@ -167,6 +168,7 @@ class Config:
             businesses=g.get("VOICEBRIDGE_BUSINESSES", _paths, ()),
             menu_path=g.get("VOICEBRIDGE_MENU", _path, None),
             tax_rate_bp=g.get("VOICEBRIDGE_TAX_RATE", _rate_bp, 800),
+            languages=g.get("VOICEBRIDGE_LANGUAGES", _languages, None),
             order_webhook_url=g.get("ORDER_WEBHOOK_URL", _http_url, None),
             order_webhook_secret=g.get("ORDER_WEBHOOK_SECRET", _nonempty, None),
             webhook_max_attempts=g.get("VOICEBRIDGE_WEBHOOK_MAX_ATTEMPTS", _int_range(1, 100), 8),
@@ -363,6 +365,18 @@ def _rate_bp(raw: str) -> int:
     if bp != bp.to_integral_value():
         raise ValueError("expected a rate in whole basis points (at most two decimals of a percent)")
     return int(bp)
+
+
+def _languages(raw: str) -> tuple[str, ...]:
+    """ "en,es": the business's languages, the first the default (voicebridge.i18n)."""
+    from voicebridge.i18n import LanguageError, load_translators, parse_languages
+
+    try:
+        codes = parse_languages(raw, "languages")
+        load_translators(codes)  # a language without a catalog is a setting error now, not at the first call
+    except LanguageError as exc:
+        raise ValueError(str(exc).removeprefix("languages: ")) from None
+    return codes
 
 
 def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:

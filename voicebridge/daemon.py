@@ -97,7 +97,8 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         connect=connector,
         session=rt.SessionSettings(
             instructions=job.instructions((wall_clock or utc_now)()),  # re-made for each session
-            tools=tuple(job.tool_definitions()), voice=config.voice, audio_format=config.audio_format),
+            tools=tuple(job.tool_definitions()), voice=config.voice, audio_format=config.audio_format,
+            language=rt.transcription_language(job.languages)),
         flow=FlowSettings(
             silence_timeout_s=config.silence_timeout_s, max_call_s=config.max_call_s,
             response_stall_timeout_s=config.response_stall_timeout_s,
