@@ -13,6 +13,7 @@ MenuError with one line naming the file and the problem.
 from __future__ import annotations
 
 import logging
+from importlib import resources
 import re
 import tomllib
 from datetime import datetime, timedelta, timezone
@@ -81,6 +82,20 @@ def build_job(config: Config) -> Job:
     menu = load_menu(config.business_file)
     return PizzaJob(menu=menu, tax_rate_bp=config.tax_rate_bp,
                     translators=translators_for(menu.languages, config, menu.source))
+
+
+def packaged_business(config: Config, job: str) -> str | None:
+    """The name of `config`'s business file if it is one packaged with `job` (a recording names it so
+    that a replay runs the same business anywhere); None for the default or a file of the shop's own."""
+    path = config.business_file
+    if path is None:
+        return None
+    folder = Path(str(resources.files(f"voicebridge.jobs.{job}")))
+    try:
+        packaged = path.resolve().parent == folder.resolve() and path.suffix == ".toml"
+    except OSError:
+        return None
+    return path.name if packaged else None
 
 
 def translators_for(declared: tuple[str, ...] | None, config: Config, source: str) -> Translators:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import trio
 
-from voicebridge.business import Business, Businesses
+from voicebridge.business import Business, Businesses, packaged_business
 from voicebridge.config import Config
 from voicebridge.ops.cost import CallCost
 from voicebridge.engine.flow import FlowSettings
@@ -107,6 +107,7 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         connect_timeout_s=config.realtime_connect_timeout_s,
         check_start=check_start,
         record_dir=config.record_dir,
+        record_settings={"business": name} if (name := packaged_business(config, job.name)) else {},
         prepare_tool=prepare_tool,
         wall_clock=wall_clock or utc_now,
     )

@@ -54,7 +54,8 @@ class Translator:
 
     @property
     def english(self) -> bool:
-        return self.language == SOURCE_LANGUAGE
+        """English (any region): the msgids themselves, and the read-back's words as they always were."""
+        return self.language.partition("_")[0] == SOURCE_LANGUAGE
 
     def money(self, cents: int, currency: str = "USD") -> str:
         """ "$32.94" in English, "32,94 US$" in Spanish: as Babel formats the currency for the language."""
@@ -102,10 +103,6 @@ class Translators:
     @property
     def several(self) -> bool:
         return len(self.languages) > 1
-
-    def transcription_language(self) -> str | None:
-        """What the Realtime transcription is told: the one language, or None (detect) for several."""
-        return None if self.several else self.languages[0]
 
     def instructions(self) -> str:
         """What the session instructions add about language ("" for an English-only business)."""
@@ -161,7 +158,9 @@ def set_language(translators: Translators, task: Any, arguments: str) -> ToolRes
 
 
 def normalize_code(code: str) -> str:
-    return code.strip().replace("-", "_").lower()
+    """ "es-mx" -> "es_MX": the language in lower case, a region in upper case."""
+    language, _, region = code.strip().replace("-", "_").partition("_")
+    return f"{language.lower()}_{region.upper()}" if region else language.lower()
 
 
 def display_name(code: str) -> str:
@@ -188,7 +187,10 @@ def parse_languages(value: Any, where: str) -> tuple[str, ...]:
 
 
 def _catalog(code: str) -> Any:
-    return importlib.resources.files("voicebridge") / "locale" / code / "LC_MESSAGES" / f"{DOMAIN}.po"
+    """The catalog of `code`, or of its language without the region ("es_MX" -> "es") if it has none."""
+    root = importlib.resources.files("voicebridge") / "locale"
+    own = root / code / "LC_MESSAGES" / f"{DOMAIN}.po"
+    return own if own.is_file() else root / code.partition("_")[0] / "LC_MESSAGES" / f"{DOMAIN}.po"
 
 
 def available_languages() -> list[str]:
@@ -206,7 +208,7 @@ def load_translators(languages: Iterable[str], where: str = "languages") -> Tran
     by_language: dict[str, Translator] = {}
     for code in codes:
         messages: dict[str, str] = {}
-        if code != SOURCE_LANGUAGE:
+        if code.partition("_")[0] != SOURCE_LANGUAGE:
             if not _catalog(code).is_file():
                 raise LanguageError(f"{where}: the bridge has no words for {code!r} yet (it has: "
                                     f"{', '.join(available_languages())})")

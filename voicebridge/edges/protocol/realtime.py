@@ -52,8 +52,9 @@ class SessionSettings:
 
 
 def transcription_language(languages: tuple[str, ...]) -> str | None:
-    """The business's one language for the transcription; None (the model detects it) when it has several."""
-    return languages[0] if len(languages) == 1 else None
+    """The business's one language for the transcription (ISO-639-1: "es" for "es_MX"); None (it detects
+    the language) when the business has several."""
+    return languages[0].partition("_")[0] if len(languages) == 1 else None
 
 
 def session_update(s: SessionSettings, event_id: str | None = None) -> str:
