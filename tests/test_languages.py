@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from babel.messages.extract import extract_from_dir
@@ -256,3 +257,23 @@ def test_parse_languages_accepts_region_codes_and_refuses_empty_lists() -> None:
     assert mexico.default("For pickup") == "Para recoger"  # the Spanish catalog serves the region
     with pytest.raises(LanguageError, match="non-empty list"):
         parse_languages([], "languages")
+
+
+def test_an_appointment_read_back_in_spanish_says_the_day_and_time_as_spanish_does() -> None:
+    """The salon with languages es and en: after set_language es, the booking read-back is Spanish."""
+    from appointments_helpers import BUSINESS, CALLER, NOW, loaded
+
+    from voicebridge.jobs.appointments.job import AppointmentsJob
+
+    job = AppointmentsJob(attrs.evolve(BUSINESS, languages=("es", "en")), translators=load_translators(("es", "en")))
+    session = session_update_for(job)
+    assert "language" not in session["audio"]["input"]["transcription"]
+    task = job.new_task(CALLER)
+    task.found = loaded(dt.date(2026, 12, 8))
+    assert job.run_tool(task, "set_language", json.dumps({"language": "es"}), NOW).ok
+    result = job.run_tool(task, "book_appointment", json.dumps(
+        {"service": "haircut", "date": "tuesday", "time": "2 pm", "name": "Sam"}), NOW)
+    assert result.ok and result.intent == "review"
+    read_back = result.output["read_back"]
+    assert read_back.startswith("Esto es lo que tengo: ") and "el martes, 8 de diciembre a las 14:00, a nombre de Sam." in read_back
+    assert read_back.endswith("¿Lo reservo?") and f"{NBSP}US$" in read_back

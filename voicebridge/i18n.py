@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.resources
+import json
 from decimal import Decimal
 from typing import Any, Iterable, Mapping
-
-import json
 
 import attrs
 from babel import Locale, UnknownLocaleError
@@ -110,10 +109,13 @@ class Translators:
         if self.several:
             return (f"Languages: answer in the caller's language if it is one of {', '.join(names)}; otherwise "
                     f"in {names[0]}. As soon as you know which of these the caller speaks, call {SET_LANGUAGE} "
-                    "(again if they switch), so that the texts the tools give you are in that language.")
+                    "(again if they switch), so that the texts the tools give you are in that language. The "
+                    "bridge's instructions during the call are in English: say what they ask in the caller's "
+                    "language.")
         if self.languages == (SOURCE_LANGUAGE,):
             return ""
-        return f"Language: speak {names[0]} with the caller."
+        return (f"Language: speak {names[0]} with the caller. The bridge's instructions during the call are in "
+                f"English: say what they ask in {names[0]}.")
 
     def language_tool(self) -> dict[str, Any]:
         """The `set_language` function tool (offered only when the business has several languages)."""
