@@ -69,6 +69,12 @@ class Config:
     port: int = 8080
     db_path: Path | str = Path("voicebridge.sqlite3")  # an SQLite file, or a postgresql:// URL
     record_dir: Path | None = None
+    # recordings of the calls' audio: "twilio" (Twilio's dual-channel recording), "local" (the
+    # bridge's own stereo WAV); empty: none. Files go to audio_recording_dir (default: a
+    # `recordings` folder beside the SQLite database, or in the working directory for PostgreSQL).
+    audio_recording: frozenset[str] = frozenset()
+    audio_recording_dir: Path = attrs.field(
+        default=attrs.Factory(lambda self: _default_recordings(self.db_path), takes_self=True))
     log_level: str = "INFO"
     log_format: str = "auto"  # "json", "text", or "auto": text on a terminal, json otherwise
     # Debugging fallback only: media streams served by Hypercorn/Quart, Realtime client trio-websocket.
@@ -157,6 +163,9 @@ class Config:
             port=g.get("VOICEBRIDGE_PORT", _port, 8080),
             db_path=g.get("VOICEBRIDGE_DB", _db, _DEFAULT_DB),
             record_dir=g.get("VOICEBRIDGE_RECORD_DIR", _path, None),
+            audio_recording=g.get("VOICEBRIDGE_AUDIO_RECORDING", _recording_kinds, frozenset()),
+            audio_recording_dir=g.get("VOICEBRIDGE_AUDIO_RECORDING_DIR", _path,
+                                      _default_recordings(g.get("VOICEBRIDGE_DB", _db, _DEFAULT_DB))),
             log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
             log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text", "auto")), "auto"),
             framework_sockets=g.get("VOICEBRIDGE_FRAMEWORK_SOCKETS", _bool, False),
@@ -258,6 +267,8 @@ class Config:
                 value = str(value)
             elif isinstance(value, tuple):
                 value = [str(v) for v in value]
+            elif isinstance(value, frozenset):
+                value = sorted(value)
             elif isinstance(value, Prices):
                 continue
             out[f.name] = value
@@ -458,6 +469,22 @@ def _db(raw: str) -> Path | str:
     elif "://" in raw:
         raise ValueError("expected a file path, sqlite:///path or postgresql://user@host/dbname")
     return _path(raw)
+
+
+def _default_recordings(db: Path | str) -> Path:
+    """Call recordings live beside the SQLite database (for PostgreSQL: in the working directory)."""
+    return db.parent / "recordings" if isinstance(db, Path) else Path("recordings")
+
+
+RECORDING_KINDS = ("twilio", "local")
+
+
+def _recording_kinds(raw: str) -> frozenset[str]:
+    kinds = frozenset(k.strip().lower() for k in raw.split(",") if k.strip())
+    unknown = sorted(kinds - set(RECORDING_KINDS))
+    if unknown:
+        raise ValueError(f"unknown kind {', '.join(unknown)}; expected a comma list of {', '.join(RECORDING_KINDS)}")
+    return kinds
 
 
 def _secret16(raw: str) -> str:

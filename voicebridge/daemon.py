@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import trio
 
-from voicebridge.business import Business, Businesses, packaged_business
+from voicebridge.business import DEFAULT_SLUG, Business, Businesses, packaged_business
 from voicebridge.config import Config
 from voicebridge.ops.cost import CallCost
 from voicebridge.engine.flow import FlowSettings
@@ -45,6 +45,7 @@ from voicebridge.ops.outbox import CalendarWorker, OutboxWorker
 from voicebridge.edges.protocol import realtime as rt
 from voicebridge.edges.protocol import twilio_media as tw
 from voicebridge.edges.calendar import CalDavCalendar
+from voicebridge.edges.call_audio import local_recorder
 from voicebridge.edges.ical import CalendarFeed, FeedSource
 from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures, stream_token_secret, token_binding
 from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call, utc_now
@@ -91,8 +92,9 @@ def realtime_connector(config: Config) -> Connector:
 def make_call_setup(config: Config, job: Job, connector: Connector, *,
                     check_start: Callable[[tw.Start], Any] | None = None,
                     prepare_tool: PrepareTool | None = None,
-                    wall_clock: Callable[[], datetime] | None = None) -> CallSetup:
-    """How every call is set up: Realtime session settings, the job's tools and words, timers."""
+                    wall_clock: Callable[[], datetime] | None = None, business: str = DEFAULT_SLUG) -> CallSetup:
+    """How every call is set up: Realtime session settings, the job's tools and words, timers, and
+    (VOICEBRIDGE_AUDIO_RECORDING=local) the business's recording of each call's audio."""
     return CallSetup(
         connect=connector,
         session=rt.SessionSettings(
@@ -110,6 +112,7 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         record_settings={"business": name} if (name := packaged_business(config, job.name)) else {},
         prepare_tool=prepare_tool,
         wall_clock=wall_clock or utc_now,
+        audio_tap=local_recorder(config.audio_recording_dir, business) if "local" in config.audio_recording else None,
     )
 
 
@@ -184,7 +187,7 @@ class Daemon:
         self.setups = {b.slug: make_call_setup(
             b.config, b.job, connect, check_start=self._check_start,
             prepare_tool=tool_preparer(b.job, store, busy_source or self.calendar, clock=wall_clock),
-            wall_clock=wall_clock) for b in businesses}
+            wall_clock=wall_clock, business=b.slug) for b in businesses}
         self.setup = self.setups[businesses.default.slug]
 
     # -- pre-warm ----------------------------------------------------------------------------
