@@ -3,6 +3,8 @@
 Every setting has one environment variable. Units are in the attribute names (`_s`, `_ms`,
 `_bp` = basis points, `_usd`). A bad value raises `ConfigError` whose message names the
 variable, so the daemon stops with one clear line.
+
+Why this module is long: every setting, its default and its parser are here, in one place.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ class Config:
             businesses=g.get("VOICEBRIDGE_BUSINESSES", _paths, ()),
             menu_path=g.get("VOICEBRIDGE_MENU", _path, None),
             tax_rate_bp=g.get("VOICEBRIDGE_TAX_RATE", _rate_bp, 800),
-            languages=g.get("VOICEBRIDGE_LANGUAGES", _languages, None),
+            languages=g.get("VOICEBRIDGE_LANGUAGES", _languages_setting, None),
             order_webhook_url=g.get("ORDER_WEBHOOK_URL", _http_url, None),
             order_webhook_secret=g.get("ORDER_WEBHOOK_SECRET", _nonempty, None),
             webhook_max_attempts=g.get("VOICEBRIDGE_WEBHOOK_MAX_ATTEMPTS", _int_range(1, 100), 8),
@@ -378,16 +380,10 @@ def _rate_bp(raw: str) -> int:
     return int(bp)
 
 
-def _languages(raw: str) -> tuple[str, ...]:
-    """ "en,es": the business's languages, the first the default (voicebridge.i18n)."""
-    from voicebridge.i18n import LanguageError, load_translators, parse_languages
+def _languages_setting(raw: str) -> tuple[str, ...]:
+    from voicebridge.i18n import languages_setting
 
-    try:
-        codes = parse_languages(raw, "languages")
-        load_translators(codes)  # a language without a catalog is a setting error now, not at the first call
-    except LanguageError as exc:
-        raise ValueError(str(exc).removeprefix("languages: ")) from None
-    return codes
+    return languages_setting(raw)
 
 
 def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:

@@ -188,6 +188,16 @@ def parse_languages(value: Any, where: str) -> tuple[str, ...]:
     return codes
 
 
+def languages_setting(raw: str) -> tuple[str, ...]:
+    """VOICEBRIDGE_LANGUAGES ("es,en"): codes that each have words here; ValueError naming the problem."""
+    try:
+        codes = parse_languages(raw, "languages")
+        load_translators(codes)  # a language without a catalog is a setting error at start, not at the first call
+    except LanguageError as exc:
+        raise ValueError(str(exc).removeprefix("languages: ")) from None
+    return codes
+
+
 def _catalog(code: str) -> Any:
     """The catalog of `code`, or of its language without the region ("es_MX" -> "es") if it has none."""
     root = importlib.resources.files("voicebridge") / "locale"
