@@ -3,6 +3,8 @@
 Every setting has one environment variable. Units are in the attribute names (`_s`, `_ms`,
 `_bp` = basis points, `_usd`). A bad value raises `ConfigError` whose message names the
 variable, so the daemon stops with one clear line.
+
+Why this module is long: every setting, its default and its parser are here, in one place.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Config:
     # ordering
     menu_path: Path | None = None  # VOICEBRIDGE_MENU: the pizza job's business file (an alias)
     tax_rate_bp: int = 800  # 8.00 %
+    languages: tuple[str, ...] | None = None  # VOICEBRIDGE_LANGUAGES: a business file's `languages` wins; else en
     order_webhook_url: str | None = None
     order_webhook_secret: str | None = None
     webhook_max_attempts: int = 8
@@ -176,6 +179,7 @@ class Config:
             businesses=g.get("VOICEBRIDGE_BUSINESSES", _paths, ()),
             menu_path=g.get("VOICEBRIDGE_MENU", _path, None),
             tax_rate_bp=g.get("VOICEBRIDGE_TAX_RATE", _rate_bp, 800),
+            languages=g.get("VOICEBRIDGE_LANGUAGES", _languages_setting, None),
             order_webhook_url=g.get("ORDER_WEBHOOK_URL", _http_url, None),
             order_webhook_secret=g.get("ORDER_WEBHOOK_SECRET", _nonempty, None),
             webhook_max_attempts=g.get("VOICEBRIDGE_WEBHOOK_MAX_ATTEMPTS", _int_range(1, 100), 8),
@@ -374,6 +378,12 @@ def _rate_bp(raw: str) -> int:
     if bp != bp.to_integral_value():
         raise ValueError("expected a rate in whole basis points (at most two decimals of a percent)")
     return int(bp)
+
+
+def _languages_setting(raw: str) -> tuple[str, ...]:
+    from voicebridge.i18n import languages_setting
+
+    return languages_setting(raw)
 
 
 def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:

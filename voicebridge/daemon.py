@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import trio
 
-from voicebridge.business import DEFAULT_SLUG, Business, Businesses
+from voicebridge.business import DEFAULT_SLUG, Business, Businesses, packaged_business
 from voicebridge.config import Config
 from voicebridge.ops.cost import CallCost
 from voicebridge.engine.flow import FlowSettings
@@ -101,7 +101,8 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         connect=connector,
         session=rt.SessionSettings(
             instructions=job.instructions((wall_clock or utc_now)()),  # re-made for each session
-            tools=tuple(job.tool_definitions()), voice=config.voice, audio_format=config.audio_format),
+            tools=tuple(job.tool_definitions()), voice=config.voice, audio_format=config.audio_format,
+            language=rt.transcription_language(job.languages)),
         flow=FlowSettings(
             silence_timeout_s=config.silence_timeout_s, max_call_s=config.max_call_s,
             response_stall_timeout_s=config.response_stall_timeout_s,
@@ -110,6 +111,7 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         connect_timeout_s=config.realtime_connect_timeout_s,
         check_start=check_start,
         record_dir=config.record_dir,
+        record_settings={"business": name} if (name := packaged_business(config, job.name)) else {},
         prepare_tool=prepare_tool,
         wall_clock=wall_clock or utc_now,
         audio_tap=local_recorder(config.audio_recording_dir, business) if "local" in config.audio_recording else None,

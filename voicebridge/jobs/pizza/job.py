@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from voicebridge.engine.job import CommitError, Committed, JobPrompts, ToolResult, Transaction
+from voicebridge.i18n import ENGLISH, SET_LANGUAGE, Translator, Translators, set_language
 from voicebridge.jobs.pizza.day import DayBox
 from voicebridge.jobs.pizza.menu import Menu
 from voicebridge.jobs.pizza.order import FULFILLMENTS, Order, OrderError
@@ -102,6 +103,12 @@ class PizzaJob:
     schema: tuple[tuple[str, ...], ...] = SCHEMA
     # What is sold out and whether the shop is closed now: a snapshot the daemon replaces.
     day: DayBox = attrs.field(factory=DayBox, eq=False)
+    # The menu's languages with their catalogs, loaded by the composition point (business.py).
+    translators: Translators = attrs.field(default=ENGLISH, eq=False)
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return self.translators.languages
 
     @property
     def prompts(self) -> JobPrompts:
@@ -141,14 +148,14 @@ class PizzaJob:
         nxt = next_opening(opening, after or now)
         return None if nxt is None else say_opening(nxt, now, opening.tz)
 
-    def refusal(self, task: Order, name: str, now: datetime) -> str | None:
+    def refusal(self, task: Order, name: str, now: datetime, tr: Translator = ENGLISH.default) -> str | None:
         """Why tool `name` (or, for "confirm_order", the commit) cannot go ahead at `now`; None if it can.
 
         Staff's "closed now" refuses every order. Outside the hours a shop that takes orders ahead
         builds the order and confirms it only for a time inside the hours; other shops refuse."""
         day = self.day.current
         if day.closed:
-            return day.closed_text()
+            return day.closed_text(tr)
         closed = self.closed_by_hours(now)
         if closed is not None and self.menu.when_closed != "order_ahead":
             return closed
@@ -213,6 +220,9 @@ class PizzaJob:
 
     def instructions(self, now: datetime) -> str:
         text = session_instructions(self.menu.shop_name, self.menu.summary_text())
+        language = self.translators.instructions()
+        if language:
+            text = f"{text}\n\n{language}"
         note = self.day.current.note_for_model(self.menu)
         closed = self.closed_by_hours(now)
         if closed is not None:
@@ -220,24 +230,28 @@ class PizzaJob:
         return f"{text}\n\nToday: {note}" if note else text
 
     def tool_definitions(self) -> list[dict[str, Any]]:
-        return tool_definitions(self.menu)
+        tools = tool_definitions(self.menu)
+        return [*tools, self.translators.language_tool()] if self.translators.several else tools
 
     def new_task(self, caller_number: str | None) -> Order:
         return Order.empty(caller_number=caller_number)
 
     def run_tool(self, task: Order, name: str, arguments: str, now: datetime) -> ToolResult:
+        if name == SET_LANGUAGE and self.translators.several:
+            return set_language(self.translators, task, arguments)
         day = self.day.current
+        tr = self.translators.get(task.language)
         if name == "set_pickup_time" and self.menu.opening is not None:
             return self.set_pickup_time(task, arguments, now)
         if name in ("add_item", "update_item", "confirm_order"):
-            why = self.refusal(task, name, now)
+            why = self.refusal(task, name, now, tr)
             if why is not None:
                 return _refused(why)
         before = list(task.lines)
-        result = execute_tool(task, self.menu, name, arguments, tax_rate_bp=self.tax_rate_bp)
+        result = execute_tool(task, self.menu, name, arguments, tax_rate_bp=self.tax_rate_bp, tr=tr)
         if result.changed and name in ("add_item", "update_item"):
             for line in task.lines:
-                why = None if any(line is b for b in before) else day.refusal(self.menu, line.item, line.size)
+                why = None if any(line is b for b in before) else day.refusal(self.menu, line.item, line.size, tr)
                 if why is not None:  # sold out: the order stays as it was, the model says why
                     task.lines[:] = before
                     return _refused(why)
