@@ -17,6 +17,7 @@ import re
 import time
 import urllib.parse
 import wave
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -360,3 +361,58 @@ def test_recording_settings_are_read_and_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="TWILIO_ACCOUNT_SID"):
         Config.from_env(serve, env_file=empty).check_serve()
     Config.from_env({**serve, "TWILIO_ACCOUNT_SID": ACCOUNT}, env_file=empty).check_serve()
+
+
+async def test_a_recording_is_kept_once_on_either_engine(db_target: Path | str) -> None:
+    """SQLite and PostgreSQL: a repeated completed callback adds no row and no second download; the
+    recording takes its call's business; a failed recording is kept with no download queued."""
+    store = await Store.open(db_target)
+    try:
+        call_sid, other = new_sid("CA"), new_sid("CA")
+        await store.call_started(call_sid, stream_sid=None, from_number=None, to_number=None, direction="inbound",
+                                 started_at=datetime.now(timezone.utc), business="north")
+        for fresh in (True, False):
+            assert await store.recording_received(RECORDING_SID, call_sid, status="completed", duration_s=75,
+                                                  channels=2) is fresh
+        failed = "RE" + "f" * 32
+        assert await store.recording_received(failed, other, status="failed", duration_s=None, channels=None)
+        (row,) = await store.recordings_of(call_sid)
+        assert (row.business, row.status, row.duration_s, row.file_name) == ("north", "completed", 75, None)
+        box = await store.outbox_for(f"recording:{RECORDING_SID}", "recording")
+        assert box is not None and box.business == "north" and box.state == "pending"
+        assert await store.outbox_for(f"recording:{failed}", "recording") is None
+        await store.recording_downloaded(RECORDING_SID, file_name=f"north/{call_sid}.twilio.wav", file_bytes=10)
+        (row,) = await store.recordings_of(call_sid)
+        assert (row.file_name, row.file_bytes) == (f"north/{call_sid}.twilio.wav", 10) and row.downloaded_at
+    finally:
+        await store.aclose()
+
+
+def test_calls_show_names_the_local_file_and_one_retention_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`calls show` names the bridge's own WAV with its length read from the file, and says so when an
+    old call's file is gone (deleted by retention)."""
+    db, folder = tmp_path / "vb.sqlite3", tmp_path / "recordings"
+    recent, old = "CA" + "1" * 32, "CA" + "2" * 32
+
+    async def seed() -> None:
+        store = await Store.open(db)
+        await store.call_started(recent, stream_sid=None, from_number=None, to_number=None, direction="inbound",
+                                 started_at=datetime.now(timezone.utc))
+        await store.call_started(old, stream_sid=None, from_number=None, to_number=None, direction="inbound",
+                                 started_at=datetime(2020, 1, 1, tzinfo=timezone.utc))
+        await store.aclose()
+
+    trio.run(seed)
+    (folder / "default").mkdir(parents=True)
+    (folder / "default" / f"{recent}.local.wav").write_bytes(a_wav(seconds=64))
+    monkeypatch.setenv("VOICEBRIDGE_DB", str(db))
+    monkeypatch.setenv("VOICEBRIDGE_AUDIO_RECORDING", "local")
+    monkeypatch.setenv("VOICEBRIDGE_AUDIO_RECORDING_KEEP_DAYS", "30")
+    assert main(["calls", "show", recent]) == 0
+    out = capsys.readouterr().out
+    assert f"Recordings (in {folder}):" in out
+    assert re.search(rf"local\s+1:04\s+default/{recent}\.local\.wav\s+on disk", out), out
+    assert main(["calls", "show", old]) == 0
+    assert re.search(rf"local\s+-\s+default/{old}\.local\.wav\s+deleted \(older than 30 days\)",
+                     capsys.readouterr().out)
