@@ -109,7 +109,7 @@ def _recordings(row: CallRow, twilio: list[tuple[RecordingRow, OutboxRow | None]
         elif rec.status != "completed":
             state = f"not made (Twilio: {rec.status})"
         elif download is not None and download.state == "dead":
-            state = f"download failed ({download.last_error or 'unknown error'}; `voicebridge resend {download.subject}`)"
+            state = f"download failed ({download.last_error or 'unknown error'}; still at Twilio)"
         else:
             tries = download.attempts if download is not None else 0
             last = f", last: {download.last_error}" if download is not None and download.last_error else ""

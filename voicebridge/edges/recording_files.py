@@ -16,6 +16,7 @@ recordings of the protocol messages, for `voicebridge replay`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -79,10 +80,8 @@ class PartFile:
 
     def discard(self) -> None:
         self.file.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):  # already gone: nothing left to clean
             self.temp.unlink()
-        except FileNotFoundError:
-            pass  # already gone: nothing left to clean
 
 
 def wav_seconds(path: Path) -> float | None:

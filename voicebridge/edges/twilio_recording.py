@@ -11,8 +11,9 @@ When the recording is complete Twilio posts `/recording-status`; the web app kee
 and `RecordingDownloader` fetches `<api>/2010-04-01/Accounts/{AC}/Recordings/{RE}.wav` with the
 account's credentials into `<recordings>/<business>/<CallSid>.twilio.wav`. The outbox is what
 makes a failed download come back: a row leased to one process at a time, retried with backoff,
-kept as dead after `max_attempts` (and revived by `voicebridge resend recording:RE...`); the
-rows are in the database, so a download pending when the daemon stops resumes at its next start.
+kept as dead after `max_attempts` (`VOICEBRIDGE_WEBHOOK_MAX_ATTEMPTS`; the recording then stays at
+Twilio, and `voicebridge calls show` names it); the rows are in the database, so a download
+pending when the daemon stops resumes at its next start.
 The URL is built from the RecordingSid and `TWILIO_API_BASE_URL`, never taken from the callback,
 so the credentials only ever go to the configured API.
 """
@@ -109,7 +110,7 @@ class RecordingDownloader(_Delivery):
                 self._client = None
 
     def _resend_hint(self, row: OutboxRow) -> str:
-        return f"; `voicebridge resend {row.subject}` tries again"
+        return f"; the recording stays at Twilio as {row.subject.partition(':')[2]}"
 
     async def _send(self, row: OutboxRow) -> str | None:
         if row.event != RECORDING_DOWNLOAD:
