@@ -171,10 +171,14 @@ async def test_a_recorded_call_is_announced_recorded_in_two_channels_and_downloa
             api_url = await serve_api(outer, api)
             async with running(tmp_path, **recording_settings(tmp_path, api_url)) as r, \
                     httpx.AsyncClient(base_url=r.base) as http:
+                placed_at = datetime.now(timezone.utc)
                 result = await place_call(r.base, load_scenario("dtmf_transfer"), public_url=PUBLIC,
-                                          auth_token=TOKEN)
+                                          auth_token=TOKEN, spoken_verbs=True)
                 assert result.incoming_twiml is not None
                 verbs = result.incoming_twiml.verbs
+                (call,) = await r.store.list_calls()
+                said_s = len(CONSENT.split()) / 2.5  # Twilio's voices speak about 150 words a minute
+                assert (call.started_at - placed_at).total_seconds() >= said_s  # the stream waits for the Say
                 assert isinstance(verbs[0], Say) and verbs[0].text == CONSENT and isinstance(verbs[1], Connect)
                 assert result.executed[:2] == list(verbs[:2])  # Twilio says it, then connects the stream
                 await until(lambda: api.creates())
