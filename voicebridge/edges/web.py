@@ -62,7 +62,8 @@ def _plain(text: str, status: int) -> Response:
 
 
 def _small_int(raw: str) -> int | None:
-    return int(raw) if raw.isdigit() and len(raw) < 6 else None
+    """A count of seconds (or channels) from a callback form: 0 to a day, else None (unknown)."""
+    return int(raw) if raw.isdigit() and len(raw) < 6 and int(raw) <= 86_400 else None
 
 
 def _path_qs() -> str:
