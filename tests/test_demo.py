@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import io
+import wave
 from pathlib import Path
 
 import trio
@@ -25,3 +27,10 @@ async def test_demo_prints_the_call_the_confirmed_order_and_its_delivery(tmp_pat
     assert "webhook: webhook received order #1: 2 items, total $32.94" in text
     assert f"order #1 in {tmp_path / 'demo.sqlite3'}: total $32.94, webhook delivery: delivered" in text
     assert result.delivery_state == "delivered"
+    # the call's own recording, offline: caller left, what the caller heard right, both with sound
+    assert result.recording is not None and result.recording.parent == tmp_path / "recordings" / "default"
+    assert f"the call's recording (caller left, what the caller heard right): {result.recording}" in text
+    with wave.open(str(result.recording), "rb") as w:
+        assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (2, 8000, 2)
+        samples = array.array("h", w.readframes(w.getnframes()))
+    assert any(samples[0::2]) and any(samples[1::2])

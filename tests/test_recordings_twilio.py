@@ -307,6 +307,7 @@ async def test_retention_deletes_old_recordings_at_start_and_then_every_hour(
     new = file("CA2.twilio.wav", 29)
     stray = file("notes.txt", 400)
     leftover = file(".CA3.twilio.wav.ab12cd34.part", 31)
+    partial = file("CA4.local.partial.wav", 31)
     async def inline(fn: Any) -> Any:  # the pass in the test's own thread: virtual time cannot run past it
         return fn()
 
@@ -315,7 +316,7 @@ async def test_retention_deletes_old_recordings_at_start_and_then_every_hour(
         await nursery.start(functools.partial(retention_task, folder, 30, run_sync=inline,
                                               wall_clock=lambda: now + trio.current_time() - start))
         await trio.sleep(1)
-        assert not old_twilio.exists() and not old_local.exists() and not leftover.exists()
+        assert not old_twilio.exists() and not old_local.exists() and not leftover.exists() and not partial.exists()
         assert new.exists() and stray.exists()
         os.utime(new, (now - 30 * 86_400 + 1800, now - 30 * 86_400 + 1800))  # 30 days old in half an hour
         await trio.sleep(3598)
@@ -356,7 +357,7 @@ def test_recording_settings_are_read_and_checked(tmp_path: Path) -> None:
     pg = Config.from_env({"VOICEBRIDGE_DB": "postgresql://vb@db/vb", "STATE_DIRECTORY": str(tmp_path / "state")},
                          env_file=empty)
     assert pg.audio_recording_dir == tmp_path / "state" / "recordings"
-    with pytest.raises(ConfigError, match="VOICEBRIDGE_AUDIO_RECORDING: expected a comma list of twilio, local"):
+    with pytest.raises(ConfigError, match="VOICEBRIDGE_AUDIO_RECORDING: unknown kind disk; expected a comma list of twilio, local"):
         Config.from_env({**env, "VOICEBRIDGE_AUDIO_RECORDING": "twilio,disk"}, env_file=empty)
     with pytest.raises(ConfigError, match="VOICEBRIDGE_AUDIO_RECORDING_KEEP_DAYS"):
         Config.from_env({**env, "VOICEBRIDGE_AUDIO_RECORDING_KEEP_DAYS": "-1"}, env_file=empty)

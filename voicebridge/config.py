@@ -24,7 +24,7 @@ DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 JOBS = ("pizza", "appointments")  # VOICEBRIDGE_JOB
-AUDIO_RECORDING_KINDS = ("twilio", "local")  # VOICEBRIDGE_AUDIO_RECORDING
+RECORDING_KINDS = ("twilio", "local")  # VOICEBRIDGE_AUDIO_RECORDING
 DEFAULT_RECORDING_CONSENT = "This call is recorded."
 
 
@@ -74,10 +74,12 @@ class Config:
     port: int = 8080
     db_path: Path | str = Path("voicebridge.sqlite3")  # an SQLite file, or a postgresql:// URL
     record_dir: Path | None = None  # JSONL wire recordings for `voicebridge replay` (not audio)
-    # call audio recordings (off by default): "twilio" (Twilio's dual-channel recording, downloaded)
-    # and/or "local" (the bridge's own stereo WAV), into <audio_recording_dir>/<business>/<CallSid>.<kind>.wav
+    # recordings of the calls' audio: "twilio" (Twilio's dual-channel recording, downloaded), "local" (the
+    # bridge's own stereo WAV); empty: none. Files go to <audio_recording_dir>/<business>/<CallSid>.<kind>.wav
+    # (default: a `recordings` folder beside the SQLite database, or in the working directory for PostgreSQL).
     audio_recording: frozenset[str] = frozenset()
-    audio_recording_dir: Path = Path("recordings")
+    audio_recording_dir: Path = attrs.field(
+        default=attrs.Factory(lambda self: _default_recordings(self.db_path), takes_self=True))
     audio_recording_keep_days: int = 30  # files older are deleted by the daemon; 0 keeps them forever
     audio_recording_consent: str = DEFAULT_RECORDING_CONSENT
     log_level: str = "INFO"
@@ -467,21 +469,27 @@ def _db(raw: str) -> Path | str:
     return _path(raw)
 
 
+def _default_recordings(db: Path | str) -> Path:
+    """Call recordings live beside the SQLite database (for PostgreSQL: in the working directory)."""
+    return db.parent / "recordings" if isinstance(db, Path) else Path("recordings")
+
+
 def default_recording_dir(db: Path | str, env: Mapping[str, str]) -> Path:
     """Where audio recordings go by default: a `recordings` folder beside the SQLite database; with
     PostgreSQL, under the service's state directory (systemd's $STATE_DIRECTORY), else the working one."""
-    if isinstance(db, Path):
-        return db.parent / "recordings"
     state = (env.get("STATE_DIRECTORY") or "").split(":")[0]
-    return Path(state) / "recordings" if state else Path("recordings")
+    if isinstance(db, str) and state:
+        return Path(state) / "recordings"
+    return _default_recordings(db)
+
 
 
 def _recording_kinds(raw: str) -> frozenset[str]:
-    kinds = [k.strip().lower() for k in raw.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in AUDIO_RECORDING_KINDS]
+    kinds = frozenset(k.strip().lower() for k in raw.split(",") if k.strip())
+    unknown = sorted(kinds - set(RECORDING_KINDS))
     if unknown:
-        raise ValueError(f"expected a comma list of {', '.join(AUDIO_RECORDING_KINDS)} (or empty: off)")
-    return frozenset(kinds)
+        raise ValueError(f"unknown kind {', '.join(unknown)}; expected a comma list of {', '.join(RECORDING_KINDS)}")
+    return kinds
 
 
 def _consent(raw: str) -> str:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import trio
 
-from voicebridge.business import Business, Businesses
+from voicebridge.business import DEFAULT_SLUG, Business, Businesses
 from voicebridge.config import Config
 from voicebridge.ops.cost import CallCost
 from voicebridge.engine.flow import FlowSettings
@@ -48,6 +48,7 @@ from voicebridge.edges.twilio_recording import RecordingDownloader, start_record
 from voicebridge.edges.protocol import realtime as rt
 from voicebridge.edges.protocol import twilio_media as tw
 from voicebridge.edges.calendar import CalDavCalendar
+from voicebridge.edges.call_audio import local_recorder
 from voicebridge.edges.ical import CalendarFeed, FeedSource
 from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures, stream_token_secret, token_binding
 from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call, utc_now
@@ -94,8 +95,9 @@ def realtime_connector(config: Config) -> Connector:
 def make_call_setup(config: Config, job: Job, connector: Connector, *,
                     check_start: Callable[[tw.Start], Any] | None = None,
                     prepare_tool: PrepareTool | None = None,
-                    wall_clock: Callable[[], datetime] | None = None) -> CallSetup:
-    """How every call is set up: Realtime session settings, the job's tools and words, timers."""
+                    wall_clock: Callable[[], datetime] | None = None, business: str = DEFAULT_SLUG) -> CallSetup:
+    """How every call is set up: Realtime session settings, the job's tools and words, timers, and
+    (VOICEBRIDGE_AUDIO_RECORDING=local) the business's recording of each call's audio."""
     return CallSetup(
         connect=connector,
         session=rt.SessionSettings(
@@ -111,6 +113,7 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         record_dir=config.record_dir,
         prepare_tool=prepare_tool,
         wall_clock=wall_clock or utc_now,
+        audio_tap=local_recorder(config.audio_recording_dir, business) if "local" in config.audio_recording else None,
     )
 
 
@@ -190,7 +193,7 @@ class Daemon:
         self.setups = {b.slug: make_call_setup(
             b.config, b.job, connect, check_start=self._check_start,
             prepare_tool=tool_preparer(b.job, store, busy_source or self.calendar, clock=wall_clock),
-            wall_clock=wall_clock) for b in businesses}
+            wall_clock=wall_clock, business=b.slug) for b in businesses}
         self.setup = self.setups[businesses.default.slug]
 
     # -- pre-warm ----------------------------------------------------------------------------

@@ -102,8 +102,8 @@ class Swept:
 
 
 def _is_ours(name: str) -> bool:
-    if name.startswith(".") and name.endswith(_PART):
-        return True
+    if name.startswith(".") and name.endswith(_PART) or name.endswith(".local.partial.wav"):
+        return True  # a download's or a local recording's leftover (its process died): as old, as gone
     return any(name.endswith(f".{kind}.wav") for kind in KINDS) and not name.startswith(".")
 
 

@@ -66,6 +66,7 @@ class Playout:
         self._confirmed = 0  # highest position proven played by a mark echo
         self._echoed = False  # the anchor is a mark echo (not a guess at when playback started)
         self._seq = 0
+        self.cut_at = 0  # position the last `clear` cut the audio at (what was sent after it never played)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -117,6 +118,11 @@ class Playout:
         estimate = self._anchor_pos + round((now - self._anchor_t) * BYTES_PER_S)
         return max(self._confirmed, min(limit, estimate))
 
+    @property
+    def confirmed(self) -> int:
+        """Position proven played (a mark echo) or past a clear: audio before it can no longer be cut."""
+        return self._confirmed
+
     def is_playing(self) -> bool:
         """Audio has been sent that Twilio has not confirmed played (a mark is outstanding)."""
         return bool(self.pending)
@@ -136,7 +142,7 @@ class Playout:
         Every item the caller had not finished hearing is truncated at what was really played,
         clamped to what the model generated, and muted so its late deltas are dropped.
         """
-        played = self.played(now)
+        played = self.cut_at = self.played(now)
         cuts = []
         for item in self.items.values():
             if item.end > played:

@@ -21,7 +21,7 @@ import math
 import time
 from collections import deque
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import attrs
 import trio
@@ -85,6 +85,29 @@ class CallHooks:
     on_forward: Callable[[str, float], None] | None = None
 
 
+class AudioTap(Protocol):
+    """Where a call reports its audio for a recording of what was said and heard (edges/call_audio.py).
+
+    Positions are the playout's (engine/playout.py): bytes of µ-law sent to Twilio so far. Every
+    method is called from the call's tasks and must return quickly (no waiting on a disk).
+    """
+
+    def caller_audio(self, ulaw: bytes, timestamp_ms: int, now: float) -> None:
+        """A caller media frame, with its Twilio timestamp, received at `now`."""
+
+    def caller_hears(self, position: int, ulaw: bytes, now: float) -> None:
+        """Audio sent to the caller, starting at playout `position`."""
+
+    def played_to(self, position: int, now: float) -> None:
+        """Everything before `position` has played (a mark echo at `now`)."""
+
+    def cut(self, position: int, now: float) -> None:
+        """A barge-in's `clear`: what was sent from `position` on never played."""
+
+    def close(self, heard_to: int | None, now: float) -> Any:
+        """The call ended; what was sent from `heard_to` on was not heard."""
+
+
 @attrs.define
 class CallResult:
     call_sid: str | None
@@ -120,6 +143,9 @@ class CallSetup:
     # a replay, which runs a recorded call at the time it was recorded.
     wall_clock: Callable[[], datetime] = utc_now
     record_dir: Any = None  # Path | None
+    # Opens the call's recording of what was said and heard, given its CallSid and the trio time
+    # of its stream's start (None: not recorded); the daemon hands it in (VOICEBRIDGE_AUDIO_RECORDING).
+    audio_tap: Callable[[str, float], AudioTap | None] | None = None
 
 
 async def open_session(stream: MessageStream, settings: rt.SessionSettings, timeout_s: float) -> None:
@@ -175,8 +201,9 @@ class Call:
     """One live call: the flow, its channels, its sockets. Created and run by `run_call`."""
 
     def __init__(self, setup: CallSetup, twilio: MessageStream, start: tw.Start, hooks: CallHooks,
-                 recorder: CallRecorder | None) -> None:
+                 recorder: CallRecorder | None, tap: AudioTap | None = None) -> None:
         self.setup = setup
+        self.tap = tap
         self.twilio = twilio
         self.start = start
         self.hooks = hooks
@@ -253,6 +280,8 @@ class Call:
                 self._q_model += 1
                 await self.model_send.send(e.text)
         elif isinstance(e, SendCaller):
+            if e.kind == "clear" and self.tap is not None:
+                self.tap.cut(self.flow.playout.cut_at, trio.current_time())
             if self.outcome is None and not self._twilio_nowait(e.text):
                 self._q_twilio += 1
                 await self.twilio_send.send(e.text)
@@ -401,6 +430,8 @@ class Call:
                 self._bad_frame("twilio", exc)
                 continue
             if isinstance(ev, tw.Media):
+                if self.tap is not None:
+                    self._tap_caller(ev)
                 if flow.link_up:
                     self._frames_in += 1
                     timed = self.hooks.on_forward is not None and self._frames_in % LATENCY_SAMPLE_EVERY == 0
@@ -409,7 +440,10 @@ class Call:
                     self._held.append(ev.payload_b64)
                 continue
             if isinstance(ev, tw.MarkEcho):
-                flow.mark(ev.name, trio.current_time())
+                now = trio.current_time()
+                flow.mark(ev.name, now)
+                if self.tap is not None:
+                    self.tap.played_to(flow.playout.confirmed, now)
             elif isinstance(ev, tw.Dtmf):
                 flow.dtmf(ev.digit)
             elif isinstance(ev, tw.Stop):
@@ -592,6 +626,7 @@ class Call:
         if self.outcome is not None:
             return
         payload, n_bytes, generated_ms = ev.delta_b64, ev.n_bytes, ev.n_bytes / 8
+        ulaw: bytes | None = None
         if self.pcm16:  # PCM16 24 kHz from the model -> µ-law 8 kHz for the caller
             assert self._down is not None
             ulaw = audio.pcm16_to_ulaw(self._down.process(b64_decode("realtime", "delta", payload)))
@@ -599,6 +634,8 @@ class Call:
         name = self.flow.audio_delta(ev.response_id, ev.item_id, n_bytes, generated_ms, now)
         if name is None:
             return
+        if self.tap is not None:
+            self._tap_sent(self.flow.playout.sent - n_bytes, ulaw, payload, now)
         if self.flow.first_audio_at == now:
             ms = round((now - self.started_at) * 1000, 1)
             log.info("first audio to the caller %.1f ms after the stream started", ms,
@@ -616,6 +653,23 @@ class Call:
         self._q_twilio += 2
         await self.twilio_send.send(media)
         await self.twilio_send.send(mark)
+
+    def _tap_caller(self, ev: tw.Media) -> None:
+        assert self.tap is not None
+        try:
+            ulaw = b64_decode("twilio", "payload", ev.payload_b64)
+        except ProtocolError:  # forwarded as it came, as without a recording; the recording keeps silence
+            return
+        self.tap.caller_audio(ulaw, ev.timestamp_ms, trio.current_time())
+
+    def _tap_sent(self, position: int, ulaw: bytes | None, payload_b64: str, now: float) -> None:
+        assert self.tap is not None
+        if ulaw is None:
+            try:
+                ulaw = b64_decode("realtime", "delta", payload_b64)
+            except ProtocolError:  # passed on as it came (Twilio judges it); the recording keeps silence
+                return
+        self.tap.caller_hears(position, ulaw, now)
 
     async def timers(self) -> None:
         while True:
@@ -709,7 +763,8 @@ async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallS
                     result.outcome = "ai_failed"
                     nursery.cancel_scope.cancel()
                 else:
-                    call = Call(setup, twilio, start, hooks, recorder)
+                    tap = setup.audio_tap(start.call_sid, t0) if setup.audio_tap is not None else None
+                    call = Call(setup, twilio, start, hooks, recorder, tap)
                     call.nursery = nursery
                     call.sockets = sockets
                     call.started_at = t0
@@ -731,6 +786,14 @@ async def _run_started_call(twilio: MessageStream, start: tw.Start, setup: CallS
             # Also runs when the web layer cancels us (the caller's socket vanished, or shutdown):
             # the outcome is recorded and every socket closed whatever happened.
             try:
+                if call is not None and call.tap is not None:
+                    # However the call ended, its recording is finished before its socket closes:
+                    # what was sent but not yet heard by now, the caller never heard.
+                    now = trio.current_time()
+                    try:
+                        call.tap.close(call.flow.playout.played(now), now)
+                    except Exception:  # a recording's bug must not keep the call's end from being recorded
+                        log.exception("finishing the call's audio recording failed")
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + FINISH_TIMEOUT_S):
                     await _finish_call(call, result, twilio, t0, hooks)
             finally:

@@ -15,6 +15,7 @@ import logging
 import secrets
 import socket
 import sys
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TextIO
 
@@ -23,6 +24,7 @@ import trio
 
 from voicebridge.config import Config
 from voicebridge.business import SCHEMAS, build_job, job_name
+from voicebridge.edges.call_audio import recording_path
 from voicebridge.jobs.appointments.records import get_booking
 from voicebridge.jobs.appointments.words import say_when
 from voicebridge.jobs.pizza.menu import format_money
@@ -93,6 +95,7 @@ class DemoResult:
     delivery_state: str | None
     twilio_outcome: str
     events: list[tuple[str, dict[str, Any]]]
+    recording: Path | None = None  # the call's local stereo WAV (caller left, AI as heard right)
 
 
 @attrs.frozen
@@ -129,9 +132,11 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
         port = free_port()
         # Twilio only speaks to https/wss origins: the daemon believes it is DEMO_PUBLIC_URL (behind a
         # TLS proxy), and the local caller maps that origin to the loopback port, as a proxy would.
+        # The demo always records the call locally (it is offline: there is no Twilio recording to make).
         config = attrs.evolve(config, host="127.0.0.1", port=port, public_url=DEMO_PUBLIC_URL,
                               realtime_url=realtime_url, openai_api_key=config.openai_api_key or "local-peer",
-                              allow_unsigned=config.twilio_auth_token is None)
+                              allow_unsigned=config.twilio_auth_token is None,
+                              audio_recording=config.audio_recording | {"local"})
         store = await Store.open(config.db_path, schemas=SCHEMAS)
         login: str | None = None
         try:
@@ -151,6 +156,13 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
                 result = await place_call(f"http://127.0.0.1:{port}", scenario, public_url=DEMO_PUBLIC_URL,
                                           auth_token=config.twilio_auth_token)
             print(f"  Twilio continues the call with: {result.outcome}", file=out, flush=True)
+            recording: Path | None = recording_path(config.audio_recording_dir, daemon.businesses.default.slug,
+                                                    result.call_sid)
+            if recording is not None and recording.is_file():
+                print(f"  the call's recording (caller left, what the caller heard right): {recording}",
+                      file=out, flush=True)
+            else:
+                recording = None
             order_id = daemon_order_id(view)
             state = None
             if order_id is not None:
@@ -176,7 +188,7 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
                 await store.commit(lambda tx: staff_store.remove_account(tx, login, datetime.now(timezone.utc)))
             await store.aclose()
         nursery.cancel_scope.cancel()
-    return DemoResult(outcome, order_id, state, result.outcome, view.events)
+    return DemoResult(outcome, order_id, state, result.outcome, view.events, recording)
 
 
 async def print_committed(store: Store, job: str, committed_id: int, state: str | None, config: Config,
