@@ -70,6 +70,18 @@ def cpu_s(pid: int) -> float:
     return total / TICKS
 
 
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """CPU-s of each process of the tree (with VOICEBRIDGE_WORKERS=N: the supervisor and each worker)."""
+    out = {}
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[p] = (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
 def rss_mib(pid: int) -> float:
     total = 0
     for p in tree(pid):
@@ -93,12 +105,15 @@ def steal_share(before: list[int], after: list[int]) -> float:
 
 
 def start_daemon(port: int, realtime_url: str, workdir: Path, core: str,
-                 source: str | None = None) -> subprocess.Popen[bytes]:
+                 source: str | None = None, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`voicebridge serve` on `port`, pinned to `core`, once it said READY=1; `extra_env` overrides
+    (another database, the order webhook) for bench/instances.py."""
     env = {**os.environ, "OPENAI_API_KEY": "bench-key", "OPENAI_REALTIME_URL": realtime_url,
            "PUBLIC_URL": PUBLIC, "TWILIO_AUTH_TOKEN": TOKEN, "VOICEBRIDGE_HOST": "127.0.0.1",
            "VOICEBRIDGE_PORT": str(port), "VOICEBRIDGE_DB": str(workdir / "bench.sqlite3"),
            "VOICEBRIDGE_LOG_LEVEL": os.environ.get("VOICEBRIDGE_LOG_LEVEL", "WARNING")}
     env.pop("VOICEBRIDGE_ALLOW_UNSIGNED", None)
+    env.update(extra_env or {})
     if source:  # measure another checkout of voicebridge (e.g. the code before a change)
         env["PYTHONPATH"] = source
     cmd = ["taskset", "-c", core, sys.executable, "-m", "voicebridge", "serve"]
@@ -157,6 +172,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
         lg_cmd += ["--bridge", f"127.0.0.1:{port}", "--public-url", PUBLIC, "--twilio-token", TOKEN]
     lg = subprocess.Popen(lg_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           start_new_session=True)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     try:
         assert lg.stdout is not None and lg.stdin is not None and lg.stderr is not None
         realtime_url = json.loads(lg.stdout.readline())["realtime_url"]
@@ -169,7 +185,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(1.0)
         idle_rss = rss_mib(pid) if pid else None
         samples: dict[str, Any] = {"rss": []}
-        marks: dict[str, float] = {}
+        marks: dict[str, Any] = {}
 
         def watch() -> None:
             for raw in lg.stderr:  # type: ignore[union-attr]
@@ -178,10 +194,12 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     marks["stat0"] = cpu_times()
                     if pid:
                         marks["t0"], marks["cpu0"] = time.monotonic(), cpu_s(pid)
+                        marks["procs0"] = cpu_by_process(pid)
                 elif line == "STEADY_END":
                     marks["stat1"] = cpu_times()
                     if pid:
                         marks["t1"], marks["cpu1"] = time.monotonic(), cpu_s(pid)
+                        marks["procs1"] = cpu_by_process(pid)
                 elif line and not line.startswith("{") and args.verbose:
                     print("  loadgen:", line, file=sys.stderr)
                 elif line and not line.startswith("{"):
@@ -199,7 +217,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
         if lg.poll() is None:
             raise RuntimeError("load generator did not finish in time")
         w.join(timeout=5)
-        result = json.loads(lg.stdout.read().decode().strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(lg.stdout.read().decode().strip().splitlines()[-1])
         if pid and "cpu1" in marks:
             window_min = (marks["t1"] - marks["t0"]) / 60
             cpu = marks["cpu1"] - marks["cpu0"]
@@ -210,9 +228,14 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             result["rss_idle_mib"] = round(idle_rss or 0, 1)
             result["rss_steady_mib"] = round(max(rss), 1)
             result["rss_per_call_mib"] = round((max(rss) - (idle_rss or 0)) / n, 4)
+            # Each process's CPU over the window, busiest first (workers; the supervisor is ~0).
+            p0, p1 = marks["procs0"], marks["procs1"]
+            result["process_cpu_s"] = sorted((round(p1[p] - p0[p], 2) for p in p1 if p in p0), reverse=True)
         if "stat0" in marks and "stat1" in marks:  # a busy host (noisy neighbours) shows here
             result["machine_steal_share"] = steal_share(marks["stat0"], marks["stat1"])
         result["harness_errors"] = samples.get("errors", [])[:20]
+        # Other work on the shared machine shows here (1-minute load average, before and after).
+        result["load_before"], result["load_after"] = load_before, [round(x, 2) for x in os.getloadavg()]
         return result
     finally:
         stop(lg, signal.SIGKILL)
@@ -239,6 +262,9 @@ def main() -> int:
     ap.add_argument("--public-url", default="")
     ap.add_argument("--twilio-token", default="")
     ap.add_argument("--source", help="a directory holding another voicebridge package to measure (PYTHONPATH)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each N, all kept (bench/capacity.py takes medians)")
+    ap.add_argument("--repeat-from", type=int, default=0,
+                    help="number the runs from here (to add repeats to a label, e.g. interleaved with another)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     build_loadgen()
@@ -254,15 +280,19 @@ def main() -> int:
         res["workers"] = int(os.environ.get("VOICEBRIDGE_WORKERS", "1") or 1)
         res["bridge_cores"] = args.bridge_core
         res["harness_cores"] = args.harness_core
-        results[:] = [r for r in results if r["calls"] != res["calls"]] + [res]
-        results.sort(key=lambda r: r["calls"])
+        key = (res["calls"], res.get("repeat", 0))
+        results[:] = [r for r in results if (r["calls"], r.get("repeat", 0)) != key] + [res]
+        results.sort(key=lambda r: (r["calls"], r.get("repeat", 0)))
         out_path.write_text(json.dumps(results, indent=1) + "\n")
         print(line(res), flush=True)
 
     print(HEADER, flush=True)
     try:
-        for n in ns:
-            record(run_one(n, args))
+        for rep in range(args.repeat):
+            for n in ns:
+                res = run_one(n, args)
+                res["repeat"] = args.repeat_from + rep
+                record(res)
         if args.find_max:
             n = max(ns)
             while True:

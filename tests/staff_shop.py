@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import attrs
+import httpx
 import trio
 
-from voicebridge.business import SCHEMAS, build_job
+from voicebridge.business import SCHEMAS, Businesses, build_job
 from voicebridge.config import Config
 from voicebridge.daemon import Daemon, serve_daemon
 from voicebridge.edges.staff.auth import hash_password
+from voicebridge.edges.staff.routes import LOGIN_COOKIE
 from voicebridge.ops import staff_store as ss
 from voicebridge.ops.store import Store
 from voicebridge.peers.demo import DEMO_PUBLIC_URL, free_port
@@ -27,6 +29,17 @@ from voicebridge.peers.webhook_receiver import serve_webhook_receiver
 SCENARIO = Path(__file__).parent / "scenarios" / "quick_pepperoni.toml"
 STAFF = "counter"
 PASSWORD = secrets.token_urlsafe(12)
+
+
+async def staff_login(http: httpx.AsyncClient, name: str, password: str) -> httpx.Response:
+    """Log in as a browser does: the form's GET sets the CSRF cookie, its POST sends it back with the field."""
+    form = await http.get("/staff/login")
+    assert form.status_code == 200
+    kept = form.headers["set-cookie"].split(";")[0]
+    assert kept.startswith(LOGIN_COOKIE + "=")
+    token = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    return await http.post("/staff/login", data={"name": name, "password": password, "csrf": token},
+                           headers={"Cookie": kept})
 
 
 @attrs.define
@@ -45,10 +58,12 @@ class Shop:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def place(self) -> Any:
-        """Place one call and wait until the local caller has hung up; returns what Twilio was told."""
+    async def place(self, to_number: str | None = None) -> Any:
+        """Place one call (to `to_number`, a business's, if given) and wait until the local caller has
+        hung up; returns what Twilio was told."""
+        scenario = self.scenario if to_number is None else attrs.evolve(self.scenario, to_number=to_number)
         with trio.fail_after(self.scenario.max_s + 20):
-            result = await place_call(self.base, self.scenario, public_url=DEMO_PUBLIC_URL,
+            result = await place_call(self.base, scenario, public_url=DEMO_PUBLIC_URL,
                                       auth_token=self.daemon.config.twilio_auth_token)
         self.results.append(result)
         return result
@@ -68,7 +83,9 @@ class Shop:
 
 
 @asynccontextmanager
-async def open_shop(tmp: Path, **settings: Any) -> AsyncIterator[Shop]:
+async def open_shop(tmp: Path, accounts: tuple[tuple[str, str, bool], ...] = (), **settings: Any) -> AsyncIterator[Shop]:
+    """The shop; with `businesses=(folder,)` in `settings`, one deployment of several businesses.
+    `accounts`: more staff logins as (name, business, operator), each with PASSWORD."""
     scenario = load_scenario(str(SCENARIO))
     stop = trio.Event()
     secret = secrets.token_hex(16)
@@ -87,7 +104,13 @@ async def open_shop(tmp: Path, **settings: Any) -> AsyncIterator[Shop]:
             store = await Store.open(config.db_path, schemas=SCHEMAS)
             await store.commit(lambda tx: ss.add_account(tx, STAFF, hash_password(PASSWORD),
                                                          datetime.now(timezone.utc)))
-            daemon = Daemon(config, job=build_job(config), store=store)
+            for name, business, operator in accounts:
+                await store.commit(lambda tx, n=name, b=business, o=operator: ss.add_account(
+                    tx, n, hash_password(PASSWORD), datetime.now(timezone.utc), business=b, operator=o))
+            if config.businesses:
+                daemon = Daemon(config, businesses=Businesses.load(config), store=store)
+            else:
+                daemon = Daemon(config, job=build_job(config), store=store)
             shop = Shop(daemon, peer, nursery, scenario, port)
             daemon.observers.append(lambda sid, kind, fields: shop.events.append((sid, kind, fields)))
             await nursery.start(lambda task_status: serve_daemon(daemon, shutdown=stop, task_status=task_status))

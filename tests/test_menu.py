@@ -152,7 +152,7 @@ def test_menu_from_a_file_path(tmp_path: Path) -> None:
     menu = load_menu(path)
     assert menu.shop_name == "Test Slice"
     assert menu.source == str(path)
-    assert menu.hours[-1].open_min is None
+    assert menu.hours[-1].ranges == ()
 
 
 def test_missing_menu_file_names_the_file(tmp_path: Path) -> None:
@@ -236,12 +236,15 @@ def test_missing_day_in_hours_is_an_error() -> None:
 
 
 def test_bad_hours_name_the_day() -> None:
-    """Malformed or backwards hours name the weekday."""
+    """Malformed or empty hours name the weekday (a close before the open runs past midnight)."""
     assert bad(SMALL_MENU.replace('monday = "11:00-22:00"', 'monday = "11-22"')).startswith(
         'menu.toml: hours.monday: "11-22" is not "HH:MM-HH:MM"'
     )
-    assert bad(SMALL_MENU.replace('monday = "11:00-22:00"', 'monday = "22:00-11:00"')).startswith(
-        'menu.toml: hours.monday: "22:00-11:00" closes before it opens'
+    assert bad(SMALL_MENU.replace('monday = "11:00-22:00"', 'monday = "11:00-11:00"')).startswith(
+        'menu.toml: hours.monday: "11:00-11:00" opens and closes at the same time'
+    )
+    assert bad(SMALL_MENU.replace('monday = "11:00-22:00"', 'monday = "11:00-25:00"')).startswith(
+        'menu.toml: hours.monday: "11:00-25:00" is not a time of day'
     )
 
 

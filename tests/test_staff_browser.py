@@ -3,7 +3,8 @@
 The daemon runs for real on loopback with the local Realtime server, the local webhook receiver
 and the local Twilio caller; the browser logs in, watches a call's transcript grow and its order
 appear on the board without a reload, moves the order to ready, marks pepperoni sold out and sees
-the next call refused it. With VOICEBRIDGE_SCREENSHOTS=1 the test saves docs/staff-board.png and
+the next call refused it. In a deployment of two businesses, one business's staff see only its order.
+With VOICEBRIDGE_SCREENSHOTS=1 the test saves docs/staff-board.png and
 docs/staff-call.png from the real page.
 """
 
@@ -67,12 +68,12 @@ def screenshot(driver: Any, name: str) -> None:
         assert driver.save_screenshot(str(DOCS / name)), f"could not save {name}"
 
 
-def log_in(driver: Any, shop: Shop) -> None:
+def log_in(driver: Any, shop: Shop, name: str = STAFF) -> None:
     from selenium.webdriver.common.by import By
 
     driver.get(shop.base + "/staff/")
     assert driver.current_url.endswith("/staff/login")  # nothing shown before the login
-    driver.find_element(By.NAME, "name").send_keys(STAFF)
+    driver.find_element(By.NAME, "name").send_keys(name)
     driver.find_element(By.NAME, "password").send_keys(PASSWORD)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait_for(driver, lambda d: d.current_url.endswith("/staff/"))
@@ -154,3 +155,50 @@ def order_story(shop: Shop, browser: Any) -> None:
     log = browser.find_element(By.TAG_NAME, "table").text
     assert "counter order.ready order:1" in log and "counter menu.sold_out item:pepperoni" in log
 
+
+
+async def test_a_business_staff_member_sees_only_that_business_order(tmp_path: Path, browser: Any) -> None:
+    from test_businesses import two_businesses
+
+    folder = two_businesses(tmp_path / "businesses")
+    with trio.fail_after(60):
+        async with open_shop(tmp_path, accounts=(("ann", "luigis", False),), businesses=(folder,)) as shop:
+            await trio.to_thread.run_sync(two_businesses_story, shop, browser)
+
+
+def two_businesses_story(shop: Shop, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, shop, "ann")
+    assert "Luigi's Pizza" in text_of(browser, "header .shop")
+    rosa = trio.from_thread.run(commit_order, shop, "rosa", "Bob")
+    luigi = trio.from_thread.run(commit_order, shop, "luigis", "Ann")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"#board #order-{luigi}"), 10)  # live, by the stream
+    assert "Ann" in text_of(browser, "#board") and "Bob" not in text_of(browser, "#board")
+    browser.refresh()  # and on a fresh page
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"#board #order-{luigi}"), 10)
+    assert not browser.find_elements(By.CSS_SELECTOR, f"#order-{rosa}") and "Bob" not in text_of(browser, "main")
+
+
+async def commit_order(shop: Shop, business: str, customer: str) -> int:
+    """Commit an order for `business` as the daemon does for its call (its board event in the same transaction)."""
+    from datetime import datetime, timezone
+
+    from voicebridge.jobs.pizza.order import Order, OrderLine
+    from voicebridge.ops import staff_store as ss
+
+    found = shop.daemon.businesses.get(business)
+    assert found is not None
+    order = Order.empty(caller_number="+15550100111")
+    order.lines.append(OrderLine("margherita", "medium", 1))
+    order.customer_name, order.fulfillment = customer, "pickup"
+    now = datetime.now(timezone.utc)
+
+    def commit(tx: Any) -> int:
+        done = found.job.commit(tx, None, order, now)
+        ss.record(tx, None, "committed", f"pizza:{done.id}", {}, now, business)
+        return int(done.id)
+
+    order_id = await shop.daemon.store.commit(commit, now=now, business=business)
+    shop.daemon.staff_hub.stored()
+    return order_id

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import trio
-from staff_shop import SCENARIO
+from staff_shop import SCENARIO, staff_login
 
 from voicebridge.business import SCHEMAS
 from voicebridge.config import Config
@@ -31,7 +31,7 @@ async def test_demo_with_staff_page_shows_the_order_on_the_board_stream(tmp_path
         url, name, password = logins[0]
         base = url.removesuffix("/staff/")
         async with httpx.AsyncClient(base_url=base) as http:
-            r = await http.post("/staff/login", data={"name": name, "password": password})
+            r = await staff_login(http, name, password)
             assert r.status_code == 302
             cookie = {"Cookie": COOKIE + "=" + r.headers["set-cookie"].split(";")[0].split("=", 1)[1]}
             async with http.stream("GET", "/staff/events", headers=cookie) as stream:

@@ -52,6 +52,7 @@ from voicebridge.edges.call_audio import local_recorder
 from voicebridge.edges.ical import CalendarFeed, FeedSource
 from voicebridge.edges.security import StreamTokenError, StreamTokens, TwilioSignatures, stream_token_secret, token_binding
 from voicebridge.engine.session import Call, CallHooks, CallResult, CallSetup, Connector, SetupError, StreamRefused, connect_session, run_call, utc_now
+from voicebridge.jobs.pizza.day import Availability
 from voicebridge.ops import staff_store
 from voicebridge.ops.live_registry import LiveRegistry
 from voicebridge.ops.store import Store
@@ -63,6 +64,7 @@ log = logging.getLogger("voicebridge.daemon")
 Observer = Callable[[str, str, dict[str, Any]], None]  # (call_sid, kind, fields)
 MAX_REMEMBERED_OUTCOMES = 10_000
 OUTCOME_WAIT_S = 5.0
+DAY_FOLLOW_S = 1.0  # how soon a staff change made through another process reaches this one's calls
 PREWARM_CHECK_S = 1.0  # how often a waiting pre-warmed session looks for its call in another process
 
 
@@ -143,7 +145,7 @@ class Daemon:
                                    ttl_s=config.stream_token_ttl_s)
         self.observers: list[Observer] = []
         # The staff page's live updates (voicebridge.edges.staff): every call notice, fanned out.
-        self.staff_hub = StaffHub(cart_of=self.cart_of)
+        self.staff_hub = StaffHub(cart_of=self.cart_of, business_of=self.business_of)
         self.observers.append(self.staff_hub.observe)
         self.staff_tables = False  # the store has the staff tables (checked when serving starts)
         self.draining = False
@@ -354,7 +356,7 @@ class Daemon:
             done = business.job.commit(tx, call_sid, task, now)
             # The staff board's event, in the same transaction: a board never misses a committed order.
             if self.staff_tables:
-                staff_store.record(tx, None, "committed", f"{business.job.name}:{done.id}", {}, now)
+                staff_store.record(tx, None, "committed", f"{business.job.name}:{done.id}", {}, now, business.slug)
             return done
 
         done = await self.store.commit(commit, now=now, business=business.slug)
@@ -385,21 +387,68 @@ class Daemon:
         if not self.staff_tables:
             return
         now = datetime.now(timezone.utc)
-        await self.store.commit(lambda tx: staff_store.record(tx, None, f"delivery.{state}", row.subject, {}, now))
+        await self.store.commit(lambda tx: staff_store.record(tx, None, f"delivery.{state}", row.subject, {}, now,
+                                                              row.business))
         self.staff_hub.stored()
 
     def cart_of(self, call_sid: str) -> dict[str, Any] | None:
         """What a live call's task holds now, as the model is told it (the staff page shows it)."""
         call = self.live.get(call_sid)
-        return None if call is None else self.job.state_for_model(call.task)
+        return None if call is None else call.setup.job.state_for_model(call.task)
 
-    async def refresh_day(self) -> Any:
-        """Load the menu's day (sold out, closed now) from the store into the job; returns it."""
-        day = await self.store.read(staff_store.availability)
-        box = getattr(self.job, "day", None)
-        if box is not None:
-            box.current = day
-        return day
+    def business_of(self, call_sid: str) -> str | None:
+        """The business (slug) of a call starting or live on this process; None if there is none."""
+        return self._business_of.get(call_sid)
+
+    async def refresh_day(self, business: str | None = None) -> Any:
+        """Load the menu's day (sold out, closed now) of `business` (of every business if None) from
+        the store into its job, telling that business's live calls on this process what changed;
+        returns the day of `business` (of the default business if None)."""
+        days = await self.store.read(staff_store.availabilities)
+        for b in self.businesses:
+            if business is None or b.slug == business:
+                self._apply_day(b, days.get(b.slug, Availability()))
+        return days.get(business or self.businesses.default.slug, Availability())
+
+    def _apply_day(self, business: Business, day: Availability) -> None:
+        box = getattr(business.job, "day", None)
+        if box is None or box.current == day:
+            return
+        box.current = day
+        menu: Any = getattr(business.job, "menu", None)  # only a job with a menu's day has a `day` box
+        note = day.note_for_model(menu) or \
+            "Everything on the menu is available again, and the shop is open."
+        for sid, call in list(self.live.items()):
+            if self.business_of(sid) == business.slug:
+                call.tell_model(f"Update from the shop: {note}")
+
+    async def follow_store(self, *, every_s: float = DAY_FOLLOW_S,
+                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow what staff did through another process (another worker, another machine): the
+        store is the one truth, read every `every_s` in a few small queries. The menu's day is
+        applied where it changed; a take-over or end asked for one of this process's live calls is
+        carried out. What staff do through this process's own page is applied at once by the page;
+        this loop then finds nothing new."""
+        task_status.started()
+        failing = False
+        while True:
+            await trio.sleep(every_s)
+            try:
+                await self.refresh_day()
+                live = set(self.live)
+                if await self.store.read(staff_store.call_actions_pending):  # a read; writes only when asked
+                    now = datetime.now(timezone.utc)
+                    asked = await self.store.commit(partial(staff_store.take_call_actions, call_sids=live, now=now))
+                    for sid, outcome in asked.items():
+                        call = self.live.get(sid)
+                        if call is not None:
+                            call.end_now(outcome)
+            except Exception as exc:  # the store is down: calls keep the last known day; say so once
+                if not failing:
+                    log.warning("cannot follow the staff's changes in the store: %s", exc, extra={"event": "store_error"})
+                failing = True
+            else:
+                failing = False
 
     def _on_forward(self, direction: str, seconds: float) -> None:
         self.metrics.forwarding_latency_seconds.labels(direction).observe(seconds)
@@ -417,7 +466,7 @@ class Daemon:
         if sid is None:
             return
         self._remember_outcome(sid, result.outcome)
-        self._business_of.pop(sid, None)
+        business = self._business_of.pop(sid, None)
         if self.live.pop(sid, None) is not None:
             self.metrics.live_calls.dec()
         self.registry.ended(sid)
@@ -439,7 +488,8 @@ class Daemon:
         self.metrics.add_call_cost(total)
         details = {**cost.details(), "counts": result.counts, "first_audio_s": result.first_audio_s}
         for observe in self.observers:
-            observe(sid, "ended", {"outcome": result.outcome, "cost_usd": str(total), "committed_id": result.committed_id})
+            observe(sid, "ended", {"outcome": result.outcome, "cost_usd": str(total), "committed_id": result.committed_id,
+                                   "business": business})
         try:
             await self.store.call_ended(sid, outcome=result.outcome, ended_at=result.ended_at or datetime.now(timezone.utc),
                                         cost_usd=total, cost_details=details)
@@ -607,6 +657,8 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
         daemon.nursery = nursery
         await nursery.start(daemon.outbox.run)
         await nursery.start(daemon.registry.run)
+        if daemon.staff_tables:
+            await nursery.start(daemon.follow_store)
         if daemon.calendar_outbox is not None:
             await nursery.start(daemon.calendar_outbox.run)
         if daemon.recording_downloads is not None:

@@ -1,4 +1,6 @@
-"""`voicebridge staff add NAME`: a login for the staff page (password asked twice, or read from stdin)."""
+"""`voicebridge staff add NAME [--business SLUG | --operator]`: a login for the staff page (password
+asked twice, or read from stdin). A login belongs to one business (of VOICEBRIDGE_BUSINESSES; the
+default business without them) and sees only its orders and calls; an operator sees every business."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from datetime import datetime, timezone
 
 import trio
 
-from voicebridge.business import SCHEMAS
+from voicebridge.business import SCHEMAS, Businesses
+from voicebridge.jobs.appointments.business import BusinessError
 from voicebridge.config import Config
 from voicebridge.edges.staff.auth import hash_password
 from voicebridge.ops import staff_store as ss
@@ -28,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                      "only its argon2 hash is stored.")
     add.add_argument("name", help="the login name (letters, digits, '.', '_', '-')")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    whose = add.add_mutually_exclusive_group()
+    whose.add_argument("--business", metavar="SLUG",
+                       help="the business whose staff this is (a slug of VOICEBRIDGE_BUSINESSES; "
+                            "without it, the first business): the login sees only that business")
+    whose.add_argument("--operator", action="store_true",
+                       help="an operator's login: sees every business, with a switch between them")
     add.set_defaults(func=run_add)
 
 
@@ -47,6 +56,17 @@ def run_add(args: argparse.Namespace, config: Config) -> int:
     except ss.StaffError as exc:
         print(f"voicebridge staff add: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        businesses = Businesses.load(config)
+    except BusinessError as exc:
+        print(f"voicebridge staff add: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    business = args.business or businesses.default.slug
+    if businesses.get(business) is None:
+        known = ", ".join(b.slug for b in businesses)
+        print(f"voicebridge staff add: there is no business {business!r}; the businesses are: {known}",
+              file=sys.stderr)
+        return EXIT_USAGE
     password = _password(args.password_stdin)
     if password is None:
         return EXIT_USAGE
@@ -59,7 +79,8 @@ def run_add(args: argparse.Namespace, config: Config) -> int:
     async def main() -> None:
         store = await Store.open(config.db_path, schemas=SCHEMAS)
         try:
-            await store.commit(lambda tx: ss.add_account(tx, name, hashed, datetime.now(timezone.utc)))
+            await store.commit(lambda tx: ss.add_account(tx, name, hashed, datetime.now(timezone.utc),
+                                                         business=business, operator=args.operator))
         finally:
             await store.aclose()
 
@@ -68,5 +89,6 @@ def run_add(args: argparse.Namespace, config: Config) -> int:
     except (ss.StaffError, StoreError) as exc:
         print(f"voicebridge staff add: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"Added staff login {name!r}. Log in at /staff on the daemon.")
+    whose = "an operator's: every business" if args.operator else f"business {business!r}"
+    print(f"Added staff login {name!r} ({whose}). Log in at /staff on the daemon.")
     return EXIT_OK

@@ -311,8 +311,9 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         return Response(body, content_type="text/calendar; charset=utf-8",
                         headers={"Cache-Control": "private, max-age=60"})
 
-    # The staff page (voicebridge.edges.staff): the pizza shop's order board, calls and menu.
-    if getattr(daemon, "staff_tables", False) and getattr(getattr(daemon, "job", None), "name", None) == "pizza":
+    # The staff page (voicebridge.edges.staff): the pizza shops' order boards, calls and menus; a
+    # business of another job (appointments) gets its calls and a page saying the board is pizza's.
+    if getattr(daemon, "staff_tables", False):
         from voicebridge.edges.staff.routes import staff_blueprint
 
         app.register_blueprint(staff_blueprint(daemon))

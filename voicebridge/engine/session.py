@@ -29,7 +29,7 @@ import trio
 from voicebridge.edges import audio
 from voicebridge.engine.effects import ArmTimer, Commit, DisarmTimer, Effect, Hangup, Notice, Rotate, SendCaller, SendModel, Transcript
 from voicebridge.engine.flow import CallFlow, FlowSettings
-from voicebridge.engine.job import CommitError, Committed, Job, PrepareTool, ToolResult
+from voicebridge.engine.job import CommitError, Committed, Job, JobPrompts, PrepareTool, ToolResult
 from voicebridge.edges.protocol import realtime as rt
 from voicebridge.edges.protocol import twilio_media as tw
 from voicebridge.edges.protocol._codec import b64_decode, b64_encode
@@ -178,6 +178,16 @@ def session_settings(setup: CallSetup) -> rt.SessionSettings:
     return attrs.evolve(setup.session, instructions=setup.job.instructions(setup.wall_clock()))
 
 
+def job_prompts(setup: CallSetup) -> JobPrompts:
+    """The job's fixed prompts for a call starting now. A job whose words depend on the time (the
+    pizza shop's greeting outside its opening hours) offers `prompts_at(now)`; others just `prompts`."""
+    prompts_at = getattr(setup.job, "prompts_at", None)
+    if prompts_at is None:
+        return setup.job.prompts
+    prompts: JobPrompts = prompts_at(setup.wall_clock())
+    return prompts
+
+
 async def connect_session(setup: CallSetup, nursery: trio.Nursery) -> MessageStream:
     """Open and configure one Realtime session, within the connect deadline."""
     with trio.move_on_after(setup.connect_timeout_s) as scope:
@@ -214,7 +224,7 @@ class Call:
         self.flow = CallFlow(
             call_sid=start.call_sid, stream_sid=start.stream_sid, settings=setup.flow, task=self.task,
             run_tool=self._run_tool,
-            task_state=lambda: setup.job.state_for_model(self.task), job_prompts=setup.job.prompts,
+            task_state=lambda: setup.job.state_for_model(self.task), job_prompts=job_prompts(setup),
         )
         self.pcm16 = setup.session.audio_format == "pcm16"
         self._up = audio.Resampler(8000, 24000) if self.pcm16 else None

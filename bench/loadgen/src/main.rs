@@ -35,7 +35,9 @@ struct Opts {
     ramp_s: f64,
     steady_s: f64,
     call_s: f64,
-    bridge: String,       // host:port of the bridge's HTTP/WS listener
+    bridge: String,       // host:port of the bridge's HTTP/WS listener (the first of `bridges`)
+    bridges: Vec<String>, // --bridge A,B: several instances, calls spread over them as a balancer would
+    cross_every: u32,     // with several bridges: every K-th call's stream goes to another instance than its webhook
     stream_path: String,  // when no webhook: the media stream path
     public_url: String,   // origin the bridge signs against (webhook URLs)
     twilio_token: String, // sign requests when set
@@ -47,7 +49,7 @@ struct Opts {
 
 fn parse_opts() -> Opts {
     let mut o = Opts {
-        calls: 10, ramp_s: 5.0, steady_s: 60.0, call_s: 40.0, bridge: "127.0.0.1:8080".into(),
+        calls: 10, ramp_s: 5.0, steady_s: 60.0, call_s: 40.0, bridge: "127.0.0.1:8080".into(), bridges: vec![], cross_every: 0,
         stream_path: "/media-stream".into(), public_url: String::new(), twilio_token: String::new(),
         webhook: true, realtime_listen: "127.0.0.1:0".into(), delta_ms: 100, pace: 1.25,
     };
@@ -60,7 +62,8 @@ fn parse_opts() -> Opts {
             "--ramp-s" => o.ramp_s = v.parse().expect("--ramp-s S"),
             "--steady-s" => o.steady_s = v.parse().expect("--steady-s S"),
             "--call-s" => o.call_s = v.parse().expect("--call-s S"),
-            "--bridge" => o.bridge = v,
+            "--bridge" => o.bridges = v.split(',').filter(|b| !b.is_empty()).map(String::from).collect(),
+            "--cross-every" => o.cross_every = v.parse().expect("--cross-every K"),
             "--stream-path" => o.stream_path = v,
             "--public-url" => o.public_url = v,
             "--twilio-token" => o.twilio_token = v,
@@ -79,6 +82,10 @@ fn parse_opts() -> Opts {
         }
         i += 2;
     }
+    if o.bridges.is_empty() {
+        o.bridges.push(o.bridge.clone());
+    }
+    o.bridge = o.bridges[0].clone();
     if o.public_url.is_empty() {
         o.public_url = format!("http://{}", o.bridge);
     }
@@ -108,6 +115,8 @@ struct ConnRec {
 #[derive(Default)]
 struct CallRec {
     conn: Option<u32>,
+    webhook_at: usize, // index in `bridges` of the instance that got the webhook
+    stream_at: usize,  // ... and of the one that got the media stream
     start_at: u64,
     hangup_at: u64,
     frames_sent: u32,
@@ -435,7 +444,7 @@ fn finish_response(ws: &mut Ws, conn: u32, r: &Resp, status: &str, reason: Optio
 
 // -- the Twilio caller -----------------------------------------------------------------------
 
-fn http_post_form(sh: &Shared, path: &str, form: &[(&str, String)]) -> std::io::Result<String> {
+fn http_post_form(sh: &Shared, bridge: &str, path: &str, form: &[(&str, String)]) -> std::io::Result<String> {
     let body: String = form.iter().map(|(k, v)| format!("{}={}", k, urlenc(v))).collect::<Vec<_>>().join("&");
     let mut extra = String::new();
     if !sh.opts.twilio_token.is_empty() {
@@ -448,11 +457,11 @@ fn http_post_form(sh: &Shared, path: &str, form: &[(&str, String)]) -> std::io::
         }
         extra = format!("X-Twilio-Signature: {}\r\n", b64_encode(&wire::hmac_sha1(sh.opts.twilio_token.as_bytes(), s.as_bytes())));
     }
-    let mut sock = TcpStream::connect(&sh.opts.bridge)?;
+    let mut sock = TcpStream::connect(bridge)?;
     sock.set_read_timeout(Some(Duration::from_secs(15)))?;
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-        sh.opts.bridge, body.len()
+        bridge, body.len()
     );
     sock.write_all(req.as_bytes())?;
     // Read the head, then exactly content-length bytes (servers may keep the socket open).
@@ -527,7 +536,14 @@ fn run_caller(sh: &Shared, id: u32, hangup_at: u64, rec: &mut CallRec) -> std::i
     let call_sid = format!("CA{:032x}", id as u128 + 0xb0b0_0000);
     let stream_sid = format!("MZ{:032x}", id as u128 + 0x5eed_0000);
     let mut params = vec![("CallSid", call_sid.clone())];
-    let mut stream_url = format!("wss://{}{}", sh.opts.bridge, sh.opts.stream_path);
+    // Several instances: the webhook goes round-robin; every K-th pair of calls sends its stream
+    // to the other instance (a balancer without affinity may do that), symmetric between them.
+    let nb = sh.opts.bridges.len();
+    rec.webhook_at = id as usize % nb;
+    let crossed = nb > 1 && sh.opts.cross_every > 0 && (id as usize / nb) % sh.opts.cross_every as usize == 0;
+    rec.stream_at = if crossed { (rec.webhook_at + 1) % nb } else { rec.webhook_at };
+    let (hook_bridge, stream_bridge) = (&sh.opts.bridges[rec.webhook_at], &sh.opts.bridges[rec.stream_at]);
+    let mut stream_url = format!("wss://{}{}", stream_bridge, sh.opts.stream_path);
     if sh.opts.webhook {
         let form = vec![
             ("AccountSid", "AC0000000000000000000000000000bench".to_string()),
@@ -537,7 +553,7 @@ fn run_caller(sh: &Shared, id: u32, hangup_at: u64, rec: &mut CallRec) -> std::i
             ("Direction", "inbound".to_string()),
             ("CallStatus", "ringing".to_string()),
         ];
-        let twiml = http_post_form(sh, "/incoming-call", &form)?;
+        let twiml = http_post_form(sh, hook_bridge, "/incoming-call", &form)?;
         stream_url = attr(&twiml, "<Stream", "url").unwrap_or(stream_url);
         params.clear();
         let mut rest = twiml.as_str();
@@ -549,14 +565,14 @@ fn run_caller(sh: &Shared, id: u32, hangup_at: u64, rec: &mut CallRec) -> std::i
         }
     }
     let path = stream_url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or(sh.opts.stream_path.clone());
-    let mut sock = TcpStream::connect(&sh.opts.bridge)?;
+    let mut sock = TcpStream::connect(stream_bridge)?;
     sock.set_read_timeout(Some(Duration::from_secs(15)))?;
     let mut sig = String::new();
     if !sh.opts.twilio_token.is_empty() {
         sig = format!("X-Twilio-Signature: {}\r\n", b64_encode(&wire::hmac_sha1(sh.opts.twilio_token.as_bytes(), stream_url.as_bytes())));
     }
     let key = b64_encode(&(id as u128 * 0x9E37_79B9_7F4A_7C15).to_le_bytes());
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{sig}\r\n", sh.opts.bridge);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{sig}\r\n", stream_bridge);
     sock.write_all(req.as_bytes())?;
     let (head, rest) = read_http_head(&mut sock)?;
     if !head.starts_with("HTTP/1.1 101") {
@@ -880,11 +896,28 @@ fn main() {
 }
 
 fn report(sh: &Shared, start_at: u64, still_open: u32) {
+    let all = stats(sh, start_at, still_open, None);
+    let nb = sh.opts.bridges.len();
+    if nb < 2 {
+        println!("{all}");
+        return;
+    }
+    // Several instances: the same statistics per instance, by where each call's stream went.
+    let per: Vec<String> = (0..nb).map(|i| stats(sh, start_at, still_open, Some(i))).collect();
+    let crossed = sh.calls.lock().unwrap().iter().filter(|(_, r)| r.webhook_at != r.stream_at).count();
+    println!("{},\"calls_crossed\":{crossed},\"instances\":[{}]}}", &all[..all.len() - 1], per.join(","));
+}
+
+/// The run's statistics as one JSON object; with `only`, just the calls whose media stream went to
+/// that instance (and their Realtime connections).
+fn stats(sh: &Shared, start_at: u64, still_open: u32, only: Option<usize>) -> String {
     let from = start_at + sh.steady_from;
     let to = start_at + sh.steady_to;
     let inwin = |t: u64| t >= from && t <= to;
     let conns = sh.conns.lock().unwrap();
-    let calls = sh.calls.lock().unwrap();
+    let all_calls = sh.calls.lock().unwrap();
+    let calls: Vec<&(u32, CallRec)> = all_calls.iter().filter(|(_, r)| only.map_or(true, |i| r.stream_at == i)).collect();
+    let mine: std::collections::HashSet<u32> = calls.iter().filter_map(|(_, r)| r.conn).collect();
     let (mut inbound, mut outbound, mut clear, mut cancel, mut trunc_lat, mut greet, mut lag, mut close) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut trunc_err: Vec<f64> = vec![];
@@ -892,7 +925,10 @@ fn report(sh: &Shared, start_at: u64, still_open: u32) {
     let (mut in_lost, mut in_dup, mut in_reord, mut in_wrong) = (0u64, 0u64, 0u64, 0u64);
     let (mut out_lost, mut out_dup, mut out_reord, mut out_wrong, mut stale, mut late_fwd, mut corrupt) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut frames, mut blocks_expected, mut errors, mut clears, mut completed) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    for c in conns.values() {
+    for (cid, c) in conns.iter() {
+        if only.is_some() && !mine.contains(cid) {
+            continue;
+        }
         inbound.extend(c.inbound_lat.iter().filter(|x| inwin(x.0)).map(|x| x.1));
         cancel.extend(c.cancel_lat.iter().filter(|x| inwin(x.0)).map(|x| x.1));
         trunc_lat.extend(c.truncate_lat.iter().filter(|x| inwin(x.0)).map(|x| x.1));
@@ -980,18 +1016,18 @@ fn report(sh: &Shared, start_at: u64, still_open: u32) {
         }
     }
     let mut all_trunc: Vec<f64> = trunc_err.iter().chain(trunc_err_stall.iter()).copied().collect();
-    println!(
+    format!(
         "{{\"calls\":{},\"window_s\":{:.1},\"calls_completed\":{},\"calls_failed\":{},\"realtime_sockets_left_open\":{},\
 \"inbound_ms\":{},\"outbound_ms\":{},\"clear_ms\":{},\"cancel_ms\":{},\"truncate_ms\":{},\"greeting_bridge_ms\":{},\
 \"realtime_close_after_hangup_ms\":{},\"truncation_error_ms\":{},\"truncation_error_stall_ms\":{},\"truncation_error_all_ms\":{},\
 \"harness_send_lag_ms\":{},\"clears\":{},\
 \"inbound\":{{\"frames\":{},\"lost\":{},\"duplicated\":{},\"reordered\":{},\"wrong_call\":{}}},\
 \"outbound\":{{\"blocks\":{},\"lost\":{},\"duplicated\":{},\"reordered\":{},\"wrong_call\":{},\"stale_after_clear\":{},\"late_deltas_played\":{},\"corrupt\":{}}}}}",
-        sh.opts.calls, (to - from) as f64 / 1e6, completed, errors, still_open,
+        if only.is_some() { calls.len() } else { sh.opts.calls }, (to - from) as f64 / 1e6, completed, errors, still_open,
         summary(&mut inbound), summary(&mut outbound), summary(&mut clear), summary(&mut cancel), summary(&mut trunc_lat),
         summary(&mut greet), summary(&mut close), summary_f(&mut trunc_err), summary_f(&mut trunc_err_stall), summary_f(&mut all_trunc),
         summary(&mut lag), clears,
         frames, in_lost, in_dup, in_reord, in_wrong,
         blocks_expected, out_lost, out_dup, out_reord, out_wrong, stale, late_fwd, corrupt
-    );
+    )
 }

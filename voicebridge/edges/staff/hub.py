@@ -19,9 +19,11 @@ LIVE_KINDS = frozenset({"state", "transcript", "tool", "ended", "transfer", "com
 
 
 class StaffHub:
-    def __init__(self, cart_of: Callable[[str], dict[str, Any] | None] | None = None) -> None:
+    def __init__(self, cart_of: Callable[[str], dict[str, Any] | None] | None = None,
+                 business_of: Callable[[str], str | None] | None = None) -> None:
         self._subscribers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
         self.cart_of = cart_of
+        self.business_of = business_of  # a call's business: each page passes on only its own business's calls
 
     def subscribe(self) -> tuple[trio.MemorySendChannel[dict[str, Any]], trio.MemoryReceiveChannel[dict[str, Any]]]:
         send, receive = trio.open_memory_channel[dict[str, Any]](CHANNEL_SIZE)
@@ -62,7 +64,10 @@ class StaffHub:
             if kind == "committed":
                 self.stored()
             return
-        message: dict[str, Any] = {"type": "call", "sid": call_sid, "kind": kind}
+        business = fields.get("business") if kind == "ended" else None
+        if business is None and self.business_of is not None:
+            business = self.business_of(call_sid)
+        message: dict[str, Any] = {"type": "call", "sid": call_sid, "kind": kind, "business": business}
         if kind == "state":
             message["state"] = fields.get("state")
         elif kind == "transcript":

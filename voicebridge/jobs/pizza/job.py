@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+import re
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import attrs
@@ -12,6 +13,8 @@ from voicebridge.engine.job import CommitError, Committed, JobPrompts, ToolResul
 from voicebridge.jobs.pizza.day import DayBox
 from voicebridge.jobs.pizza.menu import Menu
 from voicebridge.jobs.pizza.order import FULFILLMENTS, Order, OrderError
+from voicebridge.jobs.hours import is_open, next_opening, say_opening, wall_instant
+from voicebridge.jobs.pizza import prompts as words
 from voicebridge.jobs.pizza.prompts import PROMPTS, session_instructions
 from voicebridge.jobs.pizza.tools import execute_tool, tool_definitions
 
@@ -62,6 +65,13 @@ SCHEMA: tuple[tuple[str, ...], ...] = (
 )
 
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_CLOCK = re.compile(r"(\d{1,2}):(\d{2})")
+AHEAD_DAYS = 7  # how far ahead an order may be wanted
+
+
+def _refused(why: str) -> ToolResult:
+    """A tool refused with words the model can say; the order is unchanged."""
+    return ToolResult(output={"ok": False, "error": why}, ok=False, intent=None, changed=False)
 
 
 def stored_time(value: datetime) -> str:
@@ -74,8 +84,11 @@ def order_state(order: Order, menu: Menu, tax_rate_bp: int) -> dict[str, Any]:
     lines = [{"line": n, "item": p.line.item, "size": p.line.size, "quantity": p.line.quantity,
               "toppings": list(p.line.toppings)} for n, p in enumerate(order.priced_lines(menu), 1)]
     totals = order.totals(menu, tax_rate_bp)
-    return {"lines": lines, "customer": order.customer_name, "fulfillment": order.fulfillment,
-            "subtotal_cents": totals.subtotal_cents, "total_cents": totals.total_cents}
+    state = {"lines": lines, "customer": order.customer_name, "fulfillment": order.fulfillment,
+             "subtotal_cents": totals.subtotal_cents, "total_cents": totals.total_cents}
+    if order.wanted_words:  # only for an order wanted later: an as-soon-as-possible one reads as before
+        state["wanted"] = order.wanted_words
+    return state
 
 
 @attrs.frozen
@@ -100,6 +113,100 @@ class PizzaJob:
             f"Greet the caller and tell them: {day.closed_text()} Offer a transfer to the shop if they want "
             "a person."))
 
+    def prompts_at(self, now: datetime) -> JobPrompts:
+        """The fixed prompts for a call starting at `now`: outside the opening hours the greeting
+        says the shop is closed, when it opens again and what the caller is offered."""
+        closed = self.closed_by_hours(now)
+        if closed is None:
+            return self.prompts
+        return attrs.evolve(self.base_prompts,
+                            greeting=words.closed_greeting(closed, words.closed_offer(self.menu.when_closed)))
+
+    def closed_by_hours(self, now: datetime) -> str | None:
+        """Why no order can be taken at `now` by the menu's hours (words to say), or None when open.
+
+        Staff's "closed now" is the day's own refusal (Availability.closed_text); this is the hours'."""
+        opening = self.menu.opening
+        if opening is None or self.day.current.closed or is_open(opening, now):
+            return None
+        nxt = self.next_opening_words(now)
+        if self.menu.when_closed == "order_ahead":
+            return words.closed_for_now(nxt)
+        return words.closed_by_hours(nxt)
+
+    def next_opening_words(self, now: datetime, after: datetime | None = None) -> str | None:
+        """When the shop next opens after `after` (default `now`), said from `now`: "tomorrow at 11 am"."""
+        opening = self.menu.opening
+        assert opening is not None
+        nxt = next_opening(opening, after or now)
+        return None if nxt is None else say_opening(nxt, now, opening.tz)
+
+    def refusal(self, task: Order, name: str, now: datetime) -> str | None:
+        """Why tool `name` (or, for "confirm_order", the commit) cannot go ahead at `now`; None if it can.
+
+        Staff's "closed now" refuses every order. Outside the hours a shop that takes orders ahead
+        builds the order and confirms it only for a time inside the hours; other shops refuse."""
+        day = self.day.current
+        if day.closed:
+            return day.closed_text()
+        closed = self.closed_by_hours(now)
+        if closed is not None and self.menu.when_closed != "order_ahead":
+            return closed
+        if name != "confirm_order":
+            return None
+        if task.wanted_at is None:
+            return None if closed is None else words.closed_needs_time(self.next_opening_words(now))
+        return self.wanted_refusal(task.wanted_at, task.wanted_words or "then", now)
+
+    def wanted_refusal(self, wanted: datetime, when: str, now: datetime) -> str | None:
+        """Why the order cannot be for `wanted` (past, too far ahead, outside the hours); None if it can."""
+        opening = self.menu.opening
+        assert opening is not None
+        if wanted <= now:
+            return words.time_in_the_past(when)
+        if (wanted.astimezone(opening.tz).date() - now.astimezone(opening.tz).date()).days > AHEAD_DAYS:
+            return words.time_too_far(AHEAD_DAYS)
+        if not is_open(opening, wanted):
+            return words.time_outside_hours(when, self.next_opening_words(now, wanted))
+        return None
+
+    def set_pickup_time(self, task: Order, arguments: str, now: datetime) -> ToolResult:
+        """set_pickup_time: "asap", or a local "HH:MM" (today if still ahead, else tomorrow, or on "date")."""
+        opening = self.menu.opening
+        assert opening is not None
+        try:
+            raw = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            raw = None
+        if not isinstance(raw, dict) or set(raw) - {"time", "date"} or not isinstance(raw.get("time"), str):
+            return _refused(words.time_arguments())
+        text = raw["time"].strip()
+        if text.lower() in ("asap", "as soon as possible", "now"):
+            changed = task.wanted_at is not None
+            task.wanted_at = task.wanted_words = None
+            return ToolResult(output={"ok": True, "time": "asap"}, ok=True, intent=None, changed=changed)
+        m = _CLOCK.fullmatch(text)
+        if m is None or int(m.group(1)) > 23 or int(m.group(2)) > 59:
+            return _refused(words.time_not_understood(text))
+        minutes = int(m.group(1)) * 60 + int(m.group(2))
+        tz = opening.tz
+        today = now.astimezone(tz).date()
+        if raw.get("date") is not None:
+            try:
+                day = date.fromisoformat(str(raw["date"]))
+            except ValueError:
+                return _refused(words.date_not_understood(str(raw["date"])))
+        else:
+            day = today if wall_instant(today, minutes, tz) > now else today + timedelta(days=1)
+        wanted = wall_instant(day, minutes, tz).astimezone(tz)
+        when = say_opening(wanted, now, tz)
+        why = self.wanted_refusal(wanted, when, now)
+        if why is not None:
+            return _refused(why)
+        changed = task.wanted_at != wanted
+        task.wanted_at, task.wanted_words = wanted, when
+        return ToolResult(output={"ok": True, "time": when}, ok=True, intent=None, changed=changed)
+
     @property
     def business_name(self) -> str:
         return self.menu.shop_name
@@ -107,6 +214,9 @@ class PizzaJob:
     def instructions(self, now: datetime) -> str:
         text = session_instructions(self.menu.shop_name, self.menu.summary_text())
         note = self.day.current.note_for_model(self.menu)
+        closed = self.closed_by_hours(now)
+        if closed is not None:
+            note = f"{closed} {words.closed_offer(self.menu.when_closed)} {note}".rstrip()
         return f"{text}\n\nToday: {note}" if note else text
 
     def tool_definitions(self) -> list[dict[str, Any]]:
@@ -117,8 +227,12 @@ class PizzaJob:
 
     def run_tool(self, task: Order, name: str, arguments: str, now: datetime) -> ToolResult:
         day = self.day.current
-        if day.closed and name in ("add_item", "update_item", "confirm_order"):
-            return ToolResult(output={"ok": False, "error": day.closed_text()}, ok=False, intent=None, changed=False)
+        if name == "set_pickup_time" and self.menu.opening is not None:
+            return self.set_pickup_time(task, arguments, now)
+        if name in ("add_item", "update_item", "confirm_order"):
+            why = self.refusal(task, name, now)
+            if why is not None:
+                return _refused(why)
         before = list(task.lines)
         result = execute_tool(task, self.menu, name, arguments, tax_rate_bp=self.tax_rate_bp)
         if result.changed and name in ("add_item", "update_item"):
@@ -126,7 +240,7 @@ class PizzaJob:
                 why = None if any(line is b for b in before) else day.refusal(self.menu, line.item, line.size)
                 if why is not None:  # sold out: the order stays as it was, the model says why
                     task.lines[:] = before
-                    return ToolResult(output={"ok": False, "error": why}, ok=False, intent=None, changed=False)
+                    return _refused(why)
         return result
 
     def state_for_model(self, task: Order) -> dict[str, Any]:
@@ -139,6 +253,9 @@ class PizzaJob:
         delivery attempt sends.
         """
         order = task
+        why = self.refusal(order, "confirm_order", now)
+        if why is not None:  # keypad 1 reaches here without confirm_order's check
+            raise CommitError(why)
         missing = order.missing()
         if missing:
             raise CommitError(f"the order is not complete: missing {', '.join(missing)}")

@@ -23,12 +23,22 @@ from typing import Any, NoReturn
 
 import attrs
 
+from voicebridge.jobs.hours import (
+    DAY_MIN,
+    Interval,
+    OpeningHours,
+    check_time_zone,
+    parse_closure,
+    parse_intervals,
+)
+
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 DEFAULT_MENU_NAME = "default_menu.toml"
 
 _AMOUNT = re.compile(r"(\d{1,7})(?:\.(\d{1,2}))?")
 _ID = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
-_HOURS = re.compile(r"(\d{1,2}):(\d{2})\s*[-\u2013]\s*(\d{1,2}):(\d{2})")
+# What a caller is offered while the shop is closed (the menu's hours.when_closed).
+WHEN_CLOSED = ("message", "order_ahead")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _ARTICLES = ("a", "an", "the", "some")
 
@@ -175,16 +185,17 @@ class Special:
 
 @attrs.frozen
 class DayHours:
-    """Opening hours of one weekday in minutes after midnight; None when closed."""
+    """Opening hours of one weekday: (open, close) minutes after its midnight (close may pass
+    midnight, up to 48:00); empty when closed."""
 
     day: str
-    open_min: int | None
-    close_min: int | None
+    ranges: tuple[Interval, ...]
 
     def text(self) -> str:
-        if self.open_min is None or self.close_min is None:
+        if not self.ranges:
             return f"{self.day.capitalize()} closed"
-        return f"{self.day.capitalize()} {_clock(self.open_min)} to {_clock(self.close_min)}"
+        spans = " and ".join(f"{_clock(a)} to {_clock(b % DAY_MIN if b > DAY_MIN else b)}" for a, b in self.ranges)
+        return f"{self.day.capitalize()} {spans}"
 
 
 def _clock(minutes: int) -> str:
@@ -205,6 +216,10 @@ class Menu:
     toppings: tuple[Topping, ...]
     specials: tuple[Special, ...]
     hours: tuple[DayHours, ...]
+    # The hours enforced in the shop's time zone; None when the menu gives no hours.timezone (then
+    # the hours are only words for the model, as before enforcement existed).
+    opening: OpeningHours | None = attrs.field(kw_only=True, default=None)
+    when_closed: str = attrs.field(kw_only=True, default="message")
     _item_index: dict[str, str] = attrs.field(repr=False, eq=False)
     _topping_index: dict[str, str] = attrs.field(repr=False, eq=False)
     _size_index: dict[str, str] = attrs.field(repr=False, eq=False)
@@ -392,7 +407,7 @@ class _Parser:
         toppings = self.toppings(data.get("toppings", {}), size_keys)
         self.check_topping_sizes(items, toppings)
         specials = self.specials(data.get("specials", []))
-        hours = self.hours(data["hours"])
+        hours, opening, when_closed = self.hours(data["hours"])
         return Menu(
             source=self.source,
             shop_name=shop_name,
@@ -401,6 +416,8 @@ class _Parser:
             toppings=toppings,
             specials=specials,
             hours=hours,
+            opening=opening,
+            when_closed=when_closed,
             item_index=self.item_index(items),
             topping_index=self.simple_index(
                 "toppings", [(t.key, (t.key.replace("-", " ").replace("_", " "), t.name, *t.aliases)) for t in toppings]
@@ -526,29 +543,44 @@ class _Parser:
             )
         return tuple(out)
 
-    def hours(self, value: Any) -> tuple[DayHours, ...]:
-        self.table(value, "hours", WEEKDAYS, WEEKDAYS)
+    def hours(self, value: Any) -> tuple[tuple[DayHours, ...], OpeningHours | None, str]:
+        extra = ("timezone", "closures", "when_closed")
+        self.table(value, "hours", WEEKDAYS + extra, WEEKDAYS)
         out = []
         for day in WEEKDAYS:
             path = f"hours.{day}"
             raw = value[day]
             if not isinstance(raw, str):
                 self.fail(path, f'expected "HH:MM-HH:MM" or "closed", got {_kind(raw)}')
-            raw = raw.strip()
-            if raw.lower() == "closed":
-                out.append(DayHours(day, None, None))
-                continue
-            m = _HOURS.fullmatch(raw)
-            if m is None:
-                self.fail(path, f'"{raw}" is not "HH:MM-HH:MM" (24-hour clock) or "closed"')
-            oh, om, ch, cm = (int(g) for g in m.groups())
-            open_min, close_min = oh * 60 + om, ch * 60 + cm
-            if oh > 23 or om > 59 or cm > 59 or close_min > 24 * 60:
-                self.fail(path, f'"{raw}" is not a time of day (00:00 to 24:00)')
-            if close_min <= open_min:
-                self.fail(path, f'"{raw}" closes before it opens (hours past midnight are not supported)')
-            out.append(DayHours(day, open_min, close_min))
-        return tuple(out)
+            try:
+                out.append(DayHours(day, parse_intervals(raw)))
+            except ValueError as exc:
+                self.fail(path, str(exc))
+        if "timezone" not in value:
+            for key in extra[1:]:
+                if key in value:
+                    self.fail(f"hours.{key}", 'needs hours.timezone (e.g. timezone = "America/New_York") '
+                                              "so the hours can be kept in the shop's own time")
+            return tuple(out), None, "message"
+        try:
+            zone = check_time_zone(value["timezone"])
+        except ValueError as exc:
+            self.fail("hours.timezone", str(exc))
+        raw_closures = value.get("closures", [])
+        if not isinstance(raw_closures, list):
+            self.fail("hours.closures", f'expected a list of dates ("2026-12-25" or "2026-12-24..2026-12-26"), '
+                                        f"got {_kind(raw_closures)}")
+        closures = []
+        for i, raw in enumerate(raw_closures):
+            try:
+                closures.append(parse_closure(raw))
+            except ValueError as exc:
+                self.fail(f"hours.closures[{i}]", str(exc))
+        when_closed = value.get("when_closed", "message")
+        if when_closed not in WHEN_CLOSED:
+            self.fail("hours.when_closed", f"expected one of {', '.join(map(repr, WHEN_CLOSED))}, got {when_closed!r}")
+        week = tuple(d.ranges for d in out)
+        return tuple(out), OpeningHours(zone, week, tuple(closures)), when_closed
 
     # -- indexes
 

@@ -70,6 +70,10 @@ class Order:
     address: str | None = None  # used for delivery only
     phone: str | None = None  # the caller ID unless the caller gives another
     caller_number: str | None = None
+    # When the caller wants it (set with set_pickup_time while the menu keeps hours); None: as soon as
+    # possible. `wanted_words` is how the read-back says it ("tomorrow at 6:30 pm").
+    wanted_at: datetime | None = None
+    wanted_words: str | None = None
 
     @classmethod
     def empty(cls, caller_number: str | None = None) -> Order:
@@ -114,7 +118,7 @@ class Order:
         priced = self.priced_lines(menu)
         totals = self.totals(menu, tax_rate_bp)
         delivery = self.fulfillment == "delivery"
-        return {
+        body: dict[str, Any] = {
             "order_id": order_id,
             "shop": menu.shop_name,
             "call_sid": call_sid,
@@ -150,6 +154,9 @@ class Order:
             "total_cents": totals.total_cents,
             "total": format_amount(totals.total_cents),
         }
+        if self.wanted_at is not None:  # only when asked for: an as-soon-as-possible order's body is unchanged
+            body["wanted_at"] = self.wanted_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        return body
 
 
 def tax_cents(subtotal_cents: int, tax_rate_bp: int) -> int:
@@ -215,6 +222,8 @@ def read_back(order: Order, menu: Menu, tax_rate_bp: int) -> str:
         where = f"For delivery to {order.address}"
     else:
         where = "For pickup"
+    if order.wanted_words:
+        where += f" {order.wanted_words}"
     who = f", name {order.customer_name}" if order.customer_name else ""
     phone = f", phone {order.phone}" if order.phone and order.phone != order.caller_number else ""
     return (

@@ -33,3 +33,62 @@ NOT_READ_BACK = ("The order has not been read back yet. Call review_order and re
 PROMPTS = JobPrompts(greeting=GREETING, confirmed_by_keypad=CONFIRMED_BY_KEYPAD, save_failed=SAVE_FAILED,
                      not_read_back=NOT_READ_BACK, transfer=TRANSFER,
                      saved_as="The order is saved as number {id}.")
+
+
+def closed_by_hours(next_opening: str | None) -> str:
+    """The tool error and the model's note while the shop is outside its opening hours."""
+    again = f" We open again {next_opening}." if next_opening else ""
+    return f"The shop is closed right now and cannot take orders.{again}"
+
+
+def closed_for_now(next_opening: str | None) -> str:
+    """The note and greeting while closed, for a shop that takes orders ahead."""
+    again = f" We open again {next_opening}." if next_opening else ""
+    return f"The shop is closed right now.{again}"
+
+
+def closed_offer(when_closed: str) -> str:
+    """What the caller is offered while the shop is closed (the menu's hours.when_closed)."""
+    if when_closed == "order_ahead":
+        return ("Tell the caller so, kindly, with when the shop opens again, and offer to take their order now "
+                "for a time after that: ask when they want it and call set_pickup_time.")
+    return ("Tell the caller so, kindly, with when the shop opens again, and offer to connect them with the "
+            "shop (call transfer_to_human) where they can leave a message if nobody answers.")
+
+
+def closed_needs_time(next_opening: str | None) -> str:
+    """confirm_order while closed, for a shop that takes orders ahead, without a time after the opening."""
+    again = f" after we open again {next_opening}" if next_opening else ""
+    return (f"The shop is closed right now, so the order needs a time{again}. Ask the caller when they want it "
+            "and call set_pickup_time.")
+
+
+def time_outside_hours(when: str, next_opening: str | None) -> str:
+    """A wanted time the shop is not open at."""
+    nxt = f" The next opening after that is {next_opening}." if next_opening else ""
+    return f"We are not open {when}.{nxt} Ask the caller for a time when we are open."
+
+
+def time_in_the_past(when: str) -> str:
+    return f"{when[0].upper()}{when[1:]} has already passed. Ask the caller for a later time."
+
+
+def time_too_far(days: int) -> str:
+    return f"We take orders up to {days} days ahead. Ask the caller for a sooner time."
+
+
+def time_arguments() -> str:
+    return "set_pickup_time takes a JSON object with time ('18:30' or 'asap') and an optional date (YYYY-MM-DD)."
+
+
+def date_not_understood(text: str) -> str:
+    return f"{text!r} is not a date like 2026-12-05."
+
+
+def time_not_understood(text: str) -> str:
+    return f"{text!r} is not a time like '18:30' (24-hour clock) or 'asap'."
+
+
+def closed_greeting(closed_text: str, offer: str) -> str:
+    """The greeting while the shop is closed."""
+    return f"Greet the caller and tell them: {closed_text} {offer}"

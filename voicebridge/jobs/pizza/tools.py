@@ -88,7 +88,7 @@ def tool_definitions(menu: Menu) -> list[dict[str, Any]]:
             },
         }
 
-    return [
+    defs = [
         tool(
             "add_item",
             "Add an item to the order as a new line. Ask for the size first if it has sizes.",
@@ -142,6 +142,19 @@ def tool_definitions(menu: Menu) -> list[dict[str, Any]]:
         tool("transfer_to_human", "The caller asks for a person, or you cannot help.", {"reason": reason}, []),
         tool("end_call", "Hang up, after saying goodbye.", {"reason": reason}, []),
     ]
+    if menu.opening is not None:  # only a menu that keeps hours takes orders for a later time
+        defs.insert(4, tool(
+            "set_pickup_time",
+            "When the caller wants the order (pickup or delivery), in the shop's local time; 'asap' for as soon "
+            "as possible. It must be inside the opening hours.",
+            {
+                "time": {"type": "string", "description": "24-hour local time such as '18:30', or 'asap'."},
+                "date": {"type": "string", "description": "YYYY-MM-DD if not the next such time (today or "
+                                                          "tomorrow)."},
+            },
+            ["time"],
+        ))
+    return defs
 
 
 # -- execution --------------------------------------------------------------------------

@@ -182,11 +182,12 @@
   // -- the stream: reconnects on its own (Last-Event-ID), or anew after an error --------------
   let source = null;
   function connect() {
-    if (page === "menu" || page === "log" || page === "call") {  // pages without live parts
+    if (page === "menu" || page === "log" || page === "call" || page === "other") {  // pages without live parts
       if (linkEl) linkEl.hidden = true;
       return;
     }
-    source = new EventSource("/staff/events?after=" + lastId);
+    const business = body.dataset.business;  // an operator's choice: only that business's events
+    source = new EventSource("/staff/events?after=" + lastId + (business ? "&business=" + encodeURIComponent(business) : ""));
     source.onopen = function () { setLink("live", true); };
     source.onerror = function () {
       setLink("reconnecting…", false);
