@@ -4,7 +4,8 @@ Every setting has one environment variable. Units are in the attribute names (`_
 `_bp` = basis points, `_usd`). A bad value raises `ConfigError` whose message names the
 variable, so the daemon stops with one clear line.
 
-Why this module is long: every setting, its default and its parser are here, in one place.
+Why one module of this length: every setting is here, each with its parser and its check, so
+one place says what the daemon can be told and how a bad value is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 JOBS = ("pizza", "appointments")  # VOICEBRIDGE_JOB
+RECORDING_KINDS = ("twilio", "local")  # VOICEBRIDGE_AUDIO_RECORDING
+DEFAULT_RECORDING_CONSENT = "This call is recorded."
 
 
 class ConfigError(Exception):
@@ -70,13 +73,15 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     db_path: Path | str = Path("voicebridge.sqlite3")  # an SQLite file, or a postgresql:// URL
-    record_dir: Path | None = None
-    # recordings of the calls' audio: "twilio" (Twilio's dual-channel recording), "local" (the
-    # bridge's own stereo WAV); empty: none. Files go to audio_recording_dir (default: a
-    # `recordings` folder beside the SQLite database, or in the working directory for PostgreSQL).
+    record_dir: Path | None = None  # JSONL wire recordings for `voicebridge replay` (not audio)
+    # recordings of the calls' audio: "twilio" (Twilio's dual-channel recording, downloaded), "local" (the
+    # bridge's own stereo WAV); empty: none. Files go to <audio_recording_dir>/<business>/<CallSid>.<kind>.wav
+    # (default: a `recordings` folder beside the SQLite database, or in the working directory for PostgreSQL).
     audio_recording: frozenset[str] = frozenset()
     audio_recording_dir: Path = attrs.field(
         default=attrs.Factory(lambda self: _default_recordings(self.db_path), takes_self=True))
+    audio_recording_keep_days: int = 30  # files older are deleted by the daemon; 0 keeps them forever
+    audio_recording_consent: str = DEFAULT_RECORDING_CONSENT
     log_level: str = "INFO"
     log_format: str = "auto"  # "json", "text", or "auto": text on a terminal, json otherwise
     # Debugging fallback only: media streams served by Hypercorn/Quart, Realtime client trio-websocket.
@@ -147,6 +152,7 @@ class Config:
             transcription_per_min_usd=g.get("VOICEBRIDGE_PRICE_TRANSCRIPTION_PER_MIN_USD", _decimal,
                                             d.transcription_per_min_usd),
         )
+        db_path = g.get("VOICEBRIDGE_DB", _db, _DEFAULT_DB)
         return cls(
             openai_api_key=g.get("OPENAI_API_KEY", _nonempty, None),
             realtime_url=g.get("OPENAI_REALTIME_URL", _ws_url, DEFAULT_REALTIME_URL),
@@ -163,11 +169,12 @@ class Config:
             allow_unsigned=g.get("VOICEBRIDGE_ALLOW_UNSIGNED", _bool, False),
             host=g.get("VOICEBRIDGE_HOST", _nonempty, "127.0.0.1"),
             port=g.get("VOICEBRIDGE_PORT", _port, 8080),
-            db_path=g.get("VOICEBRIDGE_DB", _db, _DEFAULT_DB),
+            db_path=db_path,
             record_dir=g.get("VOICEBRIDGE_RECORD_DIR", _path, None),
             audio_recording=g.get("VOICEBRIDGE_AUDIO_RECORDING", _recording_kinds, frozenset()),
-            audio_recording_dir=g.get("VOICEBRIDGE_AUDIO_RECORDING_DIR", _path,
-                                      _default_recordings(g.get("VOICEBRIDGE_DB", _db, _DEFAULT_DB))),
+            audio_recording_dir=g.get("VOICEBRIDGE_AUDIO_RECORDING_DIR", _path, default_recording_dir(db_path, env)),
+            audio_recording_keep_days=g.get("VOICEBRIDGE_AUDIO_RECORDING_KEEP_DAYS", _int_range(0, 36500), 30),
+            audio_recording_consent=g.get("VOICEBRIDGE_AUDIO_RECORDING_CONSENT", _consent, DEFAULT_RECORDING_CONSENT),
             log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
             log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text", "auto")), "auto"),
             framework_sockets=g.get("VOICEBRIDGE_FRAMEWORK_SOCKETS", _bool, False),
@@ -225,6 +232,9 @@ class Config:
             raise ConfigError(f"{missing}: not set, but the other half of the calendar login is")
         if self.caldav_username and not self.caldav_url:
             raise ConfigError("VOICEBRIDGE_CALDAV_URL: not set, but the calendar login is")
+        if "twilio" in self.audio_recording and not (self.twilio_account_sid and self.twilio_auth_token):
+            raise ConfigError("VOICEBRIDGE_AUDIO_RECORDING: twilio recordings need TWILIO_ACCOUNT_SID and "
+                              "TWILIO_AUTH_TOKEN (the REST API starts and downloads them)")
         if self.business_path and self.menu_path and self.business_path != self.menu_path:
             raise ConfigError("VOICEBRIDGE_MENU: set as well as VOICEBRIDGE_BUSINESS, to another file (use one)")
 
@@ -472,7 +482,14 @@ def _default_recordings(db: Path | str) -> Path:
     return db.parent / "recordings" if isinstance(db, Path) else Path("recordings")
 
 
-RECORDING_KINDS = ("twilio", "local")
+def default_recording_dir(db: Path | str, env: Mapping[str, str]) -> Path:
+    """Where audio recordings go by default: a `recordings` folder beside the SQLite database; with
+    PostgreSQL, under the service's state directory (systemd's $STATE_DIRECTORY), else the working one."""
+    state = (env.get("STATE_DIRECTORY") or "").split(":")[0]
+    if isinstance(db, str) and state:
+        return Path(state) / "recordings"
+    return _default_recordings(db)
+
 
 
 def _recording_kinds(raw: str) -> frozenset[str]:
@@ -481,6 +498,12 @@ def _recording_kinds(raw: str) -> frozenset[str]:
     if unknown:
         raise ValueError(f"unknown kind {', '.join(unknown)}; expected a comma list of {', '.join(RECORDING_KINDS)}")
     return kinds
+
+
+def _consent(raw: str) -> str:
+    if len(raw) > 500 or any(ord(c) < 32 for c in raw):
+        raise ValueError("expected one spoken sentence on one line (at most 500 characters)")
+    return raw
 
 
 def _secret16(raw: str) -> str:

@@ -14,6 +14,9 @@ Routes:
 - `POST /voicemail` (the `<Record>` action) and `POST /voicemail-status` (its
   recordingStatusCallback): the recording is kept on the call's row and the business notified
   (`voicemail.received`) once, however often Twilio calls.
+- `POST /recording-status` (the status callback of the call recording started through the REST
+  API when `VOICEBRIDGE_AUDIO_RECORDING` has `twilio`): the recording is kept, once, and its
+  download queued (`voicebridge.edges.twilio_recording`).
 - `GET /healthz`, `GET /readyz`, `GET /metrics`.
 - `GET /calendar/<token>.ics`: the bookings as an iCalendar feed a calendar app subscribes to,
   when a `CalendarFeed` is given (404 for any other token, compared in constant time).
@@ -34,6 +37,7 @@ from voicebridge.edges.ical import CalendarFeed, feed_calendar
 from voicebridge.edges.security import token_binding
 from voicebridge.edges.service import CallService
 from voicebridge.edges.transport import QuartWebSocketStream
+from voicebridge.edges.twilio_recording import RECORDING_SID
 from voicebridge.ops.logs import mask_number
 
 log = logging.getLogger("voicebridge.edges.web")
@@ -55,6 +59,11 @@ def _twiml(vr: VoiceResponse, status: int = 200) -> Response:
 
 def _plain(text: str, status: int) -> Response:
     return Response(text + "\n", status=status, content_type="text/plain")
+
+
+def _small_int(raw: str) -> int | None:
+    """A count of seconds (or channels) from a callback form: 0 to a day, else None (unknown)."""
+    return int(raw) if raw.isdigit() and len(raw) < 6 and int(raw) <= 86_400 else None
 
 
 def _path_qs() -> str:
@@ -135,6 +144,8 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
                         extra={"event": "unsigned_call"})
         token = daemon.tokens.mint(call_sid, bound=token_binding(business.slug))
         daemon.prewarm(call_sid, business)
+        if business.config.audio_recording:  # the caller is told before anything is recorded
+            vr.say(business.config.audio_recording_consent)
         stream = vr.connect(action=cfg.public("/stream-ended")).stream(url=cfg.stream_url)
         for name in ("CallSid", "From", "To", "Direction"):
             if form.get(name):
@@ -233,6 +244,28 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             return Response("", status=204)
         bad = await keep_voicemail(form)
         return bad if bad is not None else Response("", status=204)
+
+    @app.post("/recording-status")
+    async def recording_status() -> Response:
+        """Twilio's callback for a call recording: keep it, queue its download, answer at once."""
+        form = await signed_form()
+        if form is None:
+            return _plain("forbidden", 403)
+        call_sid, recording_sid = form.get("CallSid", ""), form.get("RecordingSid", "")
+        if not call_sid or len(call_sid) > 64 or not call_sid.replace("_", "").isalnum() \
+                or not RECORDING_SID.fullmatch(recording_sid):
+            return _plain("CallSid or RecordingSid missing or malformed", 400)
+        status = form.get("RecordingStatus", "")
+        if status not in ("completed", "absent", "failed"):
+            return _plain("RecordingStatus must be completed, absent or failed", 400)
+        duration = _small_int(form.get("RecordingDuration", ""))
+        channels = _small_int(form.get("RecordingChannels", ""))
+        fresh = await daemon.recording_received(recording_sid, call_sid, status=status, duration_s=duration,
+                                                channels=channels)
+        log.info("call recording kept" if fresh else "call recording callback repeated",
+                 extra={"event": "recording_status", "call_sid": call_sid, "recording_sid": recording_sid,
+                        "status": status, "duration_s": duration, "new": fresh})
+        return Response("", status=204)
 
     @app.post("/call-status")
     async def call_status() -> Response:
