@@ -17,6 +17,7 @@ from voicebridge.config import Config
 from voicebridge.daemon import Daemon, serve_daemon
 from voicebridge.engine.session import job_prompts
 from voicebridge.engine.job import CommitError
+from voicebridge.i18n import load_translators
 from voicebridge.jobs.pizza.day import Availability
 from voicebridge.jobs.pizza.job import PizzaJob
 from voicebridge.jobs.pizza.menu import MenuError, load_menu, parse_menu
@@ -291,3 +292,21 @@ def test_a_shop_that_takes_orders_ahead_builds_the_order_while_closed_for_a_time
     payload = order.to_json(menu, 800, call_sid="CA1", created_at=sunday)
     assert payload["wanted_at"] == "2026-12-07T17:00:00Z"
     assert "wanted_at" not in Order.empty().to_json(menu, 800, call_sid=None, created_at=sunday)
+
+
+def test_a_spanish_caller_hears_the_hours_refusals_and_times_in_spanish() -> None:
+    """The refusals the model repeats, and the times in them, come in the call's language (Babel's clock)."""
+    pizza = PizzaJob(parse_menu(menu_text(), "menu.toml"), translators=load_translators(("en", "es")))
+    order = pizza.new_task(None)
+    order.language = "es"
+    sunday = at(2026, 12, 6, 15, 0)  # closed all Sunday; Monday opens at 11
+    refused = run(pizza, order, "add_item", sunday, item="pepperoni", size="large")
+    assert refused["error"] == "La tienda está cerrada ahora y no puede tomar pedidos. Abrimos de nuevo mañana a las 11:00."
+    monday = at(2026, 12, 7, 12, 0)
+    outside = run(pizza, order, "set_pickup_time", monday, time="23:30")
+    assert outside["error"] == ("No abrimos hoy a las 23:30. Después abrimos mañana a las 11:00. "
+                                "Pida al cliente una hora en que estemos abiertos.")
+    inside = run(pizza, order, "set_pickup_time", monday, time="18:30")
+    assert inside == {"ok": True, "time": "hoy a las 18:30"} and order.wanted_words == "hoy a las 18:30"
+    english = pizza.new_task(None)
+    assert run(pizza, english, "set_pickup_time", monday, time="18:30") == {"ok": True, "time": "today at 6:30 pm"}

@@ -129,24 +129,25 @@ class PizzaJob:
         return attrs.evolve(self.base_prompts,
                             greeting=words.closed_greeting(closed, words.closed_offer(self.menu.when_closed)))
 
-    def closed_by_hours(self, now: datetime) -> str | None:
+    def closed_by_hours(self, now: datetime, tr: Translator = ENGLISH.default) -> str | None:
         """Why no order can be taken at `now` by the menu's hours (words to say), or None when open.
 
         Staff's "closed now" is the day's own refusal (Availability.closed_text); this is the hours'."""
         opening = self.menu.opening
         if opening is None or self.day.current.closed or is_open(opening, now):
             return None
-        nxt = self.next_opening_words(now)
+        nxt = self.next_opening_words(now, tr=tr)
         if self.menu.when_closed == "order_ahead":
-            return words.closed_for_now(nxt)
-        return words.closed_by_hours(nxt)
+            return words.closed_for_now(nxt, tr)
+        return words.closed_by_hours(nxt, tr)
 
-    def next_opening_words(self, now: datetime, after: datetime | None = None) -> str | None:
+    def next_opening_words(self, now: datetime, after: datetime | None = None,
+                           tr: Translator = ENGLISH.default) -> str | None:
         """When the shop next opens after `after` (default `now`), said from `now`: "tomorrow at 11 am"."""
         opening = self.menu.opening
         assert opening is not None
         nxt = next_opening(opening, after or now)
-        return None if nxt is None else say_opening(nxt, now, opening.tz)
+        return None if nxt is None else say_opening(nxt, now, opening.tz, tr)
 
     def refusal(self, task: Order, name: str, now: datetime, tr: Translator = ENGLISH.default) -> str | None:
         """Why tool `name` (or, for "confirm_order", the commit) cannot go ahead at `now`; None if it can.
@@ -156,28 +157,30 @@ class PizzaJob:
         day = self.day.current
         if day.closed:
             return day.closed_text(tr)
-        closed = self.closed_by_hours(now)
+        closed = self.closed_by_hours(now, tr)
         if closed is not None and self.menu.when_closed != "order_ahead":
             return closed
         if name != "confirm_order":
             return None
         if task.wanted_at is None:
-            return None if closed is None else words.closed_needs_time(self.next_opening_words(now))
-        return self.wanted_refusal(task.wanted_at, task.wanted_words or "then", now)
+            return None if closed is None else words.closed_needs_time(self.next_opening_words(now, tr=tr), tr)
+        return self.wanted_refusal(task.wanted_at, task.wanted_words or "then", now, tr)
 
-    def wanted_refusal(self, wanted: datetime, when: str, now: datetime) -> str | None:
+    def wanted_refusal(self, wanted: datetime, when: str, now: datetime,
+                       tr: Translator = ENGLISH.default) -> str | None:
         """Why the order cannot be for `wanted` (past, too far ahead, outside the hours); None if it can."""
         opening = self.menu.opening
         assert opening is not None
         if wanted <= now:
-            return words.time_in_the_past(when)
+            return words.time_in_the_past(when, tr)
         if (wanted.astimezone(opening.tz).date() - now.astimezone(opening.tz).date()).days > AHEAD_DAYS:
-            return words.time_too_far(AHEAD_DAYS)
+            return words.time_too_far(AHEAD_DAYS, tr)
         if not is_open(opening, wanted):
-            return words.time_outside_hours(when, self.next_opening_words(now, wanted))
+            return words.time_outside_hours(when, self.next_opening_words(now, wanted, tr), tr)
         return None
 
-    def set_pickup_time(self, task: Order, arguments: str, now: datetime) -> ToolResult:
+    def set_pickup_time(self, task: Order, arguments: str, now: datetime,
+                        tr: Translator = ENGLISH.default) -> ToolResult:
         """set_pickup_time: "asap", or a local "HH:MM" (today if still ahead, else tomorrow, or on "date")."""
         opening = self.menu.opening
         assert opening is not None
@@ -206,8 +209,8 @@ class PizzaJob:
         else:
             day = today if wall_instant(today, minutes, tz) > now else today + timedelta(days=1)
         wanted = wall_instant(day, minutes, tz).astimezone(tz)
-        when = say_opening(wanted, now, tz)
-        why = self.wanted_refusal(wanted, when, now)
+        when = say_opening(wanted, now, tz, tr)
+        why = self.wanted_refusal(wanted, when, now, tr)
         if why is not None:
             return _refused(why)
         changed = task.wanted_at != wanted
@@ -242,7 +245,7 @@ class PizzaJob:
         day = self.day.current
         tr = self.translators.get(task.language)
         if name == "set_pickup_time" and self.menu.opening is not None:
-            return self.set_pickup_time(task, arguments, now)
+            return self.set_pickup_time(task, arguments, now, tr)
         if name in ("add_item", "update_item", "confirm_order"):
             why = self.refusal(task, name, now, tr)
             if why is not None:
@@ -267,7 +270,7 @@ class PizzaJob:
         delivery attempt sends.
         """
         order = task
-        why = self.refusal(order, "confirm_order", now)
+        why = self.refusal(order, "confirm_order", now, self.translators.get(order.language))
         if why is not None:  # keypad 1 reaches here without confirm_order's check
             raise CommitError(why)
         missing = order.missing()
