@@ -233,3 +233,8 @@ def load_translators(languages: Iterable[str], where: str = "languages") -> Tran
 
 
 ENGLISH = Translators()
+
+
+def twilio_language(language: str) -> str:
+    """The `language` of a TwiML `<Say>` for one of ours: "es" -> "es", "es_MX" -> "es-MX"."""
+    return language.replace("_", "-")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hmac
 import logging
 from datetime import datetime, timezone
+from typing import Any
 
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
@@ -38,6 +39,7 @@ from voicebridge.edges.security import token_binding
 from voicebridge.edges.service import CallService
 from voicebridge.edges.transport import QuartWebSocketStream
 from voicebridge.edges.twilio_recording import RECORDING_SID
+from voicebridge.i18n import twilio_language
 from voicebridge.ops.logs import mask_number
 
 log = logging.getLogger("voicebridge.edges.web")
@@ -50,6 +52,8 @@ THANKS = "Thank you. We'll call you back soon. Goodbye."
 NOBODY_FREE = "We're sorry, nobody at the shop could take your call."
 VOICEMAIL_MAX_S = 120
 DIAL_UNANSWERED = frozenset({"no-answer", "busy", "failed", "canceled"})
+CALL_BACK_SOON = "We're sorry, we can't take your call right now. Please call back in a minute."
+CONNECTING = "Let me connect you with the shop."
 UNKNOWN_NUMBER = "We're sorry, this number is not in service with us. Please check the number and call again. Goodbye."
 
 
@@ -91,12 +95,22 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         daemon.metrics.protocol_errors_total.labels("twilio").inc()
         return None
 
+    def say(vr: VoiceResponse, business: Any, text: str) -> None:
+        """Twilio speaks `text` in the business's default language (its catalog's words, Twilio's
+        voice for that language); an English business's TwiML is as it always was."""
+        translators = getattr(business.job, "translators", None) if business is not None else None
+        tr = translators.default if translators is not None else None
+        if tr is None or tr.english:
+            vr.say(text)
+        else:
+            vr.say(tr(text), language=twilio_language(tr.language))
+
     def dial_shop(vr: VoiceResponse, business_cfg: Config, number: str) -> None:
         """Ring the shop for a while; whatever happens, Twilio comes back to /dial-ended."""
         vr.dial(number, timeout=business_cfg.dial_timeout_s, action=cfg.public("/dial-ended"))
 
-    def take_message(vr: VoiceResponse) -> None:
-        vr.say(LEAVE_MESSAGE)
+    def take_message(vr: VoiceResponse, business: Any) -> None:
+        say(vr, business, LEAVE_MESSAGE)
         vr.record(max_length=VOICEMAIL_MAX_S, play_beep=True, action=cfg.public("/voicemail"),
                   recording_status_callback=cfg.public("/voicemail-status"))
         vr.hangup()
@@ -133,7 +147,7 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             vr.hangup()
             return _twiml(vr)
         if daemon.draining:
-            vr.say("We're sorry, we can't take your call right now. Please call back in a minute.")
+            say(vr, business, CALL_BACK_SOON)
             if business.config.transfer_number:
                 dial_shop(vr, business.config, business.config.transfer_number)
             else:
@@ -177,7 +191,7 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             bad = await keep_voicemail(form)
             if bad is not None:
                 return bad
-            vr.say(THANKS)
+            say(vr, daemon.businesses.for_number(our_number(form)), THANKS)
             vr.hangup()
             return _twiml(vr)
         outcome = await daemon.outcome_of(call_sid)
@@ -190,15 +204,15 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             if transfer_number:
                 dial_shop(vr, business.config, transfer_number)
             else:
-                vr.say(NOBODY_FREE)
-                take_message(vr)
+                say(vr, business, NOBODY_FREE)
+                take_message(vr, business)
         else:  # the AI side failed (or we never saw the stream): apologise, then a person or voicemail
-            vr.say(SORRY)
+            say(vr, business, SORRY)
             if transfer_number:
-                vr.say("Let me connect you with the shop.")
+                say(vr, business, CONNECTING)
                 dial_shop(vr, business.config, transfer_number)
             else:
-                take_message(vr)
+                take_message(vr, business)
         return _twiml(vr)
 
     @app.post("/dial-ended")
@@ -210,9 +224,10 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
         log.info("transfer ended", extra={"event": "dial_ended", "call_sid": form.get("CallSid"),
                                           "status": status[:20]})
         vr = VoiceResponse()
+        business = daemon.businesses.for_number(our_number(form)) or daemon.businesses.default
         if status in DIAL_UNANSWERED:
-            vr.say(NOBODY_FREE)
-            take_message(vr)
+            say(vr, business, NOBODY_FREE)
+            take_message(vr, business)
         else:  # completed (or answered): the caller talked with the shop
             vr.hangup()
         return _twiml(vr)
@@ -231,7 +246,7 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None) -> Quar
             except Exception as exc:
                 log.error("could not keep a voicemail: %s", exc, extra={"event": "store_error"})
         vr = VoiceResponse()
-        vr.say(THANKS)
+        say(vr, daemon.businesses.for_number(our_number(form)) or daemon.businesses.default, THANKS)
         vr.hangup()
         return _twiml(vr)
 
