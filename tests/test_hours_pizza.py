@@ -99,7 +99,7 @@ def test_bad_hours_settings_name_the_file_and_key() -> None:
     assert bad(KEPT_HOURS.replace('"2026-12-25"', '"Christmas"')).startswith(
         'menu.toml: hours.closures[0]: "Christmas" is not a date')
     assert bad(KEPT_HOURS.replace('when_closed = "message"', 'when_closed = "pigeon"')) == (
-        "menu.toml: hours.when_closed: expected one of 'message', 'order_ahead', got 'pigeon'")
+        "menu.toml: hours.when_closed: expected one of 'message', 'call_back', 'order_ahead', got 'pigeon'")
     assert bad(KEPT_HOURS.replace('closures = [', 'closures = "2026-12-25"\n#')).startswith(
         "menu.toml: hours.closures: expected a list of dates")
     assert bad(KEPT_HOURS.replace("sunday", "sundae")).startswith("menu.toml: hours.sundae: unknown key")
@@ -130,6 +130,16 @@ def test_outside_the_hours_the_job_says_when_it_opens_and_takes_no_order() -> No
     assert "We open again tomorrow at 5 pm." in pizza.instructions(christmas)
     # New Year's Eve and Day closed (a range): from Wednesday night the next opening is Saturday
     assert "We open again Saturday at 5 pm." in pizza.instructions(at(2026, 12, 30, 23, 0))
+
+
+def test_a_call_back_shop_asks_the_caller_to_call_again_and_offers_no_transfer() -> None:
+    pizza = PizzaJob(parse_menu(menu_text(KEPT_HOURS.replace('"message"', '"call_back"')), "menu.toml"))
+    closed = at(2026, 12, 4, 15, 0)
+    greeting = pizza.prompts_at(closed).greeting
+    assert "We open again today at 5 pm." in greeting and "ask them to call back then" in greeting
+    assert "transfer_to_human" not in greeting and "leave a message" not in greeting
+    out = pizza.run_tool(Order.empty(), "add_item", json.dumps({"item": "margherita", "size": "large"}), closed)
+    assert not out.ok
 
 
 def test_staff_closed_now_wins_over_open_hours() -> None:

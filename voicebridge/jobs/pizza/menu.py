@@ -39,7 +39,7 @@ DEFAULT_MENU_NAME = "default_menu.toml"
 _AMOUNT = re.compile(r"(\d{1,7})(?:\.(\d{1,2}))?")
 _ID = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
 # What a caller is offered while the shop is closed (the menu's hours.when_closed).
-WHEN_CLOSED = ("message", "order_ahead")
+WHEN_CLOSED = ("message", "call_back", "order_ahead")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _ARTICLES = ("a", "an", "the", "some")
 

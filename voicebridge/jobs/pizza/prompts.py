@@ -54,6 +54,9 @@ def closed_offer(when_closed: str) -> str:
     if when_closed == "order_ahead":
         return ("Tell the caller so, kindly, with when the shop opens again, and offer to take their order now "
                 "for a time after that: ask when they want it and call set_pickup_time.")
+    if when_closed == "call_back":
+        return ("Tell the caller so, kindly, with when the shop opens again, and ask them to call back then; "
+                "do not offer a transfer, as nobody is at the shop.")
     return ("Tell the caller so, kindly, with when the shop opens again, and offer to connect them with the "
             "shop (call transfer_to_human) where they can leave a message if nobody answers.")
 
