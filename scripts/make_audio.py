@@ -35,6 +35,8 @@ VOICES: dict[str, list[str]] = {
     "assistant": ["-v", "en-us+f3", "-s", "170"],
     "caller": ["-v", "en-us+m3", "-s", "160"],
 }
+# A clip's optional "language" (default "en") picks the espeak-ng voice: the same two speakers' variants.
+LANGUAGE_VOICES = {"en": "en-us", "es": "es"}
 RATE = 8000
 TARGET_DBFS = -16.0  # active speech level
 PEAK_CEILING_DBFS = -1.0  # the gain never pushes a peak above this
@@ -62,9 +64,11 @@ def run(cmd: list[str], data: bytes | None = None) -> bytes:
     return done.stdout
 
 
-def speak(text: str, speaker: str) -> bytes:
+def speak(text: str, speaker: str, language: str = "en") -> bytes:
     """espeak-ng WAV piped through sox: trimmed 8 kHz mono little-endian PCM16."""
-    wav = run(["espeak-ng", *VOICES[speaker], "--stdout", text])
+    args = list(VOICES[speaker])
+    args[1] = args[1].replace("en-us", LANGUAGE_VOICES[language], 1)
+    wav = run(["espeak-ng", *args, "--stdout", text])
     trim = ["silence", "1", "0.01", TRIM_THRESHOLD]
     return run(["sox", "-D", "-t", "wav", "-", *PCM_ARGS, "-", *trim, "reverse", *trim, "reverse"], wav)
 
@@ -90,10 +94,12 @@ def levels(pcm: bytes) -> tuple[float, float]:
 
 def make_clip(name: str, entry: dict[str, object]) -> tuple[bytes, float, bool]:
     """Generate one clip; return its µ-law bytes, its active level (dBFS) and if the peak limited it."""
-    speaker, text = entry.get("speaker"), entry.get("text")
+    speaker, text, language = entry.get("speaker"), entry.get("text"), entry.get("language", "en")
     if speaker not in VOICES or not isinstance(text, str) or not text.strip():
         raise MakeAudioError(f"{name}: needs a speaker ({' or '.join(VOICES)}) and a non-empty text")
-    pcm = speak(text, str(speaker))
+    if language not in LANGUAGE_VOICES:
+        raise MakeAudioError(f"{name}: language must be one of {', '.join(LANGUAGE_VOICES)}, not {language!r}")
+    pcm = speak(text, str(speaker), str(language))
     active_db, peak_db = levels(pcm)
     limited = PEAK_CEILING_DBFS - peak_db < TARGET_DBFS - active_db
     gain = PEAK_CEILING_DBFS - peak_db if limited else TARGET_DBFS - active_db

@@ -91,7 +91,7 @@ async def record_scenario(name: str, work: Path, out_dir: Path) -> Recorded:
         openai_api_key="local-peer", host="127.0.0.1", port=port, public_url=PUBLIC_URL, allow_unsigned=True,
         db_path=work / f"{name}.sqlite3", record_dir=record_dir, transfer_number=TRANSFER_NUMBER,
         silence_timeout_s=SILENT_CALLER_TIMEOUT_S if name == "silent_caller" else Config().silence_timeout_s,
-        drain_timeout_s=2.0, job=scenario.job,
+        drain_timeout_s=2.0, job=scenario.job, business_path=scenario.business_path(),
     )
     peer = RealtimePeer(scenario, speed=REALTIME_SPEED, seed=seed_for(name))
     outcomes: list[str] = []

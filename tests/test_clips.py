@@ -25,11 +25,13 @@ ASSISTANT = {
     "a_confirmed", "a_specials", "a_specials_resume", "a_sorry_go_ahead", "a_still_there",
     "a_goodbye_silence", "a_transfer", "a_changed", "a_what_order", "a_tool_error", "a_goodbye",
     "a_appt_greeting", "a_appt_readback", "a_appt_done",
+    "a_es_greeting", "a_es_added_pepperoni", "a_es_readback", "a_es_confirmed",
 }  # fmt: skip
 CALLER = {
     "c_hello_order", "c_large_pepperoni", "c_medium_margherita", "c_name_pickup", "c_yes",
     "c_change_large", "c_specials", "c_wait", "c_hold_on", "c_person", "c_thats_all",
     "c_book_haircut", "c_move_haircut", "c_cancel",
+    "c_es_pepperoni", "c_es_name_pickup", "c_es_yes",
 }  # fmt: skip
 
 WINDOW = 800  # 100 ms of 8 kHz µ-law

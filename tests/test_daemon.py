@@ -56,7 +56,7 @@ class Running:
 
 @asynccontextmanager
 async def running(tmp_path: Path, scenario: str | Scenario = "dtmf_transfer", notifier: Notifier | None = None,
-                  **overrides: Any) -> AsyncIterator[Running]:
+                  job: PizzaJob | None = None, **overrides: Any) -> AsyncIterator[Running]:
     peer = RealtimePeer(load_scenario(scenario) if isinstance(scenario, str) else scenario)
     async with trio.open_nursery() as nursery:
         realtime_url = await nursery.start(partial(serve_realtime_peer, peer))
@@ -65,7 +65,7 @@ async def running(tmp_path: Path, scenario: str | Scenario = "dtmf_transfer", no
                            "openai_api_key": "test-key", "twilio_auth_token": TOKEN,
                            "db_path": tmp_path / "vb.sqlite3", "transfer_number": "+15550001111", **overrides})
         store = await Store.open(config.db_path)
-        daemon = Daemon(config, job=PizzaJob(MENU, config.tax_rate_bp), store=store, notifier=notifier)
+        daemon = Daemon(config, job=job or PizzaJob(MENU, config.tax_rate_bp), store=store, notifier=notifier)
         stop = trio.Event()
         await nursery.start(partial(serve_daemon, daemon, shutdown=stop))
         try:

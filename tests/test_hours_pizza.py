@@ -17,6 +17,7 @@ from voicebridge.config import Config
 from voicebridge.daemon import Daemon, serve_daemon
 from voicebridge.engine.session import job_prompts
 from voicebridge.engine.job import CommitError
+from voicebridge.i18n import load_translators
 from voicebridge.jobs.pizza.day import Availability
 from voicebridge.jobs.pizza.job import PizzaJob
 from voicebridge.jobs.pizza.menu import MenuError, load_menu, parse_menu
@@ -98,7 +99,7 @@ def test_bad_hours_settings_name_the_file_and_key() -> None:
     assert bad(KEPT_HOURS.replace('"2026-12-25"', '"Christmas"')).startswith(
         'menu.toml: hours.closures[0]: "Christmas" is not a date')
     assert bad(KEPT_HOURS.replace('when_closed = "message"', 'when_closed = "pigeon"')) == (
-        "menu.toml: hours.when_closed: expected one of 'message', 'order_ahead', got 'pigeon'")
+        "menu.toml: hours.when_closed: expected one of 'message', 'call_back', 'order_ahead', got 'pigeon'")
     assert bad(KEPT_HOURS.replace('closures = [', 'closures = "2026-12-25"\n#')).startswith(
         "menu.toml: hours.closures: expected a list of dates")
     assert bad(KEPT_HOURS.replace("sunday", "sundae")).startswith("menu.toml: hours.sundae: unknown key")
@@ -129,6 +130,16 @@ def test_outside_the_hours_the_job_says_when_it_opens_and_takes_no_order() -> No
     assert "We open again tomorrow at 5 pm." in pizza.instructions(christmas)
     # New Year's Eve and Day closed (a range): from Wednesday night the next opening is Saturday
     assert "We open again Saturday at 5 pm." in pizza.instructions(at(2026, 12, 30, 23, 0))
+
+
+def test_a_call_back_shop_asks_the_caller_to_call_again_and_offers_no_transfer() -> None:
+    pizza = PizzaJob(parse_menu(menu_text(KEPT_HOURS.replace('"message"', '"call_back"')), "menu.toml"))
+    closed = at(2026, 12, 4, 15, 0)
+    greeting = pizza.prompts_at(closed).greeting
+    assert "We open again today at 5 pm." in greeting and "ask them to call back then" in greeting
+    assert "transfer_to_human" not in greeting and "leave a message" not in greeting
+    out = pizza.run_tool(Order.empty(), "add_item", json.dumps({"item": "margherita", "size": "large"}), closed)
+    assert not out.ok
 
 
 def test_staff_closed_now_wins_over_open_hours() -> None:
@@ -291,3 +302,21 @@ def test_a_shop_that_takes_orders_ahead_builds_the_order_while_closed_for_a_time
     payload = order.to_json(menu, 800, call_sid="CA1", created_at=sunday)
     assert payload["wanted_at"] == "2026-12-07T17:00:00Z"
     assert "wanted_at" not in Order.empty().to_json(menu, 800, call_sid=None, created_at=sunday)
+
+
+def test_a_spanish_caller_hears_the_hours_refusals_and_times_in_spanish() -> None:
+    """The refusals the model repeats, and the times in them, come in the call's language (Babel's clock)."""
+    pizza = PizzaJob(parse_menu(menu_text(), "menu.toml"), translators=load_translators(("en", "es")))
+    order = pizza.new_task(None)
+    order.language = "es"
+    sunday = at(2026, 12, 6, 15, 0)  # closed all Sunday; Monday opens at 11
+    refused = run(pizza, order, "add_item", sunday, item="pepperoni", size="large")
+    assert refused["error"] == "La tienda está cerrada ahora y no puede tomar pedidos. Abrimos de nuevo mañana a las 11:00."
+    monday = at(2026, 12, 7, 12, 0)
+    outside = run(pizza, order, "set_pickup_time", monday, time="23:30")
+    assert outside["error"] == ("No abrimos hoy a las 23:30. Después abrimos mañana a las 11:00. "
+                                "Pida al cliente una hora en que estemos abiertos.")
+    inside = run(pizza, order, "set_pickup_time", monday, time="18:30")
+    assert inside == {"ok": True, "time": "hoy a las 18:30"} and order.wanted_words == "hoy a las 18:30"
+    english = pizza.new_task(None)
+    assert run(pizza, english, "set_pickup_time", monday, time="18:30") == {"ok": True, "time": "today at 6:30 pm"}

@@ -31,7 +31,7 @@ OUTCOMES = {
     "barge_in_greeting": "caller_hung_up", "hangup_mid_answer": "caller_hung_up",
     "barge_in_twice": "ended_no_order", "silent_caller": "silence_timeout", "dtmf_transfer": "transferred",
     "voice_transfer": "transferred",
-    "appointments": "completed", "appointment_keypad": "completed",
+    "appointments": "completed", "appointment_keypad": "completed", "spanish_order": "completed",
 }
 # What Twilio is told after the stream, by outcome (the replay daemon has no TRANSFER_NUMBER).
 TWIML = {"completed": ["Hangup"], "caller_hung_up": ["Hangup"], "ended_no_order": ["Hangup"],

@@ -21,8 +21,10 @@ import trio
 from trio.testing import MockClock
 
 from calls import run_in_memory
-from test_daemon import PUBLIC, TOKEN, Running, form, running
+from test_daemon import MENU, PUBLIC, TOKEN, Running, form, running
 from voicebridge.cli import main
+from voicebridge.i18n import load_translators
+from voicebridge.jobs.pizza.job import PizzaJob
 from voicebridge.peers.clips import load_clip
 from voicebridge.peers.scenario import parse_scenario
 from voicebridge.peers.twiml import Dial, Hangup, Record, Say, parse_twiml
@@ -150,6 +152,27 @@ async def test_ai_down_fallback_apologises_then_a_person_or_voicemail(tmp_path: 
             else:
                 assert voicemail_prompt(resp)
                 assert not any(isinstance(v, Dial) for v in vs)
+
+
+async def test_a_spanish_business_apologises_and_takes_the_message_in_spanish(tmp_path: Path) -> None:
+    """Twilio's own voice speaks the business's default language: every fixed line of the AI-down
+    fallback and the voicemail comes from the catalog, with <Say language="es">."""
+    with trio.fail_after(30):
+        spanish = PizzaJob(MENU, translators=load_translators(("es", "en")))  # a Spanish-first menu
+        async with running(tmp_path, transfer_number=None, job=spanish) as r, \
+                httpx.AsyncClient(base_url=r.base) as http:
+            params = form(new_sid("CA"))
+            vs = verbs(await post(r, http, "/stream-ended", params))
+            spoken = [(v.text, v.language) for v in vs if isinstance(v, Say)]
+            assert spoken == [
+                ("Lo sentimos, nuestro asistente de pedidos tiene problemas en este momento.", "es"),
+                ("Por favor, deje su nombre, su número y su pedido después del tono, y le devolveremos la llamada.",
+                 "es")]
+            assert isinstance(vs[-2], Record) and isinstance(vs[-1], Hangup)
+            bye = verbs(await post(r, http, "/voicemail", params))
+            assert bye == (Say("Gracias. Le llamaremos pronto. Adiós.", language="es"), Hangup())
+            unanswered = verbs(await post(r, http, "/dial-ended", {**params, "DialCallStatus": "busy"}))
+            assert unanswered[0] == Say("Lo sentimos, nadie en la tienda pudo atender su llamada.", language="es")
 
 
 async def test_a_transfer_without_a_shop_number_offers_voicemail(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import os
 import re
 import tomllib
 from datetime import datetime, timedelta, timezone
+from importlib import resources
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence, cast
 from zoneinfo import ZoneInfo
@@ -26,6 +27,7 @@ import trio
 
 from voicebridge.config import JOBS, VOICES, Config, ConfigError, _caldav_url, _feed_token, _http_url, _phone, _rate_bp
 from voicebridge.engine.job import BusySource, Job, PrepareTool
+from voicebridge.i18n import DEFAULT_LANGUAGES, LanguageError, Translators, load_translators
 from voicebridge.ops.logs import mask_number
 from voicebridge.jobs.appointments.booking import BookingRequest, Found
 from voicebridge.jobs.appointments.business import BusinessError, business_from_data, load_business, parse_toml
@@ -73,10 +75,36 @@ def _declared_job(path: Path) -> str | None:
 def build_job(config: Config) -> Job:
     """The job `config` names, loaded and validated (a bad file raises MenuError/BusinessError with file and line)."""
     if job_name(config) == "appointments":
-        return AppointmentsJob(business=load_business(config.business_file))
+        business = load_business(config.business_file)
+        return AppointmentsJob(business=business,
+                               translators=translators_for(business.languages, config, business.source))
     from voicebridge.jobs.pizza.menu import load_menu
 
-    return PizzaJob(menu=load_menu(config.business_file), tax_rate_bp=config.tax_rate_bp)
+    menu = load_menu(config.business_file)
+    return PizzaJob(menu=menu, tax_rate_bp=config.tax_rate_bp,
+                    translators=translators_for(menu.languages, config, menu.source))
+
+
+def packaged_business(config: Config, job: str) -> str | None:
+    """The name of `config`'s business file if it is one packaged with `job` (a recording names it so
+    that a replay runs the same business anywhere); None for the default or a file of the shop's own."""
+    path = config.business_file
+    if path is None:
+        return None
+    folder = Path(str(resources.files(f"voicebridge.jobs.{job}")))
+    try:
+        packaged = path.resolve().parent == folder.resolve() and path.suffix == ".toml"
+    except OSError:
+        return None
+    return path.name if packaged else None
+
+
+def translators_for(declared: tuple[str, ...] | None, config: Config, source: str) -> Translators:
+    """The business's languages with their catalogs: its file's `languages`, else VOICEBRIDGE_LANGUAGES, else en."""
+    try:
+        return load_translators(declared or config.languages or DEFAULT_LANGUAGES, f"{source}: languages")
+    except LanguageError as exc:
+        raise BusinessError(str(exc)) from None
 
 
 def _appointments(job: Job) -> AppointmentsJob | None:
@@ -180,7 +208,8 @@ def _pizza_from_settings(settings: dict[str, Any], source: Path, config: Config)
         menu = menu_from_data(settings, str(source))
     else:
         menu = load_menu(config.business_file)
-    return PizzaJob(menu=menu, tax_rate_bp=config.tax_rate_bp)
+    return PizzaJob(menu=menu, tax_rate_bp=config.tax_rate_bp,
+                    translators=translators_for(menu.languages, config, menu.source))
 
 
 def _appointments_from_settings(settings: dict[str, Any], source: Path, config: Config) -> Job:

@@ -33,7 +33,8 @@ environment (also read from ./.env or $VOICEBRIDGE_ENV_FILE):
                             example of the job (VOICEBRIDGE_MENU is the pizza menu's older name)
   ORDER_WEBHOOK_URL/SECRET  where confirmed orders are POSTed, and the HMAC key that signs them
   TRANSFER_NUMBER           the shop's number for "talk to a person" and failures
-  VOICEBRIDGE_RECORD_DIR    record every call as JSONL (for `voicebridge replay`)
+  VOICEBRIDGE_RECORD_DIR    record every call's messages as JSONL (for `voicebridge replay`)
+  VOICEBRIDGE_AUDIO_RECORDING  audio recordings: twilio, local (default off; consent line first)
   VOICEBRIDGE_WORKERS       worker processes sharing the port (default 1: one process)
   VOICEBRIDGE_BUSINESSES    business files (or a directory): each number's job, menu and webhook
   more (timeouts, prices, logging): see systemd/voicebridge.env.example

@@ -3,6 +3,9 @@
 Every setting has one environment variable. Units are in the attribute names (`_s`, `_ms`,
 `_bp` = basis points, `_usd`). A bad value raises `ConfigError` whose message names the
 variable, so the daemon stops with one clear line.
+
+Why one module of this length: every setting is here, each with its parser and its check, so
+one place says what the daemon can be told and how a bad value is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 JOBS = ("pizza", "appointments")  # VOICEBRIDGE_JOB
+RECORDING_KINDS = ("twilio", "local")  # VOICEBRIDGE_AUDIO_RECORDING
+DEFAULT_RECORDING_CONSENT = "This call is recorded."
 
 
 class ConfigError(Exception):
@@ -77,13 +82,15 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     db_path: Path | str = Path("voicebridge.sqlite3")  # an SQLite file, or a postgresql:// URL
-    record_dir: Path | None = None
-    # recordings of the calls' audio: "twilio" (Twilio's dual-channel recording), "local" (the
-    # bridge's own stereo WAV); empty: none. Files go to audio_recording_dir (default: a
-    # `recordings` folder beside the SQLite database, or in the working directory for PostgreSQL).
+    record_dir: Path | None = None  # JSONL wire recordings for `voicebridge replay` (not audio)
+    # recordings of the calls' audio: "twilio" (Twilio's dual-channel recording, downloaded), "local" (the
+    # bridge's own stereo WAV); empty: none. Files go to <audio_recording_dir>/<business>/<CallSid>.<kind>.wav
+    # (default: a `recordings` folder beside the SQLite database, or in the working directory for PostgreSQL).
     audio_recording: frozenset[str] = frozenset()
     audio_recording_dir: Path = attrs.field(
         default=attrs.Factory(lambda self: _default_recordings(self.db_path), takes_self=True))
+    audio_recording_keep_days: int = 30  # files older are deleted by the daemon; 0 keeps them forever
+    audio_recording_consent: str = DEFAULT_RECORDING_CONSENT
     log_level: str = "INFO"
     log_format: str = "auto"  # "json", "text", or "auto": text on a terminal, json otherwise
     # Debugging fallback only: media streams served by Hypercorn/Quart, Realtime client trio-websocket.
@@ -98,6 +105,7 @@ class Config:
     # ordering
     menu_path: Path | None = None  # VOICEBRIDGE_MENU: the pizza job's business file (an alias)
     tax_rate_bp: int = 800  # 8.00 %
+    languages: tuple[str, ...] | None = None  # VOICEBRIDGE_LANGUAGES: a business file's `languages` wins; else en
     order_webhook_url: str | None = None
     order_webhook_secret: str | None = None
     webhook_max_attempts: int = 8
@@ -143,6 +151,7 @@ class Config:
             transcription_per_min_usd=g.get("VOICEBRIDGE_PRICE_TRANSCRIPTION_PER_MIN_USD", _decimal,
                                             d.transcription_per_min_usd),
         )
+        db_path = g.get("VOICEBRIDGE_DB", _db, _DEFAULT_DB)
         return cls(
             openai_api_key=g.get("OPENAI_API_KEY", _nonempty, None),
             realtime_url=g.get("OPENAI_REALTIME_URL", _ws_url, DEFAULT_REALTIME_URL),
@@ -159,11 +168,12 @@ class Config:
             allow_unsigned=g.get("VOICEBRIDGE_ALLOW_UNSIGNED", _bool, False),
             host=g.get("VOICEBRIDGE_HOST", _nonempty, "127.0.0.1"),
             port=g.get("VOICEBRIDGE_PORT", _port, 8080),
-            db_path=g.get("VOICEBRIDGE_DB", _db, _DEFAULT_DB),
+            db_path=db_path,
             record_dir=g.get("VOICEBRIDGE_RECORD_DIR", _path, None),
             audio_recording=g.get("VOICEBRIDGE_AUDIO_RECORDING", _recording_kinds, frozenset()),
-            audio_recording_dir=g.get("VOICEBRIDGE_AUDIO_RECORDING_DIR", _path,
-                                      _default_recordings(g.get("VOICEBRIDGE_DB", _db, _DEFAULT_DB))),
+            audio_recording_dir=g.get("VOICEBRIDGE_AUDIO_RECORDING_DIR", _path, default_recording_dir(db_path, env)),
+            audio_recording_keep_days=g.get("VOICEBRIDGE_AUDIO_RECORDING_KEEP_DAYS", _int_range(0, 36500), 30),
+            audio_recording_consent=g.get("VOICEBRIDGE_AUDIO_RECORDING_CONSENT", _consent, DEFAULT_RECORDING_CONSENT),
             log_level=g.get("VOICEBRIDGE_LOG_LEVEL", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True), "INFO"),
             log_format=g.get("VOICEBRIDGE_LOG_FORMAT", _choice(("json", "text", "auto")), "auto"),
             framework_sockets=g.get("VOICEBRIDGE_FRAMEWORK_SOCKETS", _bool, False),
@@ -175,6 +185,7 @@ class Config:
             businesses=g.get("VOICEBRIDGE_BUSINESSES", _paths, ()),
             menu_path=g.get("VOICEBRIDGE_MENU", _path, None),
             tax_rate_bp=g.get("VOICEBRIDGE_TAX_RATE", _rate_bp, 800),
+            languages=g.get("VOICEBRIDGE_LANGUAGES", _languages_setting, None),
             order_webhook_url=g.get("ORDER_WEBHOOK_URL", _http_url, None),
             order_webhook_secret=g.get("ORDER_WEBHOOK_SECRET", _nonempty, None),
             webhook_max_attempts=g.get("VOICEBRIDGE_WEBHOOK_MAX_ATTEMPTS", _int_range(1, 100), 8),
@@ -220,6 +231,9 @@ class Config:
             raise ConfigError(f"{missing}: not set, but the other half of the calendar login is")
         if self.caldav_username and not self.caldav_url:
             raise ConfigError("VOICEBRIDGE_CALDAV_URL: not set, but the calendar login is")
+        if "twilio" in self.audio_recording and not (self.twilio_account_sid and self.twilio_auth_token):
+            raise ConfigError("VOICEBRIDGE_AUDIO_RECORDING: twilio recordings need TWILIO_ACCOUNT_SID and "
+                              "TWILIO_AUTH_TOKEN (the REST API starts and downloads them)")
         if self.business_path and self.menu_path and self.business_path != self.menu_path:
             raise ConfigError("VOICEBRIDGE_MENU: set as well as VOICEBRIDGE_BUSINESS, to another file (use one)")
 
@@ -375,6 +389,12 @@ def _rate_bp(raw: str) -> int:
     return int(bp)
 
 
+def _languages_setting(raw: str) -> tuple[str, ...]:
+    from voicebridge.i18n import languages_setting
+
+    return languages_setting(raw)
+
+
 def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.upper() if upper else raw
@@ -461,7 +481,14 @@ def _default_recordings(db: Path | str) -> Path:
     return db.parent / "recordings" if isinstance(db, Path) else Path("recordings")
 
 
-RECORDING_KINDS = ("twilio", "local")
+def default_recording_dir(db: Path | str, env: Mapping[str, str]) -> Path:
+    """Where audio recordings go by default: a `recordings` folder beside the SQLite database; with
+    PostgreSQL, under the service's state directory (systemd's $STATE_DIRECTORY), else the working one."""
+    state = (env.get("STATE_DIRECTORY") or "").split(":")[0]
+    if isinstance(db, str) and state:
+        return Path(state) / "recordings"
+    return _default_recordings(db)
+
 
 
 def _recording_kinds(raw: str) -> frozenset[str]:
@@ -470,6 +497,12 @@ def _recording_kinds(raw: str) -> frozenset[str]:
     if unknown:
         raise ValueError(f"unknown kind {', '.join(unknown)}; expected a comma list of {', '.join(RECORDING_KINDS)}")
     return kinds
+
+
+def _consent(raw: str) -> str:
+    if len(raw) > 500 or any(ord(c) < 32 for c in raw):
+        raise ValueError("expected one spoken sentence on one line (at most 500 characters)")
+    return raw
 
 
 def _secret16(raw: str) -> str:

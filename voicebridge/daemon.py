@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import trio
 
-from voicebridge.business import DEFAULT_SLUG, Business, Businesses
+from voicebridge.business import DEFAULT_SLUG, Business, Businesses, packaged_business
 from voicebridge.config import Config
 from voicebridge.ops.cost import CallCost
 from voicebridge.engine.flow import FlowSettings
@@ -42,6 +42,9 @@ from voicebridge.ops.logs import call_sid_var
 from voicebridge.ops.metrics import Metrics
 from voicebridge.ops.notify import Notifier, watchdog_task
 from voicebridge.ops.outbox import CalendarWorker, OutboxWorker
+from voicebridge.edges.outbound import OutboundError
+from voicebridge.edges.recording_files import retention_task
+from voicebridge.edges.twilio_recording import RecordingDownloader, start_recording
 from voicebridge.edges.protocol import realtime as rt
 from voicebridge.edges.protocol import twilio_media as tw
 from voicebridge.edges.calendar import CalDavCalendar
@@ -101,7 +104,8 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         connect=connector,
         session=rt.SessionSettings(
             instructions=job.instructions((wall_clock or utc_now)()),  # re-made for each session
-            tools=tuple(job.tool_definitions()), voice=config.voice, audio_format=config.audio_format),
+            tools=tuple(job.tool_definitions()), voice=config.voice, audio_format=config.audio_format,
+            language=rt.transcription_language(job.languages)),
         flow=FlowSettings(
             silence_timeout_s=config.silence_timeout_s, max_call_s=config.max_call_s,
             response_stall_timeout_s=config.response_stall_timeout_s,
@@ -110,6 +114,7 @@ def make_call_setup(config: Config, job: Job, connector: Connector, *,
         connect_timeout_s=config.realtime_connect_timeout_s,
         check_start=check_start,
         record_dir=config.record_dir,
+        record_settings={"business": name} if (name := packaged_business(config, job.name)) else {},
         prepare_tool=prepare_tool,
         wall_clock=wall_clock or utc_now,
         audio_tap=local_recorder(config.audio_recording_dir, business) if "local" in config.audio_recording else None,
@@ -183,6 +188,11 @@ class Daemon:
         if self.calendars:
             self.calendar_outbox = CalendarWorker(store, routes=self.calendars, max_attempts=config.webhook_max_attempts,
                                                   timeout_s=config.webhook_timeout_s)
+        # Twilio's recordings of the calls (VOICEBRIDGE_AUDIO_RECORDING=twilio), downloaded through the outbox
+        self.recording_downloads: RecordingDownloader | None = None
+        if "twilio" in config.audio_recording:
+            self.recording_downloads = RecordingDownloader(store, config, max_attempts=config.webhook_max_attempts,
+                                                           timeout_s=config.webhook_timeout_s)
         # Each business's iCalendar feed, behind its own secret token (`feed_events`: the default's source)
         self.calendar_feeds: dict[str, CalendarFeed] = {}
         for b in businesses:
@@ -302,9 +312,33 @@ class Daemon:
                               business=self._business_of.get(call.sid))
         if self._drain_expired:
             call.end_now("shutdown")
+        elif self.recording_downloads is not None and self.nursery is not None:
+            business = self.businesses.get(self._business_of.get(call.sid)) or self.businesses.default
+            if "twilio" in business.config.audio_recording:
+                self.nursery.start_soon(self._start_recording, call.sid, business.config)
         if self.signatures.unsigned:
             log.warning("call running without Twilio signature checks (VOICEBRIDGE_ALLOW_UNSIGNED=1)",
                         extra={"event": "unsigned_call", "call_sid": call.sid})
+
+    async def _start_recording(self, call_sid: str, config: Config) -> None:
+        """Ask Twilio to record the live call (both channels); its callback brings the file."""
+        try:
+            with trio.move_on_after(config.webhook_timeout_s + 5):  # the request's own timeout ends it first
+                recording_sid = await start_recording(config, call_sid, timeout_s=config.webhook_timeout_s)
+                log.info("call recording started", extra={"event": "recording_started", "call_sid": call_sid,
+                                                           "recording_sid": recording_sid})
+        except OutboundError as exc:
+            log.error("could not start the call's recording: %s", exc,
+                      extra={"event": "recording_failed", "call_sid": call_sid})
+
+    async def recording_received(self, recording_sid: str, call_sid: str, *, status: str, duration_s: int | None,
+                                 channels: int | None) -> bool:
+        """Keep a Twilio recording's status callback (once) and wake its download."""
+        fresh = await self.store.recording_received(recording_sid, call_sid, status=status, duration_s=duration_s,
+                                                    channels=channels, business=self.businesses.default.slug)
+        if fresh and self.recording_downloads is not None:
+            self.recording_downloads.wake()
+        return fresh
 
     async def _on_started(self, start: tw.Start) -> None:
         # Set in the call's own task before its nursery opens: every task of the call inherits it,
@@ -646,6 +680,10 @@ async def serve_daemon(daemon: Daemon, *, shutdown: trio.Event | None = None, fr
             await nursery.start(daemon.follow_store)
         if daemon.calendar_outbox is not None:
             await nursery.start(daemon.calendar_outbox.run)
+        if daemon.recording_downloads is not None:
+            await nursery.start(daemon.recording_downloads.run)
+        if cfg.audio_recording:
+            await nursery.start(partial(retention_task, cfg.audio_recording_dir, cfg.audio_recording_keep_days))
         served = trio.Event()
 
         async def run_hypercorn(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -1,16 +1,20 @@
 """`voicebridge calls`: recent calls with their outcome, estimated cost and voicemail; `calls show SID` adds the
-transcript and the voicemail recording's URL."""
+transcript, the voicemail recording's URL and the call's audio recordings (VOICEBRIDGE_AUDIO_RECORDING) with
+their length: on disk, still downloading, or deleted by retention."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from voicebridge.commands.orders import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _local, _positive, _with_store
 from voicebridge.config import Config
-from voicebridge.ops.store import CallRow, Store, TranscriptRow
+from voicebridge.edges.recording_files import recording_name, wav_seconds
+from voicebridge.ops.store import CallRow, OutboxRow, RecordingRow, Store, TranscriptRow
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--business", metavar="SLUG", help="only this business's calls (see VOICEBRIDGE_BUSINESSES)")
     p.set_defaults(func=run_list)
     sub = p.add_subparsers(dest="calls_command", metavar="show")
-    show = sub.add_parser("show", help="one call with its cost breakdown and transcript")
+    show = sub.add_parser("show", help="one call with its cost breakdown, transcript and recordings")
     show.add_argument("sid", help="the CallSid (CA...)")
     show.add_argument("--json", dest="show_json", action="store_true", help="machine-readable output")
     show.set_defaults(func=run_show)
@@ -76,23 +80,73 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-async def _one(store: Store, sid: str) -> tuple[CallRow | None, list[TranscriptRow]]:
+Found = tuple[CallRow | None, list[TranscriptRow], list[tuple[RecordingRow, OutboxRow | None]]]
+
+
+async def _one(store: Store, sid: str) -> Found:
     for row in await store.list_calls(limit=1000):
         if row.call_sid == sid:
-            return row, await store.transcript(sid)
-    return None, []
+            recordings = [(r, await store.outbox_for(f"recording:{r.recording_sid}", "recording"))
+                          for r in await store.recordings_of(sid)]
+            return row, await store.transcript(sid), recordings
+    return None, [], []
+
+
+def _recordings(row: CallRow, twilio: list[tuple[RecordingRow, OutboxRow | None]],
+                config: Config) -> list[dict[str, Any]]:
+    """The call's audio recordings: each file's name (relative to the recordings folder), whether it
+    is on disk, its length in seconds, and its state (`on disk`, `deleted`, `downloading`, ...)."""
+    folder = Path(config.audio_recording_dir)
+    keep = config.audio_recording_keep_days
+    out: list[dict[str, Any]] = []
+    for rec, download in twilio:
+        name = rec.file_name or _name(row.business, row.call_sid, "twilio")
+        present = name is not None and (folder / name).is_file()
+        if present:
+            state = "on disk"
+        elif rec.downloaded_at is not None:
+            state = f"deleted (older than {keep} days)" if keep else "deleted"
+        elif rec.status != "completed":
+            state = f"not made (Twilio: {rec.status})"
+        elif download is not None and download.state == "dead":
+            state = f"download failed ({download.last_error or 'unknown error'}; still at Twilio)"
+        else:
+            tries = download.attempts if download is not None else 0
+            last = f", last: {download.last_error}" if download is not None and download.last_error else ""
+            state = f"downloading ({tries} failed attempts{last})" if tries else "downloading"
+        out.append({"kind": "twilio", "file": name, "present": present, "duration_s": rec.duration_s,
+                    "state": state, "recording_sid": rec.recording_sid})
+    local = _name(row.business, row.call_sid, "local")
+    if local is not None:
+        seconds = wav_seconds(folder / local)
+        old = keep and row.started_at < datetime.now(timezone.utc) - timedelta(days=keep)
+        if (folder / local).is_file():
+            out.append({"kind": "local", "file": local, "present": True,
+                        "duration_s": None if seconds is None else round(seconds), "state": "on disk"})
+        elif "local" in config.audio_recording and old:
+            out.append({"kind": "local", "file": local, "present": False, "duration_s": None,
+                        "state": f"deleted (older than {keep} days)"})
+    return out
+
+
+def _name(business: str, call_sid: str, kind: str) -> str | None:
+    try:
+        return recording_name(business, call_sid, kind)
+    except ValueError:
+        return None
 
 
 def run_show(args: argparse.Namespace, config: Config) -> int:
     found = _with_store(config, "calls show", lambda store: _one(store, args.sid))
     if found is None:
         return EXIT_USAGE
-    row, lines = found
+    row, lines, twilio = found
     if row is None:
         print(f"voicebridge calls show: no call {args.sid} in the last 1000 calls", file=sys.stderr)
         return EXIT_FAILED
+    recordings = _recordings(row, twilio, config)
     if args.show_json:
-        print(json.dumps({**_row_json(row), "transcript": [
+        print(json.dumps({**_row_json(row), "recordings": recordings, "transcript": [
             {"role": t.role, "text": t.text, "at": t.at.isoformat()} for t in lines]}, indent=2))
         return EXIT_OK
     print(f"Call {row.call_sid} ({row.direction}) from {row.from_number or '-'} to {row.to_number or '-'}")
@@ -104,6 +158,12 @@ def run_show(args: argparse.Namespace, config: Config) -> int:
     if row.voicemail_url is not None:
         length = f" ({row.voicemail_duration_s}s)" if row.voicemail_duration_s is not None else ""
         print(f"Voicemail{length}: {row.voicemail_url}")
+    if recordings:
+        print(f"Recordings (in {config.audio_recording_dir}):")
+        for r in recordings:
+            seconds = r["duration_s"]
+            length = f"{seconds // 60}:{seconds % 60:02d}" if seconds is not None else "-"
+            print(f"  {r['kind']:<6} {length:>5}  {r['file']}  {r['state']}")
     if lines:
         print("Transcript:")
         for t in lines:

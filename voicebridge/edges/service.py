@@ -63,6 +63,11 @@ class CallService(Protocol):
         """Keep a caller's voicemail and notify the business once; False if it was already kept."""
         ...
 
+    async def recording_received(self, recording_sid: str, call_sid: str, *, status: str, duration_s: int | None,
+                                 channels: int | None) -> bool:
+        """Keep a call recording's status callback and queue its download once; False if already kept."""
+        ...
+
     async def not_ready_reason(self) -> str | None:
         """Why the daemon should not get new calls now, or None when it is ready."""
         ...

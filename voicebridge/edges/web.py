@@ -14,6 +14,9 @@ Routes:
 - `POST /voicemail` (the `<Record>` action) and `POST /voicemail-status` (its
   recordingStatusCallback): the recording is kept on the call's row and the business notified
   (`voicemail.received`) once, however often Twilio calls.
+- `POST /recording-status` (the status callback of the call recording started through the REST
+  API when `VOICEBRIDGE_AUDIO_RECORDING` has `twilio`): the recording is kept, once, and its
+  download queued (`voicebridge.edges.twilio_recording`).
 - `GET /healthz`, `GET /readyz`, `GET /metrics`.
 - `GET /calendar/<token>.ics`: a business's bookings as an iCalendar feed a calendar app subscribes
   to, for each `CalendarFeed` given, each behind its own token (404 for any other token, compared in
@@ -25,7 +28,7 @@ from __future__ import annotations
 import hmac
 import logging
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Any, Sequence
 
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
@@ -36,6 +39,8 @@ from voicebridge.edges.ical import CalendarFeed, feed_calendar
 from voicebridge.edges.security import token_binding
 from voicebridge.edges.service import CallService
 from voicebridge.edges.transport import QuartWebSocketStream
+from voicebridge.edges.twilio_recording import RECORDING_SID
+from voicebridge.i18n import twilio_language
 from voicebridge.ops.logs import mask_number
 
 log = logging.getLogger("voicebridge.edges.web")
@@ -48,6 +53,8 @@ THANKS = "Thank you. We'll call you back soon. Goodbye."
 NOBODY_FREE = "We're sorry, nobody at the shop could take your call."
 VOICEMAIL_MAX_S = 120
 DIAL_UNANSWERED = frozenset({"no-answer", "busy", "failed", "canceled"})
+CALL_BACK_SOON = "We're sorry, we can't take your call right now. Please call back in a minute."
+CONNECTING = "Let me connect you with the shop."
 UNKNOWN_NUMBER = "We're sorry, this number is not in service with us. Please check the number and call again. Goodbye."
 
 
@@ -57,6 +64,11 @@ def _twiml(vr: VoiceResponse, status: int = 200) -> Response:
 
 def _plain(text: str, status: int) -> Response:
     return Response(text + "\n", status=status, content_type="text/plain")
+
+
+def _small_int(raw: str) -> int | None:
+    """A count of seconds (or channels) from a callback form: 0 to a day, else None (unknown)."""
+    return int(raw) if raw.isdigit() and len(raw) < 6 and int(raw) <= 86_400 else None
 
 
 def _path_qs() -> str:
@@ -87,12 +99,22 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None,
         daemon.metrics.protocol_errors_total.labels("twilio").inc()
         return None
 
+    def say(vr: VoiceResponse, business: Any, text: str) -> None:
+        """Twilio speaks `text` in the business's default language (its catalog's words, Twilio's
+        voice for that language); an English business's TwiML is as it always was."""
+        translators = getattr(business.job, "translators", None) if business is not None else None
+        tr = translators.default if translators is not None else None
+        if tr is None or tr.english:
+            vr.say(text)
+        else:
+            vr.say(tr(text), language=twilio_language(tr.language))
+
     def dial_shop(vr: VoiceResponse, business_cfg: Config, number: str) -> None:
         """Ring the shop for a while; whatever happens, Twilio comes back to /dial-ended."""
         vr.dial(number, timeout=business_cfg.dial_timeout_s, action=cfg.public("/dial-ended"))
 
-    def take_message(vr: VoiceResponse) -> None:
-        vr.say(LEAVE_MESSAGE)
+    def take_message(vr: VoiceResponse, business: Any) -> None:
+        say(vr, business, LEAVE_MESSAGE)
         vr.record(max_length=VOICEMAIL_MAX_S, play_beep=True, action=cfg.public("/voicemail"),
                   recording_status_callback=cfg.public("/voicemail-status"))
         vr.hangup()
@@ -129,7 +151,7 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None,
             vr.hangup()
             return _twiml(vr)
         if daemon.draining:
-            vr.say("We're sorry, we can't take your call right now. Please call back in a minute.")
+            say(vr, business, CALL_BACK_SOON)
             if business.config.transfer_number:
                 dial_shop(vr, business.config, business.config.transfer_number)
             else:
@@ -140,6 +162,8 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None,
                         extra={"event": "unsigned_call"})
         token = daemon.tokens.mint(call_sid, bound=token_binding(business.slug))
         daemon.prewarm(call_sid, business)
+        if business.config.audio_recording:  # the caller is told before anything is recorded
+            vr.say(business.config.audio_recording_consent)
         stream = vr.connect(action=cfg.public("/stream-ended")).stream(url=cfg.stream_url)
         for name in ("CallSid", "From", "To", "Direction"):
             if form.get(name):
@@ -171,7 +195,7 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None,
             bad = await keep_voicemail(form)
             if bad is not None:
                 return bad
-            vr.say(THANKS)
+            say(vr, daemon.businesses.for_number(our_number(form)), THANKS)
             vr.hangup()
             return _twiml(vr)
         outcome = await daemon.outcome_of(call_sid)
@@ -184,15 +208,15 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None,
             if transfer_number:
                 dial_shop(vr, business.config, transfer_number)
             else:
-                vr.say(NOBODY_FREE)
-                take_message(vr)
+                say(vr, business, NOBODY_FREE)
+                take_message(vr, business)
         else:  # the AI side failed (or we never saw the stream): apologise, then a person or voicemail
-            vr.say(SORRY)
+            say(vr, business, SORRY)
             if transfer_number:
-                vr.say("Let me connect you with the shop.")
+                say(vr, business, CONNECTING)
                 dial_shop(vr, business.config, transfer_number)
             else:
-                take_message(vr)
+                take_message(vr, business)
         return _twiml(vr)
 
     @app.post("/dial-ended")
@@ -204,9 +228,10 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None,
         log.info("transfer ended", extra={"event": "dial_ended", "call_sid": form.get("CallSid"),
                                           "status": status[:20]})
         vr = VoiceResponse()
+        business = daemon.businesses.for_number(our_number(form)) or daemon.businesses.default
         if status in DIAL_UNANSWERED:
-            vr.say(NOBODY_FREE)
-            take_message(vr)
+            say(vr, business, NOBODY_FREE)
+            take_message(vr, business)
         else:  # completed (or answered): the caller talked with the shop
             vr.hangup()
         return _twiml(vr)
@@ -225,7 +250,7 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None,
             except Exception as exc:
                 log.error("could not keep a voicemail: %s", exc, extra={"event": "store_error"})
         vr = VoiceResponse()
-        vr.say(THANKS)
+        say(vr, daemon.businesses.for_number(our_number(form)) or daemon.businesses.default, THANKS)
         vr.hangup()
         return _twiml(vr)
 
@@ -238,6 +263,28 @@ def create_app(daemon: CallService, *, feed: CalendarFeed | None = None,
             return Response("", status=204)
         bad = await keep_voicemail(form)
         return bad if bad is not None else Response("", status=204)
+
+    @app.post("/recording-status")
+    async def recording_status() -> Response:
+        """Twilio's callback for a call recording: keep it, queue its download, answer at once."""
+        form = await signed_form()
+        if form is None:
+            return _plain("forbidden", 403)
+        call_sid, recording_sid = form.get("CallSid", ""), form.get("RecordingSid", "")
+        if not call_sid or len(call_sid) > 64 or not call_sid.replace("_", "").isalnum() \
+                or not RECORDING_SID.fullmatch(recording_sid):
+            return _plain("CallSid or RecordingSid missing or malformed", 400)
+        status = form.get("RecordingStatus", "")
+        if status not in ("completed", "absent", "failed"):
+            return _plain("RecordingStatus must be completed, absent or failed", 400)
+        duration = _small_int(form.get("RecordingDuration", ""))
+        channels = _small_int(form.get("RecordingChannels", ""))
+        fresh = await daemon.recording_received(recording_sid, call_sid, status=status, duration_s=duration,
+                                                channels=channels)
+        log.info("call recording kept" if fresh else "call recording callback repeated",
+                 extra={"event": "recording_status", "call_sid": call_sid, "recording_sid": recording_sid,
+                        "status": status, "duration_s": duration, "new": fresh})
+        return Response("", status=204)
 
     @app.post("/call-status")
     async def call_status() -> Response:

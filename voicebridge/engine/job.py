@@ -109,6 +109,12 @@ class Job(Protocol):
     def business_name(self) -> str: ...
 
     @property
+    def languages(self) -> tuple[str, ...]:
+        """The business's languages, the first the default: one is the transcription's language; with
+        several the transcription detects it and the model says the caller's with a `set_language` tool."""
+        ...
+
+    @property
     def prompts(self) -> JobPrompts: ...
 
     @property

@@ -21,7 +21,7 @@ import math
 import time
 from collections import deque
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 import attrs
 import trio
@@ -143,6 +143,9 @@ class CallSetup:
     # a replay, which runs a recorded call at the time it was recorded.
     wall_clock: Callable[[], datetime] = utc_now
     record_dir: Any = None  # Path | None
+    # What a recording's meta must carry for a replay to run the same business (e.g. {"business":
+    # "example_menu_es.toml"}, a business file packaged with the job); empty for the default one.
+    record_settings: Mapping[str, Any] = attrs.field(factory=dict)
     # Opens the call's recording of what was said and heard, given its CallSid and the trio time
     # of its stream's start (None: not recorded); the daemon hands it in (VOICEBRIDGE_AUDIO_RECORDING).
     audio_tap: Callable[[str, float], AudioTap | None] | None = None
@@ -724,7 +727,8 @@ async def run_call(twilio: MessageStream, setup: CallSetup, hooks: CallHooks | N
 
         meta = {"version": __version__, "call_sid": start.call_sid, "wall_clock": setup.wall_clock().isoformat(),
                 "settings": {**attrs.asdict(setup.flow), "audio_format": setup.session.audio_format,
-                             "connect_timeout_s": setup.connect_timeout_s, "job": setup.job.name}}
+                             "connect_timeout_s": setup.connect_timeout_s, "job": setup.job.name,
+                             **setup.record_settings}}
         recorder = CallRecorder(Path(setup.record_dir) / f"{start.call_sid}-{int(time.time())}.jsonl", meta)
         recorder.add("twilio", "in", text)
         recorder.started(trio.current_time())

@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import attrs
 
+from voicebridge.i18n import Translator
+
 UTC = dt.timezone.utc
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 DAY_MIN = 24 * 60
@@ -132,11 +134,21 @@ def say_clock(local: dt.datetime) -> str:
     return f"{h12} {suffix}" if m == 0 else f"{h12}:{m:02d} {suffix}"
 
 
-def say_opening(opening: dt.datetime, now: dt.datetime, tz: dt.tzinfo) -> str:
+def say_opening(opening: dt.datetime, now: dt.datetime, tz: dt.tzinfo, tr: Translator | None = None) -> str:
     """When `opening` is, from `now`, in the business's time: "today at 5 pm", "tomorrow at 11 am",
-    "Monday at 5 pm" (within the week), else "Friday, December 25 at 11 am"."""
+    "Monday at 5 pm" (within the week), else "Friday, December 25 at 11 am"; in another language
+    `tr`'s words and Babel's clock and dates ("mañana a las 11:00")."""
     local = opening.astimezone(tz)
     days = (local.date() - now.astimezone(tz).date()).days
+    if tr is not None and not tr.english:
+        time = tr.time(local)
+        if days == 0:
+            return tr("today at {time}", time=time)
+        if days == 1:
+            return tr("tomorrow at {time}", time=time)
+        if days < 7:
+            return tr("{weekday} at {time}", weekday=tr.weekday(local.date()), time=time)
+        return tr("{day} at {time}", day=tr.day(local.date()), time=time)
     if days == 0:
         day = "today"
     elif days == 1:

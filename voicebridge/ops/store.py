@@ -41,7 +41,7 @@ from voicebridge.ops.db import Backend, Conflict, Sql, StoreError, is_postgres_u
 from voicebridge.ops.db_sqlite import SqliteBackend
 
 __all__ = ["Store", "StoreError", "Conflict", "MIGRATIONS", "SCHEMA_VERSION", "CallRow", "TranscriptRow",
-           "OutboxRow", "LiveCallRow", "utc_text"]
+           "OutboxRow", "LiveCallRow", "RecordingRow", "utc_text"]
 
 
 T = TypeVar("T")
@@ -186,6 +186,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE calls ADD COLUMN voicemail_url TEXT",
         "ALTER TABLE calls ADD COLUMN voicemail_duration_s INTEGER",
     ),
+    # 6: Twilio's recordings of calls (VOICEBRIDGE_AUDIO_RECORDING=twilio): one row per recording, its
+    # download queued in the outbox (target "recording"); the file itself lives in the recordings folder.
+    (
+        """CREATE TABLE call_recordings (
+            recording_sid TEXT PRIMARY KEY,
+            call_sid TEXT NOT NULL,
+            business TEXT NOT NULL DEFAULT 'default',
+            status TEXT NOT NULL,
+            duration_s INTEGER,
+            channels INTEGER,
+            received_at TEXT NOT NULL,
+            file_name TEXT,
+            file_bytes INTEGER,
+            downloaded_at TEXT
+        )""",
+        "CREATE INDEX call_recordings_by_call ON call_recordings (call_sid)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -237,6 +254,26 @@ class OutboxRow:
     claimed_by: str | None = None  # the process delivering it now (while lease_until is ahead)
     lease_until: datetime | None = None
     business: str = "default"  # whose webhook it goes to
+
+
+@attrs.frozen
+class RecordingRow:
+    """A Twilio recording of a call, as its status callback told it; `file_name` (relative to the
+    recordings folder) once downloaded."""
+
+    recording_sid: str
+    call_sid: str
+    business: str
+    status: str  # Twilio's RecordingStatus: completed, absent, failed
+    duration_s: int | None
+    channels: int | None
+    received_at: datetime
+    file_name: str | None
+    file_bytes: int | None
+    downloaded_at: datetime | None
+
+
+RECORDING_DOWNLOAD = "recording.download"  # the outbox event (target "recording") that fetches a recording
 
 
 @attrs.frozen
@@ -598,6 +635,72 @@ class Store:
             return True
 
         return await self.commit(store, now=at, business=business)
+
+    async def recording_received(self, recording_sid: str, call_sid: str, *, status: str, duration_s: int | None,
+                                 channels: int | None, business: str = "default",
+                                 now: datetime | None = None) -> bool:
+        """Keep a recording's status callback; a completed one queues its download (outbox target
+        "recording", event `recording.download`) in the same transaction.
+
+        True if this was news; False for a repeat of a callback already kept (Twilio retries): one
+        row, one download. The recording belongs to its call's business when the call is recorded
+        here, else to `business`.
+        """
+        _text(recording_sid, "recording_sid", max_len=64)
+        _text(call_sid, "call_sid", max_len=64)
+        _text(status, "status", max_len=20)
+        for value, name in ((duration_s, "duration_s"), (channels, "channels")):
+            if value is not None and not 0 <= value <= 86_400:
+                raise StoreError(f"recording {name} must be 0 to 86400, got {value}")
+        at = now or datetime.now(timezone.utc)
+
+        def store(tx: StoreTransaction) -> bool:
+            known = tx.execute("SELECT status FROM call_recordings WHERE recording_sid = ?", (recording_sid,))
+            if known and (known[0]["status"] == "completed" or status != "completed"):
+                return False
+            calls = tx.execute("SELECT business FROM calls WHERE call_sid = ?", (call_sid,))
+            if calls:
+                tx.business = calls[0]["business"]
+            if known:
+                tx.execute("UPDATE call_recordings SET status = ?, duration_s = ?, channels = ?, received_at = ?"
+                           " WHERE recording_sid = ?", (status, duration_s, channels, utc_text(at), recording_sid))
+            else:
+                tx.execute("INSERT INTO call_recordings (recording_sid, call_sid, business, status, duration_s, channels,"
+                           " received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (recording_sid, call_sid, tx.business, status, duration_s, channels, utc_text(at)))
+            if status == "completed":
+                tx.enqueue(RECORDING_DOWNLOAD, f"recording:{recording_sid}",
+                           {"recording_sid": recording_sid, "call_sid": call_sid, "business": tx.business},
+                           target="recording")
+            return True
+
+        return await self.commit(store, now=at, business=business)
+
+    async def recording_downloaded(self, recording_sid: str, *, file_name: str, file_bytes: int,
+                                   at: datetime | None = None) -> None:
+        """The recording's file is in the recordings folder, at `file_name` (relative to it)."""
+        _text(recording_sid, "recording_sid", max_len=64)
+        _text(file_name, "file_name", max_len=300)
+        when = utc_text(at or datetime.now(timezone.utc), "at")
+
+        def update(sql: Sql) -> None:
+            sql.execute("UPDATE call_recordings SET file_name = ?, file_bytes = ?, downloaded_at = ?"
+                        " WHERE recording_sid = ?", (file_name, file_bytes, when, recording_sid))
+
+        await self._run(update)
+
+    async def recordings_of(self, call_sid: str) -> list[RecordingRow]:
+        """A call's Twilio recordings, oldest first."""
+        _text(call_sid, "call_sid", max_len=64)
+
+        def query(sql: Sql) -> list[RecordingRow]:
+            rows = sql.execute("SELECT * FROM call_recordings WHERE call_sid = ? ORDER BY received_at, recording_sid",
+                               (call_sid,))
+            return [RecordingRow(r["recording_sid"], r["call_sid"], r["business"], r["status"], r["duration_s"],
+                                 r["channels"], _req_dt(r["received_at"]), r["file_name"], r["file_bytes"],
+                                 _dt(r["downloaded_at"])) for r in rows]
+
+        return await self._run(query)
 
     async def list_calls(self, limit: int = 20, *, business: str | None = None) -> list[CallRow]:
         """The most recent calls first (only `business`'s calls, if given)."""

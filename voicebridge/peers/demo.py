@@ -117,6 +117,8 @@ async def run_demo_async(config: Config, scenario: Scenario, *, out: TextIO = sy
 
     if config.job is None:
         config = attrs.evolve(config, job=scenario.job)
+    if config.business_file is None and scenario.business is not None:
+        config = attrs.evolve(config, business_path=scenario.business_path())
     job = build_job(config)
     view = LiveView(out, quiet)
     async with trio.open_nursery() as nursery:

@@ -1,7 +1,9 @@
 """Scenarios: what the local caller does and how the local Realtime model answers.
 
 One TOML file per scenario (`voicebridge/peers/scenarios/NAME.toml`) drives both local peers;
-`job = "appointments"` says it is a call for that job (default: pizza):
+`job = "appointments"` says it is a call for that job (default: pizza), and `business =
+"example_menu_es.toml"` names the job's packaged business file its calls are for (default: the
+configured one):
 
 - `[[caller]]` steps, run in order by the local Twilio caller. Each step waits, then acts:
   - `wait = "heard"`: assistant audio has arrived since the previous step and all of it has
@@ -92,6 +94,13 @@ class Scenario:
     faults: tuple[Fault, ...]
     max_s: float  # the caller gives up (hangs up) after this long, whatever happens
     job: str = "pizza"  # the job the scenario's calls are for (its tools and words)
+    business: str | None = None  # a business file packaged with the job (voicebridge/jobs/<job>/), if the calls need one
+
+    def business_path(self) -> Path | None:
+        """The packaged business file the scenario names, as a path (None: the configured one)."""
+        if self.business is None:
+            return None
+        return Path(str(resources.files(f"voicebridge.jobs.{self.job}") / self.business))
 
 
 def scenario_names() -> list[str]:
@@ -117,10 +126,15 @@ def parse_scenario(text: str, source: str) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: {exc}") from None
     p = _P(source)
-    p.keys(data, {"name", "description", "job", "from", "to", "caller", "assistant", "faults", "max_s"}, "")
+    p.keys(data, {"name", "description", "job", "business", "from", "to", "caller", "assistant", "faults", "max_s"}, "")
     job = data.get("job", "pizza")
     if job not in JOBS:
         raise p.err("job", f"expected one of {', '.join(JOBS)}, got {job!r}")
+    business = data.get("business")
+    if business is not None and (not isinstance(business, str) or not business.endswith(".toml")
+                                 or "/" in business or "\\" in business
+                                 or not (resources.files(f"voicebridge.jobs.{job}") / business).is_file()):
+        raise p.err("business", f"expected the name of a business file packaged with the {job} job, got {business!r}")
     steps = tuple(p.step(s, f"caller[{i}]") for i, s in enumerate(p.list(data, "caller")))
     assistant = data.get("assistant", {})
     p.keys(assistant, {"on_purpose", "on_caller", "fallback"}, "assistant.")
@@ -140,6 +154,7 @@ def parse_scenario(text: str, source: str) -> Scenario:
         faults=faults,
         max_s=float(data.get("max_s", 120.0)),
         job=str(job),
+        business=business,
     )
 
 

@@ -13,7 +13,10 @@ Two layers:
   `<Connect action>` request, and the TwiML that continues the call. As Twilio, it refuses a
   stream URL with a query string or a scheme other than `wss`; the one leniency is `ws://` when
   `public_url` itself is plain `http://` (a local-only setup real Twilio could not reach anyway).
-  `<Say>`, `<Play>` and `<Pause>` are recorded as executed but not rendered as audio.
+  `<Say>`, `<Play>` and `<Pause>` are recorded as executed but not rendered as audio; with
+  `spoken_verbs=True` a `<Say>` (and `<Pause>`) takes the time Twilio would spend on it before
+  the next verb runs (a consent line before `<Connect>` delays the stream's start as it does on
+  a real call).
 
 Playout model: each media chunk is scheduled to play from `max(arrival, end of buffered audio)`
 for `len / 8000` seconds; a `clear` truncates the chunk playing at that instant and drops
@@ -631,6 +634,17 @@ class TwilioCaller:
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1"})
 MAX_DOCUMENTS = 5  # TwiML documents fetched per call (incoming, action, redirects)
 HTTP_TIMEOUT_S = 15.0  # Twilio's default webhook timeout
+SAY_WORDS_PER_S = 2.5  # Twilio's <Say> voices speak about 150 words a minute
+MAX_SPOKEN_S = 60.0  # bound on the time one verb is given
+
+
+def spoken_seconds(verb: twiml.Verb) -> float:
+    """How long Twilio spends on a `<Say>` (its words at ~150 a minute, times `loop`) or a `<Pause>`."""
+    if isinstance(verb, twiml.Say):
+        return min(MAX_SPOKEN_S, len(verb.text.split()) / SAY_WORDS_PER_S * max(1, verb.loop))
+    if isinstance(verb, twiml.Pause):
+        return min(MAX_SPOKEN_S, float(verb.length_s))
+    return 0.0
 API_VERSION = "2010-04-01"
 DIRECTIONS = ("inbound", "outbound-api", "outbound-dial")
 
@@ -732,6 +746,7 @@ async def place_call(
     direction: str = "inbound",
     stream_url_override: str | None = None,
     timeout_s: float = HTTP_TIMEOUT_S,
+    spoken_verbs: bool = False,
 ) -> CallResult:
     """Place one call into the bridge at `base_url` the way Twilio does, and report what happened.
 
@@ -739,7 +754,8 @@ async def place_call(
     geography the bridge must sign over too) and are signed (`X-Twilio-Signature`) for
     `public_url` when `auth_token` is given. Each request and the WebSocket connect are bounded by
     `timeout_s`, the stream by `scenario.max_s`, the whole call by their sum (`trio.TooSlowError`
-    past it); only loopback addresses are contacted (`CallError` otherwise).
+    past it); only loopback addresses are contacted (`CallError` otherwise). `spoken_verbs`: each
+    `<Say>`/`<Pause>` takes its spoken time (`spoken_seconds`) before the next verb.
     """
     if direction not in DIRECTIONS:
         raise CallError(f"direction must be one of {', '.join(DIRECTIONS)}")
@@ -762,6 +778,8 @@ async def place_call(
     }
     signer = _Signer(auth_token)
     total_s = scenario.max_s + (MAX_DOCUMENTS + 2) * timeout_s + 2 * CLOSE_TIMEOUT_S
+    if spoken_verbs:
+        total_s += MAX_DOCUMENTS * 10 * MAX_SPOKEN_S
     with trio.fail_after(total_s):
         async with httpx.AsyncClient(timeout=timeout_s, trust_env=False, follow_redirects=False) as client:
 
@@ -807,7 +825,8 @@ async def place_call(
                         result.errors.append(f"Twilio cannot run <{verb.tag}>")
                         result.outcome = "error"
                         return result
-                    # Say, Play, Pause: not rendered as audio by the local peer; Twilio moves on
+                    elif spoken_verbs:  # Say, Play, Pause: not rendered as audio; Twilio moves on once said
+                        await trio.sleep(spoken_seconds(verb))
                 if next_doc is None:
                     result.outcome = "ended"  # no verbs left: Twilio ends the call
                     return result

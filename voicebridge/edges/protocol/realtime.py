@@ -47,8 +47,14 @@ class SessionSettings:
     interrupt_response: bool = False
     idle_timeout_ms: int | None = None
     transcription_model: str | None = "gpt-4o-mini-transcribe"
-    language: str | None = "en"
+    language: str | None = "en"  # the transcription's language; None: it detects the language
     noise_reduction: str | None = "near_field"
+
+
+def transcription_language(languages: tuple[str, ...]) -> str | None:
+    """The business's one language for the transcription (ISO-639-1: "es" for "es_MX"); None (it detects
+    the language) when the business has several."""
+    return languages[0].partition("_")[0] if len(languages) == 1 else None
 
 
 def session_update(s: SessionSettings, event_id: str | None = None) -> str:

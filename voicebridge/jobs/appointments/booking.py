@@ -67,6 +67,7 @@ class BookingRequest:
     mine: dict[int, StoredBooking] = attrs.field(factory=dict)  # bookings the caller is known to hold
     candidates: dict[int, StoredBooking] = attrs.field(factory=dict)  # found by name, not confirmed yet
     committed: list[int] = attrs.field(factory=list)
+    language: str | None = None  # the call's language, once the model has said it (set_language)
 
     def busy(self, exclude: int | None = None) -> list[Interval]:
         """Everything that blocks a slot in the loaded window (the booking being moved excluded)."""

@@ -22,6 +22,8 @@ from typing import Any, NoReturn
 
 import attrs
 
+from voicebridge.i18n import LanguageError, parse_languages
+
 from voicebridge.jobs.pizza.menu import format_money, normalize, parse_amount
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -65,6 +67,7 @@ class Business:
     horizon_days: int = 60
     buffer_minutes: int = 0
     min_notice_minutes: int = 60
+    languages: tuple[str, ...] | None = None  # the file's `languages` (first = default); None: not given
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -159,7 +162,7 @@ def business_from_data(data: dict[str, Any], source: str) -> Business:
 
 
 _TOP = ("job", "name", "time_zone", "slot_minutes", "horizon_days", "buffer_minutes", "min_notice_minutes",
-        "hours", "closures", "services")
+        "hours", "closures", "services", "languages")
 
 
 class _Parser:
@@ -216,7 +219,16 @@ class _Parser:
             slot_minutes=slot, horizon_days=self.integer(data, "horizon_days", 60, 1, MAX_HORIZON_DAYS),
             buffer_minutes=self.integer(data, "buffer_minutes", 0, 0, 120),
             min_notice_minutes=self.integer(data, "min_notice_minutes", 60, 0, 7 * 24 * 60),
+            languages=self.languages(data),
         )
+
+    def languages(self, data: dict[str, Any]) -> tuple[str, ...] | None:
+        if "languages" not in data:
+            return None
+        try:
+            return parse_languages(data["languages"], "languages")
+        except LanguageError as exc:
+            self.fail("languages", str(exc).removeprefix("languages: "))
 
     def hours(self, value: Any) -> tuple[tuple[tuple[int, int], ...], ...]:
         self.table(value, "hours", WEEKDAYS, WEEKDAYS)

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from voicebridge.engine.job import CommitError, Committed, JobPrompts, ToolResult, Transaction
+from voicebridge.i18n import ENGLISH, SET_LANGUAGE, Translators, set_language
 from voicebridge.jobs.appointments import slots
 from voicebridge.jobs.appointments.booking import BookingRequest, Found, Lookup, StoredBooking
 from voicebridge.jobs.appointments.business import Business
@@ -75,16 +76,25 @@ class AppointmentsJob:
     name: str = "appointments"
     prompts: JobPrompts = PROMPTS
     schema: tuple[tuple[str, ...], ...] = SCHEMA
+    # The business's languages with their catalogs, loaded by the composition point (business.py).
+    translators: Translators = attrs.field(default=ENGLISH, eq=False)
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return self.translators.languages
 
     @property
     def business_name(self) -> str:
         return self.business.name
 
     def instructions(self, now: dt.datetime) -> str:
-        return session_instructions(self.business, now)
+        text = session_instructions(self.business, now)
+        language = self.translators.instructions()
+        return f"{text}\n\n{language}" if language else text
 
     def tool_definitions(self) -> list[dict[str, Any]]:
-        return tool_definitions(self.business)
+        tools = tool_definitions(self.business)
+        return [*tools, self.translators.language_tool()] if self.translators.several else tools
 
     def new_task(self, caller_number: str | None) -> BookingRequest:
         return BookingRequest(caller_number=caller_number)
@@ -103,7 +113,9 @@ class AppointmentsJob:
         task.found = found
 
     def run_tool(self, task: BookingRequest, name: str, arguments: str, now: dt.datetime) -> ToolResult:
-        return execute_tool(task, self.business, name, arguments, now)
+        if name == SET_LANGUAGE and self.translators.several:
+            return set_language(self.translators, task, arguments)
+        return execute_tool(task, self.business, name, arguments, now, self.translators.get(task.language))
 
     def state_for_model(self, task: BookingRequest) -> dict[str, Any]:
         return task.state()

@@ -21,6 +21,7 @@ from voicebridge.jobs.appointments.booking import BookingRequest, Lookup, Stored
 from voicebridge.jobs.appointments.business import Business, Service
 from voicebridge.jobs.appointments.words import parse_day, parse_time, say_day, say_time, say_when
 from voicebridge.jobs.pizza.menu import format_money, join_words
+from voicebridge.i18n import ENGLISH, Translator
 
 MAX_NAME = 80
 MAX_REASON = 200
@@ -106,7 +107,8 @@ def lookup_for(business: Business, task: BookingRequest, name: str, arguments: s
 # -- execution --------------------------------------------------------------------------
 
 
-def execute_tool(task: BookingRequest, business: Business, name: str, arguments: str, now: dt.datetime) -> ToolResult:
+def execute_tool(task: BookingRequest, business: Business, name: str, arguments: str, now: dt.datetime,
+                 tr: Translator = ENGLISH.default) -> ToolResult:
     handler = _HANDLERS.get(name)
     if handler is None:
         return _error(f"There is no tool named {name!r}.")
@@ -117,7 +119,7 @@ def execute_tool(task: BookingRequest, business: Business, name: str, arguments:
     if not isinstance(raw, dict):
         return _error("The tool arguments must be a JSON object.")
     try:
-        return handler(_Call(task, business, _Args(name, raw), now))
+        return handler(_Call(task, business, _Args(name, raw), now, tr))
     except BadArgument as exc:
         return _error(str(exc))
 
@@ -165,7 +167,9 @@ class _Args:
 class _Call:
     """One tool call: the task, the business, the arguments and the business's local now."""
 
-    def __init__(self, task: BookingRequest, business: Business, args: _Args, now: dt.datetime) -> None:
+    def __init__(self, task: BookingRequest, business: Business, args: _Args, now: dt.datetime,
+                 tr: Translator = ENGLISH.default) -> None:
+        self.tr = tr  # the call's language: the read-backs and day notes the caller hears
         self.task = task
         self.business = business
         self.args = args
@@ -216,7 +220,8 @@ class _Call:
         if why is None:
             return
         nearest = slots.nearest_free(self.business, service, start, busy, self.now)
-        offer = (" The nearest free times are " + join_words([say_when(s, self.today) for s in nearest], "or") + "."
+        offer = (self.tr(" The nearest free times are {times}.",
+                         times=self.tr.join([say_when(s, self.today, self.tr) for s in nearest], "or"))
                  if nearest else "")
         raise BadArgument(why + offer)
 
@@ -280,15 +285,18 @@ def _check_availability(c: _Call) -> ToolResult:
 def _day_note(c: _Call, day: dt.date) -> str:
     """Why a day has no free start time."""
     b = c.business
+    tr = c.tr
     if day in b.closures:
-        return f"We are closed on {say_day(day, c.today)}."
+        return tr("We are closed on {day}.", day=say_day(day, c.today, tr))
     if not b.hours[day.weekday()]:
-        return f"We are closed on {say_day(day, c.today).split(' the ')[0]}s."
+        if tr.english:
+            return f"We are closed on {say_day(day, c.today).split(' the ')[0]}s."
+        return tr("We are closed on {weekday}.", weekday=tr.weekday(day))
     if day < c.today:
-        return f"{say_day(day, c.today)} is in the past."
+        return tr("{day} is in the past.", day=say_day(day, c.today, tr))
     if day > c.today + dt.timedelta(days=b.horizon_days):
-        return f"We only book up to {b.horizon_days} days ahead."
-    return "Nothing is free that day."
+        return tr("We only book up to {days} days ahead.", days=b.horizon_days)
+    return tr("Nothing is free that day.")
 
 
 def _book(c: _Call) -> ToolResult:
@@ -301,9 +309,10 @@ def _book(c: _Call) -> ToolResult:
     c.check(service, start)
     t = c.task
     t.action, t.service, t.start, t.customer, t.booking_id = "book", service.key, start, name, None
-    price = f" It costs {format_money(service.price_cents)}." if service.price_cents is not None else ""
-    read_back = (f"Here is what I have: a {service.name} on {say_when(start, c.today)}, for {name}.{price} "
-                 "Shall I book it?")
+    tr = c.tr
+    price = tr(" It costs {price}.", price=tr.money(service.price_cents)) if service.price_cents is not None else ""
+    read_back = tr("Here is what I have: a {service} on {when}, for {name}.{price} Shall I book it?",
+                   service=service.name, when=say_when(start, c.today, tr), name=name, price=price)
     return _done({"read_back": read_back, "instruction": READ_EXACTLY}, intent="review", changed=True)
 
 
@@ -351,9 +360,9 @@ def _move(c: _Call) -> ToolResult:
     c.check(service, start, exclude=booking.id)
     t = c.task
     t.action, t.service, t.start, t.customer, t.booking_id = "move", service.key, start, booking.customer, booking.id
-    read_back = (f"Here is what I have: your {booking.service_name} on "
-                 f"{say_when(booking.start.astimezone(c.business.tz), c.today)} moves to {say_when(start, c.today)}. "
-                 "Shall I move it?")
+    read_back = c.tr("Here is what I have: your {service} on {when} moves to {new_when}. Shall I move it?",
+                     service=booking.service_name, when=say_when(booking.start.astimezone(c.business.tz), c.today, c.tr),
+                     new_when=say_when(start, c.today, c.tr))
     return _done({"read_back": read_back, "instruction": READ_EXACTLY}, intent="review", changed=True)
 
 
@@ -365,8 +374,8 @@ def _cancel(c: _Call) -> ToolResult:
     if booking.start <= c.now:
         raise BadArgument("That appointment has already started; it cannot be cancelled now.")
     t.action, t.service, t.start, t.customer, t.booking_id = "cancel", booking.service, local, booking.customer, booking.id
-    read_back = (f"Here is what I have: cancel your {booking.service_name} on {say_when(local, c.today)}. "
-                 "Shall I cancel it?")
+    read_back = c.tr("Here is what I have: cancel your {service} on {when}. Shall I cancel it?",
+                     service=booking.service_name, when=say_when(local, c.today, c.tr))
     return _done({"read_back": read_back, "instruction": READ_EXACTLY}, intent="review", changed=True)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from voicebridge.i18n import ENGLISH, Translator
+
 WEEKDAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
@@ -23,16 +25,21 @@ def ordinal(n: int) -> str:
     return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th') }".replace(" ", "")
 
 
-def say_day(day: dt.date, today: dt.date | None = None) -> str:
-    """ "Friday the 11th of December" (with the year when it is not this year's)."""
+def say_day(day: dt.date, today: dt.date | None = None, tr: Translator = ENGLISH.default) -> str:
+    """ "Friday the 11th of December" (with the year when it is not this year's); other languages as Babel
+    says the weekday and date ("viernes, 11 de diciembre")."""
+    if not tr.english:
+        return tr.day(day, with_year=today is not None and day.year != today.year)
     text = f"{WEEKDAY_NAMES[day.weekday()].capitalize()} the {ordinal(day.day)} of {MONTHS[day.month - 1]}"
     if today is not None and day.year != today.year:
         text += f" {day.year}"
     return text
 
 
-def say_time(t: dt.time | dt.datetime) -> str:
-    """ "2 pm", "2:30 pm", "9 am", "noon", "midnight"."""
+def say_time(t: dt.time | dt.datetime, tr: Translator = ENGLISH.default) -> str:
+    """ "2 pm", "2:30 pm", "9 am", "noon", "midnight"; other languages as Babel's short time ("14:00")."""
+    if not tr.english:
+        return tr.time(t)
     h, m = t.hour, t.minute
     if m == 0 and h == 12:
         return "noon"
@@ -43,9 +50,9 @@ def say_time(t: dt.time | dt.datetime) -> str:
     return f"{h12} {suffix}" if m == 0 else f"{h12}:{m:02d} {suffix}"
 
 
-def say_when(local: dt.datetime, today: dt.date | None = None) -> str:
-    """ "Friday the 11th of December at 2 pm" for a local (business time zone) datetime."""
-    return f"{say_day(local.date(), today)} at {say_time(local)}"
+def say_when(local: dt.datetime, today: dt.date | None = None, tr: Translator = ENGLISH.default) -> str:
+    """ "Friday the 11th of December at 2 pm" for a local (business time zone) datetime, in `tr`'s language."""
+    return tr("{day} at {time}", day=say_day(local.date(), today, tr), time=say_time(local, tr))
 
 
 def _looks_iso(words: str) -> bool:

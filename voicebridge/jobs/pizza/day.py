@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import attrs
 
+from voicebridge.i18n import ENGLISH, Translator
 from voicebridge.jobs.pizza.menu import Menu
 
 
@@ -19,20 +20,21 @@ class Availability:
     closed: bool = False  # staff closed the shop now, overriding the opening hours
     closed_message: str = ""  # what a caller is offered while closed ("We open again at 5 pm...")
 
-    def refusal(self, menu: Menu, item: str, size: str | None) -> str | None:
-        """Why `item` in `size` cannot be sold now, in words the model can say; None if it can."""
+    def refusal(self, menu: Menu, item: str, size: str | None, tr: Translator = ENGLISH.default) -> str | None:
+        """Why `item` in `size` cannot be sold now, in words the model can say (in `tr`'s language); None if it can."""
         if self.closed:
-            return self.closed_text()
+            return self.closed_text(tr)
         if item in self.sold_out_items:
             name = next((i.name for i in menu.items if i.key == item), item)
-            return f"Sorry, the {name} is sold out for today; offer the caller something else."
+            return tr("Sorry, the {name} is sold out for today; offer the caller something else.", name=name)
         if size is not None and size in self.sold_out_sizes:
-            return f"Sorry, {size} is sold out for today; offer the caller another size."
+            return tr("Sorry, {size} is sold out for today; offer the caller another size.", size=size)
         return None
 
-    def closed_text(self) -> str:
+    def closed_text(self, tr: Translator = ENGLISH.default) -> str:
+        """The closed line; staff's own message (`closed_message`) follows as they typed it."""
         offer = f" {self.closed_message}" if self.closed_message else ""
-        return f"The shop is closed right now and cannot take orders.{offer}"
+        return tr("The shop is closed right now and cannot take orders.") + offer
 
     def note_for_model(self, menu: Menu) -> str:
         """The day's state as a system note (empty when everything is available and the shop is open)."""

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from voicebridge.engine.job import CommitError, Committed, JobPrompts, ToolResult, Transaction
+from voicebridge.i18n import ENGLISH, SET_LANGUAGE, Translator, Translators, set_language
 from voicebridge.jobs.pizza.day import DayBox
 from voicebridge.jobs.pizza.menu import Menu
 from voicebridge.jobs.pizza.order import FULFILLMENTS, Order, OrderError
@@ -102,6 +103,12 @@ class PizzaJob:
     schema: tuple[tuple[str, ...], ...] = SCHEMA
     # What is sold out and whether the shop is closed now: a snapshot the daemon replaces.
     day: DayBox = attrs.field(factory=DayBox, eq=False)
+    # The menu's languages with their catalogs, loaded by the composition point (business.py).
+    translators: Translators = attrs.field(default=ENGLISH, eq=False)
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return self.translators.languages
 
     @property
     def prompts(self) -> JobPrompts:
@@ -122,55 +129,58 @@ class PizzaJob:
         return attrs.evolve(self.base_prompts,
                             greeting=words.closed_greeting(closed, words.closed_offer(self.menu.when_closed)))
 
-    def closed_by_hours(self, now: datetime) -> str | None:
+    def closed_by_hours(self, now: datetime, tr: Translator = ENGLISH.default) -> str | None:
         """Why no order can be taken at `now` by the menu's hours (words to say), or None when open.
 
         Staff's "closed now" is the day's own refusal (Availability.closed_text); this is the hours'."""
         opening = self.menu.opening
         if opening is None or self.day.current.closed or is_open(opening, now):
             return None
-        nxt = self.next_opening_words(now)
+        nxt = self.next_opening_words(now, tr=tr)
         if self.menu.when_closed == "order_ahead":
-            return words.closed_for_now(nxt)
-        return words.closed_by_hours(nxt)
+            return words.closed_for_now(nxt, tr)
+        return words.closed_by_hours(nxt, tr)
 
-    def next_opening_words(self, now: datetime, after: datetime | None = None) -> str | None:
+    def next_opening_words(self, now: datetime, after: datetime | None = None,
+                           tr: Translator = ENGLISH.default) -> str | None:
         """When the shop next opens after `after` (default `now`), said from `now`: "tomorrow at 11 am"."""
         opening = self.menu.opening
         assert opening is not None
         nxt = next_opening(opening, after or now)
-        return None if nxt is None else say_opening(nxt, now, opening.tz)
+        return None if nxt is None else say_opening(nxt, now, opening.tz, tr)
 
-    def refusal(self, task: Order, name: str, now: datetime) -> str | None:
+    def refusal(self, task: Order, name: str, now: datetime, tr: Translator = ENGLISH.default) -> str | None:
         """Why tool `name` (or, for "confirm_order", the commit) cannot go ahead at `now`; None if it can.
 
         Staff's "closed now" refuses every order. Outside the hours a shop that takes orders ahead
         builds the order and confirms it only for a time inside the hours; other shops refuse."""
         day = self.day.current
         if day.closed:
-            return day.closed_text()
-        closed = self.closed_by_hours(now)
+            return day.closed_text(tr)
+        closed = self.closed_by_hours(now, tr)
         if closed is not None and self.menu.when_closed != "order_ahead":
             return closed
         if name != "confirm_order":
             return None
         if task.wanted_at is None:
-            return None if closed is None else words.closed_needs_time(self.next_opening_words(now))
-        return self.wanted_refusal(task.wanted_at, task.wanted_words or "then", now)
+            return None if closed is None else words.closed_needs_time(self.next_opening_words(now, tr=tr), tr)
+        return self.wanted_refusal(task.wanted_at, task.wanted_words or "then", now, tr)
 
-    def wanted_refusal(self, wanted: datetime, when: str, now: datetime) -> str | None:
+    def wanted_refusal(self, wanted: datetime, when: str, now: datetime,
+                       tr: Translator = ENGLISH.default) -> str | None:
         """Why the order cannot be for `wanted` (past, too far ahead, outside the hours); None if it can."""
         opening = self.menu.opening
         assert opening is not None
         if wanted <= now:
-            return words.time_in_the_past(when)
+            return words.time_in_the_past(when, tr)
         if (wanted.astimezone(opening.tz).date() - now.astimezone(opening.tz).date()).days > AHEAD_DAYS:
-            return words.time_too_far(AHEAD_DAYS)
+            return words.time_too_far(AHEAD_DAYS, tr)
         if not is_open(opening, wanted):
-            return words.time_outside_hours(when, self.next_opening_words(now, wanted))
+            return words.time_outside_hours(when, self.next_opening_words(now, wanted, tr), tr)
         return None
 
-    def set_pickup_time(self, task: Order, arguments: str, now: datetime) -> ToolResult:
+    def set_pickup_time(self, task: Order, arguments: str, now: datetime,
+                        tr: Translator = ENGLISH.default) -> ToolResult:
         """set_pickup_time: "asap", or a local "HH:MM" (today if still ahead, else tomorrow, or on "date")."""
         opening = self.menu.opening
         assert opening is not None
@@ -199,8 +209,8 @@ class PizzaJob:
         else:
             day = today if wall_instant(today, minutes, tz) > now else today + timedelta(days=1)
         wanted = wall_instant(day, minutes, tz).astimezone(tz)
-        when = say_opening(wanted, now, tz)
-        why = self.wanted_refusal(wanted, when, now)
+        when = say_opening(wanted, now, tz, tr)
+        why = self.wanted_refusal(wanted, when, now, tr)
         if why is not None:
             return _refused(why)
         changed = task.wanted_at != wanted
@@ -213,6 +223,9 @@ class PizzaJob:
 
     def instructions(self, now: datetime) -> str:
         text = session_instructions(self.menu.shop_name, self.menu.summary_text())
+        language = self.translators.instructions()
+        if language:
+            text = f"{text}\n\n{language}"
         note = self.day.current.note_for_model(self.menu)
         closed = self.closed_by_hours(now)
         if closed is not None:
@@ -220,24 +233,28 @@ class PizzaJob:
         return f"{text}\n\nToday: {note}" if note else text
 
     def tool_definitions(self) -> list[dict[str, Any]]:
-        return tool_definitions(self.menu)
+        tools = tool_definitions(self.menu)
+        return [*tools, self.translators.language_tool()] if self.translators.several else tools
 
     def new_task(self, caller_number: str | None) -> Order:
         return Order.empty(caller_number=caller_number)
 
     def run_tool(self, task: Order, name: str, arguments: str, now: datetime) -> ToolResult:
+        if name == SET_LANGUAGE and self.translators.several:
+            return set_language(self.translators, task, arguments)
         day = self.day.current
+        tr = self.translators.get(task.language)
         if name == "set_pickup_time" and self.menu.opening is not None:
-            return self.set_pickup_time(task, arguments, now)
+            return self.set_pickup_time(task, arguments, now, tr)
         if name in ("add_item", "update_item", "confirm_order"):
-            why = self.refusal(task, name, now)
+            why = self.refusal(task, name, now, tr)
             if why is not None:
                 return _refused(why)
         before = list(task.lines)
-        result = execute_tool(task, self.menu, name, arguments, tax_rate_bp=self.tax_rate_bp)
+        result = execute_tool(task, self.menu, name, arguments, tax_rate_bp=self.tax_rate_bp, tr=tr)
         if result.changed and name in ("add_item", "update_item"):
             for line in task.lines:
-                why = None if any(line is b for b in before) else day.refusal(self.menu, line.item, line.size)
+                why = None if any(line is b for b in before) else day.refusal(self.menu, line.item, line.size, tr)
                 if why is not None:  # sold out: the order stays as it was, the model says why
                     task.lines[:] = before
                     return _refused(why)
@@ -253,7 +270,7 @@ class PizzaJob:
         delivery attempt sends.
         """
         order = task
-        why = self.refusal(order, "confirm_order", now)
+        why = self.refusal(order, "confirm_order", now, self.translators.get(order.language))
         if why is not None:  # keypad 1 reaches here without confirm_order's check
             raise CommitError(why)
         missing = order.missing()

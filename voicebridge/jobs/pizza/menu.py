@@ -31,6 +31,7 @@ from voicebridge.jobs.hours import (
     parse_closure,
     parse_intervals,
 )
+from voicebridge.i18n import LanguageError, parse_languages
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 DEFAULT_MENU_NAME = "default_menu.toml"
@@ -38,7 +39,7 @@ DEFAULT_MENU_NAME = "default_menu.toml"
 _AMOUNT = re.compile(r"(\d{1,7})(?:\.(\d{1,2}))?")
 _ID = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
 # What a caller is offered while the shop is closed (the menu's hours.when_closed).
-WHEN_CLOSED = ("message", "order_ahead")
+WHEN_CLOSED = ("message", "call_back", "order_ahead")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _ARTICLES = ("a", "an", "the", "some")
 
@@ -223,6 +224,7 @@ class Menu:
     _item_index: dict[str, str] = attrs.field(repr=False, eq=False)
     _topping_index: dict[str, str] = attrs.field(repr=False, eq=False)
     _size_index: dict[str, str] = attrs.field(repr=False, eq=False)
+    languages: tuple[str, ...] | None = None  # the file's `languages` (first = default); None: not given
 
     @property
     def size_keys(self) -> tuple[str, ...]:
@@ -396,7 +398,8 @@ class _Parser:
     # -- sections
 
     def menu(self, data: dict[str, Any]) -> Menu:
-        self.table(data, "", ("job", "shop", "sizes", "items", "toppings", "specials", "hours"), ("shop", "items", "hours"))
+        self.table(data, "", ("job", "shop", "sizes", "items", "toppings", "specials", "hours", "languages"),
+                   ("shop", "items", "hours"))
         if data.get("job", "pizza") != "pizza":
             self.fail("job", f'expected "pizza" in a pizza menu, got {data["job"]!r}')
         shop = self.table(data["shop"], "shop", ("name",), ("name",))
@@ -408,6 +411,12 @@ class _Parser:
         self.check_topping_sizes(items, toppings)
         specials = self.specials(data.get("specials", []))
         hours, opening, when_closed = self.hours(data["hours"])
+        languages = None
+        if "languages" in data:
+            try:
+                languages = parse_languages(data["languages"], "languages")
+            except LanguageError as exc:
+                self.fail("languages", str(exc).removeprefix("languages: "))
         return Menu(
             source=self.source,
             shop_name=shop_name,
@@ -423,6 +432,7 @@ class _Parser:
                 "toppings", [(t.key, (t.key.replace("-", " ").replace("_", " "), t.name, *t.aliases)) for t in toppings]
             ),
             size_index=self.simple_index("sizes", [(s.key, (s.key, *s.aliases)) for s in sizes]),
+            languages=languages,
         )
 
     def sizes(self, value: Any) -> tuple[Size, ...]:

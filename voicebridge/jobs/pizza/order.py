@@ -11,7 +11,8 @@ from typing import Any
 
 import attrs
 
-from voicebridge.jobs.pizza.menu import Menu, format_amount, format_money, join_words
+from voicebridge.i18n import ENGLISH, Translator
+from voicebridge.jobs.pizza.menu import Menu, format_amount
 
 FULFILLMENTS = ("pickup", "delivery")
 MAX_QUANTITY = 20  # of one line
@@ -74,6 +75,7 @@ class Order:
     # possible. `wanted_words` is how the read-back says it ("tomorrow at 6:30 pm").
     wanted_at: datetime | None = None
     wanted_words: str | None = None
+    language: str | None = None  # the call's language, once the model has said it (set_language)
 
     @classmethod
     def empty(cls, caller_number: str | None = None) -> Order:
@@ -194,40 +196,43 @@ def price_line(line: OrderLine, menu: Menu, number: int = 1) -> PricedLine:
     return PricedLine(line, name, tuple(names), tuple(cents), unit, unit * line.quantity)
 
 
-def quantity_words(n: int) -> str:
-    """ "one" to "twenty", digits beyond."""
+def quantity_words(n: int, tr: Translator = ENGLISH.default) -> str:
+    """ "one" to "twenty" in English, digits beyond (and in languages that say numbers from digits)."""
+    if not tr.english:
+        return tr.number(n)
     return _NUMBER_WORDS[n] if 0 <= n < len(_NUMBER_WORDS) else str(n)
 
 
-def describe(p: PricedLine) -> str:
-    """ "two large pepperoni pizzas with mushrooms (well done)" """
-    words = [quantity_words(p.line.quantity)]
+def describe(p: PricedLine, tr: Translator = ENGLISH.default) -> str:
+    """ "two large pepperoni pizzas with mushrooms (well done)"; Spanish: "2 pizzas de pepperoni grande con ..." """
+    quantity = quantity_words(p.line.quantity, tr)
     if p.line.size:
-        words.append(p.line.size)
-    words.append(p.name)
-    text = " ".join(words)
+        text = tr("{quantity} {size} {name}", quantity=quantity, size=p.line.size, name=p.name)
+    else:
+        text = tr("{quantity} {name}", quantity=quantity, name=p.name)
     if p.topping_names:
-        text += " with " + join_words(list(p.topping_names))
+        text = tr("{line} with {toppings}", line=text, toppings=tr.join(list(p.topping_names)))
     if p.line.notes:
         text += f" ({p.line.notes})"
     return text
 
 
-def read_back(order: Order, menu: Menu, tax_rate_bp: int) -> str:
-    """The exact sentence the AI reads before asking for a yes (or a press of 1)."""
+def read_back(order: Order, menu: Menu, tax_rate_bp: int, tr: Translator = ENGLISH.default) -> str:
+    """The exact sentence the AI reads before asking for a yes (or a press of 1), in the call's language."""
     priced = order.priced_lines(menu)
     totals = order.totals(menu, tax_rate_bp)
-    items = "; ".join(f"{describe(p)}, {format_money(p.total_cents)}" for p in priced)
+    items = "; ".join(f"{describe(p, tr)}, {tr.money(p.total_cents)}" for p in priced)
     if order.fulfillment == "delivery":
-        where = f"For delivery to {order.address}"
+        where = tr("For delivery to {address}", address=order.address)
     else:
-        where = "For pickup"
+        where = tr("For pickup")
     if order.wanted_words:
         where += f" {order.wanted_words}"
-    who = f", name {order.customer_name}" if order.customer_name else ""
-    phone = f", phone {order.phone}" if order.phone and order.phone != order.caller_number else ""
-    return (
-        f"You ordered: {items}. {where}{who}{phone}. "
-        f"Subtotal {format_money(totals.subtotal_cents)}, tax {format_money(totals.tax_cents)}, "
-        f"total {format_money(totals.total_cents)}. Is that correct? Say yes, or press 1 to confirm."
+    who = tr(", name {name}", name=order.customer_name) if order.customer_name else ""
+    phone = tr(", phone {phone}", phone=order.phone) if order.phone and order.phone != order.caller_number else ""
+    return tr(
+        "You ordered: {items}. {where}{who}{phone}. Subtotal {subtotal}, tax {tax}, total {total}. "
+        "Is that correct? Say yes, or press 1 to confirm.",
+        items=items, where=where, who=who, phone=phone, subtotal=tr.money(totals.subtotal_cents),
+        tax=tr.money(totals.tax_cents), total=tr.money(totals.total_cents),
     )

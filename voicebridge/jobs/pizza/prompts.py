@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from voicebridge.engine.job import JobPrompts
+from voicebridge.i18n import ENGLISH, Translator
 
 
 def session_instructions(shop_name: str, menu_text: str) -> str:
@@ -35,46 +36,54 @@ PROMPTS = JobPrompts(greeting=GREETING, confirmed_by_keypad=CONFIRMED_BY_KEYPAD,
                      saved_as="The order is saved as number {id}.")
 
 
-def closed_by_hours(next_opening: str | None) -> str:
+def closed_by_hours(next_opening: str | None, tr: Translator = ENGLISH.default) -> str:
     """The tool error and the model's note while the shop is outside its opening hours."""
-    again = f" We open again {next_opening}." if next_opening else ""
-    return f"The shop is closed right now and cannot take orders.{again}"
+    again = " " + tr("We open again {when}.", when=next_opening) if next_opening else ""
+    return tr("The shop is closed right now and cannot take orders.") + again
 
 
-def closed_for_now(next_opening: str | None) -> str:
+def closed_for_now(next_opening: str | None, tr: Translator = ENGLISH.default) -> str:
     """The note and greeting while closed, for a shop that takes orders ahead."""
-    again = f" We open again {next_opening}." if next_opening else ""
-    return f"The shop is closed right now.{again}"
+    again = " " + tr("We open again {when}.", when=next_opening) if next_opening else ""
+    return tr("The shop is closed right now.") + again
 
 
 def closed_offer(when_closed: str) -> str:
-    """What the caller is offered while the shop is closed (the menu's hours.when_closed)."""
+    """What the caller is offered while the shop is closed (the menu's hours.when_closed): a
+    direction to the model, which says it in the caller's language."""
     if when_closed == "order_ahead":
         return ("Tell the caller so, kindly, with when the shop opens again, and offer to take their order now "
                 "for a time after that: ask when they want it and call set_pickup_time.")
+    if when_closed == "call_back":
+        return ("Tell the caller so, kindly, with when the shop opens again, and ask them to call back then; "
+                "do not offer a transfer, as nobody is at the shop.")
     return ("Tell the caller so, kindly, with when the shop opens again, and offer to connect them with the "
             "shop (call transfer_to_human) where they can leave a message if nobody answers.")
 
 
-def closed_needs_time(next_opening: str | None) -> str:
+def closed_needs_time(next_opening: str | None, tr: Translator = ENGLISH.default) -> str:
     """confirm_order while closed, for a shop that takes orders ahead, without a time after the opening."""
-    again = f" after we open again {next_opening}" if next_opening else ""
-    return (f"The shop is closed right now, so the order needs a time{again}. Ask the caller when they want it "
-            "and call set_pickup_time.")
+    if next_opening:
+        return tr("The shop is closed right now, so the order needs a time after we open again {when}. Ask the "
+                  "caller when they want it and call set_pickup_time.", when=next_opening)
+    return tr("The shop is closed right now, so the order needs a time. Ask the caller when they want it and "
+              "call set_pickup_time.")
 
 
-def time_outside_hours(when: str, next_opening: str | None) -> str:
+def time_outside_hours(when: str, next_opening: str | None, tr: Translator = ENGLISH.default) -> str:
     """A wanted time the shop is not open at."""
-    nxt = f" The next opening after that is {next_opening}." if next_opening else ""
-    return f"We are not open {when}.{nxt} Ask the caller for a time when we are open."
+    if next_opening:
+        return tr("We are not open {when}. The next opening after that is {next}. Ask the caller for a time when "
+                  "we are open.", when=when, next=next_opening)
+    return tr("We are not open {when}. Ask the caller for a time when we are open.", when=when)
 
 
-def time_in_the_past(when: str) -> str:
-    return f"{when[0].upper()}{when[1:]} has already passed. Ask the caller for a later time."
+def time_in_the_past(when: str, tr: Translator = ENGLISH.default) -> str:
+    return tr("{when} has already passed. Ask the caller for a later time.", when=f"{when[0].upper()}{when[1:]}")
 
 
-def time_too_far(days: int) -> str:
-    return f"We take orders up to {days} days ahead. Ask the caller for a sooner time."
+def time_too_far(days: int, tr: Translator = ENGLISH.default) -> str:
+    return tr("We take orders up to {days} days ahead. Ask the caller for a sooner time.", days=days)
 
 
 def time_arguments() -> str:

@@ -3,6 +3,9 @@
 `tool_definitions(menu)` gives the GA tool list for `session.update`. `execute_tool` runs
 one call on the bridge's `Order`: every argument is checked against the menu and types;
 a bad one returns `ok=False` with an `error` the model can say back, and changes nothing.
+
+Why it is this long: one module holds every tool's JSON schema beside the checks that enforce it,
+so a schema and its checker change together; splitting them would spread each tool over two files.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ import json
 import re
 from typing import Any, Callable
 
-
 from voicebridge.engine.job import ToolResult
-from voicebridge.jobs.pizza.menu import Item, Menu, format_money, join_words, normalize
+from voicebridge.i18n import ENGLISH, Translator
+from voicebridge.jobs.pizza.menu import Item, Menu, join_words, normalize
 from voicebridge.jobs.pizza.order import (
     FULFILLMENTS,
     MAX_LINES,
@@ -160,8 +163,9 @@ def tool_definitions(menu: Menu) -> list[dict[str, Any]]:
 # -- execution --------------------------------------------------------------------------
 
 
-def execute_tool(order: Order, menu: Menu, name: str, arguments: str, *, tax_rate_bp: int) -> ToolResult:
-    """Run tool `name` with the model's raw JSON `arguments` on `order` (changed in place)."""
+def execute_tool(order: Order, menu: Menu, name: str, arguments: str, *, tax_rate_bp: int,
+                 tr: Translator = ENGLISH.default) -> ToolResult:
+    """Run tool `name` with the model's raw JSON `arguments` on `order` (changed in place); texts in `tr`'s language."""
     handler = _HANDLERS.get(name)
     if handler is None:
         return _error(f"There is no tool named {name!r}.")
@@ -172,7 +176,7 @@ def execute_tool(order: Order, menu: Menu, name: str, arguments: str, *, tax_rat
     if not isinstance(raw, dict):
         return _error("The tool arguments must be a JSON object.")
     try:
-        return handler(order, menu, _Args(name, raw), tax_rate_bp)
+        return handler(order, menu, _Args(name, raw, tr), tax_rate_bp)
     except _BadArgument as exc:
         return _error(str(exc))
 
@@ -188,9 +192,10 @@ def _done(output: dict[str, Any], *, intent: str | None = None, changed: bool = 
 class _Args:
     """Typed access to one call's arguments; JSON null means "not given"."""
 
-    def __init__(self, tool: str, raw: dict[str, Any]) -> None:
+    def __init__(self, tool: str, raw: dict[str, Any], tr: Translator = ENGLISH.default) -> None:
         self.tool = tool
         self.raw = raw
+        self.tr = tr
 
     def only(self, *names: str) -> None:
         for key in self.raw:
@@ -242,15 +247,14 @@ def _quantity(args: _Args) -> int | None:
     if quantity is None:
         return None
     if quantity < 1:
-        raise _BadArgument("The quantity must be at least 1; to take something off, remove its line.")
+        raise _BadArgument(args.tr("The quantity must be at least 1; to take something off, remove its line."))
     if quantity > MAX_QUANTITY:
-        raise _BadArgument(
-            f"We can take at most {MAX_QUANTITY} of one item on a line; how many would you like?"
-        )
+        raise _BadArgument(args.tr(
+            "We can take at most {max} of one item on a line; how many would you like?", max=MAX_QUANTITY))
     return quantity
 
 
-def _item(menu: Menu, text: str) -> tuple[Item, str | None]:
+def _item(menu: Menu, text: str, tr: Translator) -> tuple[Item, str | None]:
     """The item `text` names, and a size said inside it ("large pepperoni"), if any."""
     item = menu.find_item(text)
     if item is not None:
@@ -264,49 +268,53 @@ def _item(menu: Menu, text: str) -> tuple[Item, str | None]:
                 return item, size
     category = [i for i in menu.items if i.category and normalize(i.category) == normalize(text)]
     if category:
-        names = join_words([i.name for i in category], "or")
-        raise _BadArgument(f"Which {text} would you like: {names}?")
+        names = tr.join([i.name for i in category], "or")
+        raise _BadArgument(tr("Which {text} would you like: {names}?", text=text, names=names))
     guess = menu.suggest_item(text)
-    did = f" Did you mean the {guess.name}?" if guess else ""
-    names = join_words([i.name for i in menu.items])
-    raise _BadArgument(f"We don't have {text}.{did} The menu has {names}.")
+    did = tr(" Did you mean the {name}?", name=guess.name) if guess else ""
+    names = tr.join([i.name for i in menu.items])
+    raise _BadArgument(tr("We don't have {text}.{did} The menu has {names}.", text=text, did=did, names=names))
 
 
-def _size(menu: Menu, item: Item, text: str | None) -> str | None:
+def _size(menu: Menu, item: Item, text: str | None, tr: Translator) -> str | None:
     if not item.sizes:
         if text is not None and menu.find_size(text) is None:
-            raise _BadArgument(f"We don't have a {text} size; the {item.name} comes in one size.")
+            raise _BadArgument(tr("We don't have a {size} size; the {name} comes in one size.", size=text,
+                                  name=item.name))
         if text is not None:
-            raise _BadArgument(f"The {item.name} comes in one size; add it without a size.")
+            raise _BadArgument(tr("The {name} comes in one size; add it without a size.", name=item.name))
         return None
-    phrase = menu.sizes_phrase(item.sizes)
+    phrase = tr.join(list(item.sizes), "or")
     if text is None:
-        raise _BadArgument(f"What size would you like the {item.name}: {phrase}?")
+        raise _BadArgument(tr("What size would you like the {name}: {sizes}?", name=item.name, sizes=phrase))
     size = menu.find_size(text)
     if size is None or size not in item.sizes:
-        raise _BadArgument(f"We don't have a {text} size; {phrase}?")
+        raise _BadArgument(tr("We don't have a {size} size; {sizes}?", size=text, sizes=phrase))
     return size
 
 
-def _toppings(menu: Menu, item: Item, size: str | None, texts: list[str]) -> tuple[str, ...]:
+def _toppings(menu: Menu, item: Item, size: str | None, texts: list[str], tr: Translator) -> tuple[str, ...]:
     if not texts:
         return ()
     if not item.takes_toppings:
-        raise _BadArgument(f"We can't add toppings to the {item.name}.")
+        raise _BadArgument(tr("We can't add toppings to the {name}.", name=item.name))
     if len(texts) > MAX_TOPPINGS:
-        raise _BadArgument(f"We can put at most {MAX_TOPPINGS} extra toppings on one item.")
+        raise _BadArgument(tr("We can put at most {max} extra toppings on one item.", max=MAX_TOPPINGS))
     keys: list[str] = []
     for text in texts:
         topping = menu.find_topping(text)
         if topping is None:
-            names = join_words([t.name for t in menu.toppings])
-            raise _BadArgument(f"We don't have {text} as a topping. The toppings are {names}.")
+            names = tr.join([t.name for t in menu.toppings])
+            raise _BadArgument(tr("We don't have {text} as a topping. The toppings are {names}.", text=text,
+                                  names=names))
         if topping.key in keys:
-            raise _BadArgument(f"{topping.name.capitalize()} is listed twice; each topping can be added once.")
+            raise _BadArgument(tr("{topping} is listed twice; each topping can be added once.",
+                                  topping=topping.name.capitalize()))
         try:
             topping.price(size)
         except KeyError:
-            raise _BadArgument(f"We can't put {topping.name} on the {item.name} in that size.") from None
+            raise _BadArgument(tr("We can't put {topping} on the {name} in that size.", topping=topping.name,
+                                  name=item.name)) from None
         keys.append(topping.key)
     return tuple(keys)
 
@@ -316,19 +324,21 @@ def _line_number(order: Order, args: _Args) -> int:
     if number is None:
         raise _BadArgument(f"{args.tool} needs the item number (line), starting at 1.")
     if not order.lines:
-        raise _BadArgument("The order is empty; there is no item to change.")
+        raise _BadArgument(args.tr("The order is empty; there is no item to change."))
     if not 1 <= number <= len(order.lines):
         count = len(order.lines)
-        items = "item" if count == 1 else "items"
-        raise _BadArgument(f"There is no item {number}; the order has {count} {items}.")
+        if count == 1:
+            raise _BadArgument(args.tr("There is no item {number}; the order has 1 item.", number=number))
+        raise _BadArgument(args.tr("There is no item {number}; the order has {count} items.", number=number,
+                                   count=count))
     return number
 
 
-def _summary(order: Order, menu: Menu) -> dict[str, Any]:
+def _summary(order: Order, menu: Menu, tr: Translator) -> dict[str, Any]:
     priced = order.priced_lines(menu)
     return {
-        "order": [f"{n}. {describe(p)}, {format_money(p.total_cents)}" for n, p in enumerate(priced, 1)],
-        "subtotal": format_money(sum(p.total_cents for p in priced)),
+        "order": [f"{n}. {describe(p, tr)}, {tr.money(p.total_cents)}" for n, p in enumerate(priced, 1)],
+        "subtotal": tr.money(sum(p.total_cents for p in priced)),
     }
 
 
@@ -336,20 +346,21 @@ def _add_item(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolRe
     args.only("item", "size", "quantity", "toppings", "notes")
     text = args.text("item", max_len=100, required=True)
     assert text is not None
-    item, said_size = _item(menu, text)
+    item, said_size = _item(menu, text, args.tr)
     size_text = args.text("size", max_len=40)
-    size = _size(menu, item, size_text if size_text is not None else said_size)
+    size = _size(menu, item, size_text if size_text is not None else said_size, args.tr)
     quantity = _quantity(args) or 1
-    toppings = _toppings(menu, item, size, args.text_list("toppings") or [])
+    toppings = _toppings(menu, item, size, args.text_list("toppings") or [], args.tr)
     notes = args.text("notes", max_len=MAX_NOTES)
     if len(order.lines) >= MAX_LINES:
-        raise _BadArgument(f"The order has reached {MAX_LINES} lines; review it before adding more.")
+        raise _BadArgument(args.tr("The order has reached {max} lines; review it before adding more.", max=MAX_LINES))
     line = OrderLine(item.key, size, quantity, toppings, notes)
     order.lines.append(line)
     n = len(order.lines)
     p = price_line(line, menu, n)
-    message = f"Added item {n}: {describe(p)}, {format_money(p.total_cents)}."
-    return _done({"message": message, **_summary(order, menu)}, changed=True)
+    message = args.tr("Added item {number}: {line}, {price}.", number=n, line=describe(p, args.tr),
+                      price=args.tr.money(p.total_cents))
+    return _done({"message": message, **_summary(order, menu, args.tr)}, changed=True)
 
 
 def _update_item(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
@@ -357,23 +368,24 @@ def _update_item(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> Too
     n = _line_number(order, args)
     old = order.lines[n - 1]
     if not any(args.given(k) for k in ("size", "quantity", "toppings", "notes")):
-        raise _BadArgument(f"Say what to change on item {n}: size, quantity, toppings or notes.")
+        raise _BadArgument(args.tr("Say what to change on item {number}: size, quantity, toppings or notes.", number=n))
     item = menu.item(old.item)
     size_text = args.text("size", max_len=40)
-    size = _size(menu, item, size_text) if size_text is not None else old.size
+    size = _size(menu, item, size_text, args.tr) if size_text is not None else old.size
     quantity = _quantity(args) or old.quantity
     topping_texts = args.text_list("toppings")
     if topping_texts is None:
-        toppings = _toppings(menu, item, size, [menu.topping(k).name for k in old.toppings])
+        toppings = _toppings(menu, item, size, [menu.topping(k).name for k in old.toppings], args.tr)
     else:
-        toppings = _toppings(menu, item, size, topping_texts)
+        toppings = _toppings(menu, item, size, topping_texts, args.tr)
     notes = args.text("notes", max_len=MAX_NOTES) if "notes" in args.raw else old.notes
     new = OrderLine(item.key, size, quantity, toppings, notes)
     order.lines[n - 1] = new
     p = price_line(new, menu, n)
     changed = new != old
-    message = f"Item {n} is now {describe(p)}, {format_money(p.total_cents)}."
-    return _done({"message": message, **_summary(order, menu)}, changed=changed)
+    message = args.tr("Item {number} is now {line}, {price}.", number=n, line=describe(p, args.tr),
+                      price=args.tr.money(p.total_cents))
+    return _done({"message": message, **_summary(order, menu, args.tr)}, changed=changed)
 
 
 def _remove_item(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
@@ -381,20 +393,20 @@ def _remove_item(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> Too
     n = _line_number(order, args)
     removed = price_line(order.lines[n - 1], menu, n)
     del order.lines[n - 1]
-    message = f"Removed {describe(removed)}."
+    message = args.tr("Removed {line}.", line=describe(removed, args.tr))
     if order.lines:
-        message += " The remaining items are renumbered."
-    return _done({"message": message, **_summary(order, menu)}, changed=True)
+        message += args.tr(" The remaining items are renumbered.")
+    return _done({"message": message, **_summary(order, menu, args.tr)}, changed=True)
 
 
 _PHONE_CHARS = re.compile(r"[\s().\-]")
 
 
-def _phone(text: str) -> str:
+def _phone(text: str, tr: Translator) -> str:
     compact = _PHONE_CHARS.sub("", text)
     digits = compact[1:] if compact.startswith("+") else compact
     if not digits.isdigit() or not 7 <= len(digits) <= 15:
-        raise _BadArgument("That phone number doesn't look right; please ask for it again with the area code.")
+        raise _BadArgument(tr("That phone number doesn't look right; please ask for it again with the area code."))
     return compact
 
 
@@ -410,10 +422,10 @@ def _set_customer(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> To
     if fulfillment_text is not None:
         fulfillment = _FULFILLMENT_WORDS.get(fulfillment_text.lower())
         if fulfillment is None:
-            raise _BadArgument("Is that for pickup or delivery?")
-    phone = _phone(phone_text) if phone_text is not None else order.phone
+            raise _BadArgument(args.tr("Is that for pickup or delivery?"))
+    phone = _phone(phone_text, args.tr) if phone_text is not None else order.phone
     if fulfillment == "delivery" and not (address or order.address):
-        raise _BadArgument("For delivery we need the address: what is the delivery address?")
+        raise _BadArgument(args.tr("For delivery we need the address: what is the delivery address?"))
     before = (order.customer_name, order.fulfillment, order.address, order.phone)
     if name is not None:
         order.customer_name = name
@@ -439,25 +451,26 @@ def _get_menu(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolRe
     return _done({"menu": menu.summary_text()})
 
 
-def _missing_error(order: Order) -> str:
+_MISSING_WORDS = {"address": "the delivery address", "name": "the name", "pickup or delivery": "pickup or delivery"}
+
+
+def _missing_error(order: Order, tr: Translator) -> str:
     missing = order.missing()
     if "items" in missing:
-        return "The order is empty; ask what they would like first."
-    return "Before the read-back we still need: " + join_words(
-        ["the delivery address" if m == "address" else f"the {m}" if m == "name" else m for m in missing]
-    ) + "."
+        return tr("The order is empty; ask what they would like first.")
+    return tr("Before the read-back we still need: {what}.", what=tr.join([tr(_MISSING_WORDS[m]) for m in missing]))
 
 
 def _review_order(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
     args.only()
     if order.missing():
-        raise _BadArgument(_missing_error(order))
+        raise _BadArgument(_missing_error(order, args.tr))
     totals = order.totals(menu, tax_rate_bp)
     return _done(
         {
-            "read_back": read_back(order, menu, tax_rate_bp),
+            "read_back": read_back(order, menu, tax_rate_bp, args.tr),
             "instruction": READ_EXACTLY,
-            "total": format_money(totals.total_cents),
+            "total": args.tr.money(totals.total_cents),
         },
         intent="review",
     )
@@ -466,7 +479,7 @@ def _review_order(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> To
 def _confirm_order(order: Order, menu: Menu, args: _Args, tax_rate_bp: int) -> ToolResult:
     args.only()
     if order.missing():
-        raise _BadArgument(_missing_error(order))
+        raise _BadArgument(_missing_error(order, args.tr))
     return _done({"message": "Confirmation requested; wait for the order number before telling the caller."}, intent="confirm")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ SETTINGS: dict[str, str] = {
     "tax_rate_bp": "tax_rate_bp",
     "audio_format": "audio_format",
     "job": "job",
+    "business": "business_path",  # a business file packaged with the job, by name
 }
 AUDIO_FORMATS = ("pcmu", "pcm16")
 
@@ -132,6 +134,15 @@ def _wall_clock(path: Path, meta: dict[str, Any]) -> datetime | None:
     return value
 
 
+def _packaged_business(path: Path, name: Any, job: str) -> Path:
+    """The packaged business file a recording names (`example_menu_es.toml`), as a path."""
+    folder = resources.files(f"voicebridge.jobs.{job}") if job in JOBS else None
+    if (folder is None or not isinstance(name, str) or not name.endswith(".toml") or "/" in name or "\\" in name
+            or not (folder / name).is_file()):
+        raise RecordingError(f"{path}:1: settings.business must name a business file packaged with the {job} job")
+    return Path(str(folder / name))
+
+
 def _settings(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     raw = meta.get("settings") or {}
     out: dict[str, Any] = {}
@@ -145,6 +156,8 @@ def _settings(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
         elif key == "audio_format":
             if value not in AUDIO_FORMATS:
                 raise RecordingError(f"{path}:1: settings.audio_format must be one of {', '.join(AUDIO_FORMATS)}")
+        elif key == "business":
+            value = _packaged_business(path, value, str(raw.get("job", "pizza")))
         elif key == "tax_rate_bp":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10_000:
                 raise RecordingError(f"{path}:1: settings.tax_rate_bp must be whole basis points from 0 to 9999")
