@@ -26,6 +26,7 @@ stopped (also on failure and Ctrl-C); only 127.0.0.1 is used.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -98,10 +99,8 @@ class Orders:
     def close(self) -> None:
         if self._token is not None and self._cancel is not None:
             cancel = self._cancel
-            try:
+            with contextlib.suppress(trio.RunFinishedError):  # its loop already ended: nothing left to cancel
                 trio.from_thread.run_sync(cancel.cancel, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
         self._thread.join(timeout=10)
 
     async def _main(self) -> None:
@@ -253,11 +252,9 @@ def server_cpu_s(pid: int) -> float:
     """CPU time of the database server: its live processes and the backends that already ended
     (reaped by the postmaster, so counted in its cutime/cstime)."""
     total = cpu_s(pid)
-    try:
+    with contextlib.suppress(OSError):  # the process is gone: its own CPU is all there is to count
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[13]) + int(fields[14])) / TICKS
-    except OSError:
-        pass
     return total
 
 
