@@ -18,6 +18,7 @@ import trio
 from voicebridge.commands import call as call_command
 from voicebridge.config import Config
 from voicebridge.edges.outbound import OutboundError, place_call
+from voicebridge.edges import sms, twilio_recording
 
 ACCOUNT = "AC" + "0123456789abcdef" * 2
 TOKEN = "fake-auth-token-5f2c9a"
@@ -274,3 +275,26 @@ async def test_place_call_without_caller_id_or_public_url_sends_nothing() -> Non
                 await place_call(config_for(port, public_url=None), TO)
             nursery.cancel_scope.cancel()
     assert fake.received == []
+
+
+async def test_the_text_and_the_recording_say_in_one_line_why_twilio_could_not() -> None:
+    """The ready text and the call recording share one mapping of REST failures: a refusal with
+    Twilio's status and code (here the stand-in knows neither resource: 404), a silent API, a
+    closed port; each is one OutboundError line naming what was refused."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await start_fake(nursery, FakeTwilio())
+            with pytest.raises(OutboundError) as text:
+                await sms.send_text(config_for(port), TO, "Your order is ready")
+            assert str(text.value) == "Twilio refused the text (HTTP 404, error 20404)"
+            with pytest.raises(OutboundError) as recording:
+                await twilio_recording.start_recording(config_for(port), "CA" + "0" * 32)
+            assert str(recording.value) == "Twilio refused to record the call (HTTP 404, error 20404)"
+            silent = await start_fake(nursery, FakeTwilio(hang=True))
+            with pytest.raises(OutboundError, match=r"did not answer within 0\.3 s"):
+                await sms.send_text(config_for(silent), TO, "Your order is ready", timeout_s=0.3)
+            nursery.cancel_scope.cancel()
+    port = closed_port()
+    with pytest.raises(OutboundError) as unreachable:
+        await twilio_recording.start_recording(config_for(port), "CA" + "0" * 32)
+    assert str(unreachable.value) == f"cannot reach the Twilio API at http://127.0.0.1:{port}: ConnectionError"

@@ -7,8 +7,10 @@ The blocking REST request runs in a worker thread (`trio.to_thread.run_sync`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+from typing import Iterator
 
 import attrs
 import requests
@@ -127,6 +129,23 @@ async def place_call(
         timeout_s=timeout_s,
     )
     return await trio.to_thread.run_sync(job)
+
+
+@contextlib.contextmanager
+def rest_errors(config: Config, timeout_s: float, refused: str) -> Iterator[None]:
+    """Turn what a Twilio REST request can raise into one OutboundError line: "Twilio refused
+    `refused` (HTTP 400, error 21211)", no answer within `timeout_s`, unreachable, or a strange answer."""
+    base = config.twilio_api_base_url
+    try:
+        yield
+    except TwilioRestException as exc:
+        raise OutboundError(f"Twilio refused {refused} (HTTP {exc.status}, error {exc.code})") from None
+    except requests.exceptions.Timeout:
+        raise OutboundError(f"the Twilio API at {base} did not answer within {timeout_s:g} s") from None
+    except requests.exceptions.RequestException as exc:
+        raise OutboundError(f"cannot reach the Twilio API at {base}: {type(exc).__name__}") from None
+    except (TwilioException, ValueError) as exc:
+        raise OutboundError(f"unexpected answer from the Twilio API at {base}: {type(exc).__name__}") from None
 
 
 def _rest_error(status: int, code: int | None, message: str) -> str:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import functools
 
-import requests
 import trio
-from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from voicebridge.config import Config
-from voicebridge.edges.outbound import E164, OutboundError, twilio_client
+from voicebridge.edges.outbound import E164, OutboundError, rest_errors, twilio_client
 
 DEFAULT_TIMEOUT_S = 15.0
 
@@ -31,16 +29,8 @@ def send_text_blocking(config: Config, to: str, body: str, *, timeout_s: float =
         raise OutboundError("TWILIO_FROM_NUMBER is not set")
     client = twilio_client(config, timeout_s=timeout_s)
     base = config.twilio_api_base_url
-    try:
+    with rest_errors(config, timeout_s, "the text"):
         message = client.messages.create(to=to, from_=config.twilio_from_number, body=body)
-    except TwilioRestException as exc:
-        raise OutboundError(f"Twilio refused the text (HTTP {exc.status}, error {exc.code})") from None
-    except requests.exceptions.Timeout:
-        raise OutboundError(f"the Twilio API at {base} did not answer within {timeout_s:g} s") from None
-    except requests.exceptions.RequestException as exc:
-        raise OutboundError(f"cannot reach the Twilio API at {base}: {type(exc).__name__}") from None
-    except (TwilioException, ValueError) as exc:
-        raise OutboundError(f"unexpected answer from the Twilio API at {base}: {type(exc).__name__}") from None
     if not message.sid:
         raise OutboundError(f"unexpected answer from the Twilio API at {base}: no message SID")
     return str(message.sid)

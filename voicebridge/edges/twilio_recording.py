@@ -28,12 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import requests
 import trio
-from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from voicebridge.config import Config
-from voicebridge.edges.outbound import OutboundError, twilio_client
+from voicebridge.edges.outbound import OutboundError, rest_errors, twilio_client
 from voicebridge.edges.recording_files import PartFile, recording_name
 from voicebridge.ops.outbox import USER_AGENT, Undeliverable, _Delivery
 from voicebridge.ops.store import RECORDING_DOWNLOAD, OutboxRow, Store
@@ -50,21 +48,13 @@ def start_recording_blocking(config: Config, call_sid: str, *, timeout_s: float 
     """Start a dual-channel recording of a live call; returns its RecordingSid (OutboundError otherwise)."""
     client = twilio_client(config, timeout_s=timeout_s)
     base = config.twilio_api_base_url
-    try:
+    with rest_errors(config, timeout_s, "to record the call"):
         recording = client.calls(call_sid).recordings.create(
             recording_channels="dual",
             recording_status_callback=config.public(STATUS_ROUTE),
             recording_status_callback_event=["completed"],
             recording_status_callback_method="POST",
         )
-    except TwilioRestException as exc:
-        raise OutboundError(f"Twilio refused to record the call (HTTP {exc.status}, error {exc.code})") from None
-    except requests.exceptions.Timeout:
-        raise OutboundError(f"the Twilio API at {base} did not answer within {timeout_s:g} s") from None
-    except requests.exceptions.RequestException as exc:
-        raise OutboundError(f"cannot reach the Twilio API at {base}: {type(exc).__name__}") from None
-    except (TwilioException, ValueError) as exc:
-        raise OutboundError(f"unexpected answer from the Twilio API at {base}: {type(exc).__name__}") from None
     if not recording.sid:
         raise OutboundError(f"unexpected answer from the Twilio API at {base}: no recording SID")
     return str(recording.sid)
