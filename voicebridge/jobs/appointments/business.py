@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import re
-import tomllib
 import zoneinfo
 from importlib import resources
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, NoReturn
 import attrs
 
 from voicebridge.i18n import LanguageError, parse_languages
+from voicebridge.jobs import files
 
 from voicebridge.jobs.pizza.menu import format_money, normalize, parse_amount
 
@@ -31,7 +31,6 @@ DEFAULT_BUSINESS_NAME = "default_business.toml"
 
 _RANGE = re.compile(r"(\d{1,2}):(\d{2})\s*[-\u2013]\s*(\d{1,2}):(\d{2})")
 _ID = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 MAX_DURATION_MIN = 8 * 60
 MAX_HORIZON_DAYS = 366
 
@@ -125,29 +124,12 @@ def load_business(path: Path | None) -> Business:
     if path is None:
         text = resources.files(__package__).joinpath(DEFAULT_BUSINESS_NAME).read_text(encoding="utf-8")
         return parse_business(text, DEFAULT_BUSINESS_NAME)
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BusinessError(f"{source}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise BusinessError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise BusinessError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    return parse_business(text, source)
+    return parse_business(files.read_text(path, BusinessError), str(path))
 
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:
     """TOML `text` as a table; a syntax error raises BusinessError naming the line and column."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        m = _TOML_POSITION.search(message)
-        if m is None:
-            raise BusinessError(f"{source}: TOML syntax error: {message}") from None
-        raise BusinessError(f"{source}: line {m.group(1)}, column {m.group(2)}: TOML syntax error: "
-                            f"{message[: m.start()]}") from None
+    return files.parse_toml(text, source, BusinessError)
 
 
 def parse_business(text: str, source: str) -> Business:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import tomllib
 import unicodedata
 from importlib import resources
 from pathlib import Path
@@ -32,6 +31,7 @@ from voicebridge.jobs.hours import (
     parse_intervals,
 )
 from voicebridge.i18n import LanguageError, parse_languages
+from voicebridge.jobs import files
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 DEFAULT_MENU_NAME = "default_menu.toml"
@@ -40,7 +40,6 @@ _AMOUNT = re.compile(r"(\d{1,7})(?:\.(\d{1,2}))?")
 _ID = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
 # What a caller is offered while the shop is closed (the menu's hours.when_closed).
 WHEN_CLOSED = ("message", "call_back", "order_ahead")
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _ARTICLES = ("a", "an", "the", "some")
 
 
@@ -314,30 +313,12 @@ def load_menu(path: Path | None) -> Menu:
     if path is None:
         text = resources.files(__package__).joinpath(DEFAULT_MENU_NAME).read_text(encoding="utf-8")
         return parse_menu(text, DEFAULT_MENU_NAME)
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MenuError(f"{source}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise MenuError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise MenuError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    return parse_menu(text, source)
+    return parse_menu(files.read_text(path, MenuError), str(path))
 
 
 def parse_menu(text: str, source: str) -> Menu:
     """Validate menu TOML `text`; `source` (a file name) prefixes every error message."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        m = _TOML_POSITION.search(message)
-        if m is None:
-            raise MenuError(f"{source}: TOML syntax error: {message}") from None
-        reason = message[: m.start()]
-        raise MenuError(f"{source}: line {m.group(1)}, column {m.group(2)}: TOML syntax error: {reason}") from None
-    return _Parser(source).menu(data)
+    return _Parser(source).menu(files.parse_toml(text, source, MenuError))
 
 
 def menu_from_data(data: dict[str, Any], source: str) -> Menu:
